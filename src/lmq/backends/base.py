@@ -1,0 +1,137 @@
+"""The backend protocol: the queue's own verbs, each taking one small frozen dataclass.
+
+A backend stores tasks and changes their state atomically; all queue logic that is not
+about storage (retry policy, handler lookup, timeouts, shutdown) lives in the worker and
+in :class:`lmq.Queue`.  The methods are synchronous: producers call them from ordinary
+(web) threads, and the worker calls them from one dedicated thread so the event loop
+never blocks on I/O.  Implementations must be safe to call from several threads.
+
+State changes (see docs/state-machine.md):
+
+============  =====================================================================
+verb          effect
+============  =====================================================================
+enqueue       insert tasks as ``pending`` (one transaction for the whole sequence);
+              a ``unique_key`` already pending/processing returns the existing id
+claim         take up to ``limit`` ready tasks (pending and due, or processing with an
+              expired lease) in priority, next_run, id order: ``processing``,
+              ``attempts + 1``, leased to the worker.  Atomic: no two claims get one
+              task.  Expired leases whose attempts are used up go to the dead letters.
+complete      one transaction for a batch of outcomes: done, retry (back to pending
+              at now + delay, error recorded), bury (moved to the dead letters with
+              its history), release (back to pending, attempt refunded).  Only rows
+              still leased to that worker are touched.
+renew         extend the leases of tasks the worker still holds; returns those ids
+heartbeat     upsert the worker's row; ``remove_worker`` deletes it on clean exit
+============  =====================================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
+
+from ..models import (
+    ClaimRequest,
+    ClaimResult,
+    CompleteBatch,
+    Counts,
+    DeadFilter,
+    DeadLetter,
+    DeadSelector,
+    Heartbeat,
+    NewTask,
+    PruneRequest,
+    RenewRequest,
+    Task,
+    TaskFilter,
+    TaskId,
+    WorkerInfo,
+)
+
+
+class WakeSource(Protocol):
+    """Tells a waiting worker that something may have become claimable.
+
+    ``start(callback)`` begins watching; ``callback`` may be called from any thread and
+    must be cheap.  Spurious calls are fine: the worker just tries a claim.
+    """
+
+    def start(self, callback: Callable[[], None]) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Storage for one queue database (see the module docstring for the semantics)."""
+
+    url: str
+    """The URL with any password masked, for messages and logs."""
+
+    # --- schema -----------------------------------------------------------------
+    def migrate(self) -> list[int]:
+        """Create or upgrade the tables; return the migration numbers applied."""
+        ...
+
+    def schema_version(self) -> int | None:
+        """The applied schema version, or None when lmq's tables are absent."""
+        ...
+
+    # --- producer ---------------------------------------------------------------
+    def enqueue(self, tasks: Sequence[NewTask]) -> list[TaskId]: ...
+
+    # --- worker -----------------------------------------------------------------
+    def claim(self, request: ClaimRequest) -> ClaimResult: ...
+
+    def has_ready(self, queues: tuple[str, ...] | None) -> bool:
+        """A cheap read: is any task claimable now?  Lets idle workers skip a write."""
+        ...
+
+    def next_due(self, queues: tuple[str, ...] | None) -> float | None:
+        """Seconds until the earliest pending task is due (0 if one is), or None."""
+        ...
+
+    def complete(self, batch: CompleteBatch) -> None: ...
+
+    def renew(self, request: RenewRequest) -> list[TaskId]: ...
+
+    def heartbeat(self, beat: Heartbeat) -> None: ...
+
+    def remove_worker(self, worker_id: str) -> None: ...
+
+    def prune(self, request: PruneRequest) -> int:
+        """Delete finished rows and stale worker rows in small batches; return rows removed."""
+        ...
+
+    def wake_source(self) -> WakeSource | None:
+        """A source of wake-ups for idle workers, or None to rely on polling."""
+        ...
+
+    # --- inspection -------------------------------------------------------------
+    def get(self, task_id: TaskId) -> Task | None: ...
+
+    def counts(self) -> Counts: ...
+
+    def list_tasks(self, flt: TaskFilter) -> list[Task]: ...
+
+    def workers(self) -> list[WorkerInfo]: ...
+
+    # --- dead letters -----------------------------------------------------------
+    def dead_letters(self, flt: DeadFilter) -> list[DeadLetter]: ...
+
+    def get_dead(self, dead_id: TaskId) -> DeadLetter | None: ...
+
+    def requeue_dead(self, selector: DeadSelector) -> list[TaskId]:
+        """Put dead letters back as pending tasks (same task id, attempts reset)."""
+        ...
+
+    def discard_dead(self, selector: DeadSelector) -> int:
+        """Mark dead letters discarded (kept as a record, no longer counted)."""
+        ...
+
+    def parse_id(self, text: str) -> TaskId:
+        """Turn a command-line id into this backend's id type (or raise ValueError)."""
+        ...
+
+    def close(self) -> None: ...

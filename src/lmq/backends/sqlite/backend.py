@@ -1,0 +1,844 @@
+"""The SQLite backend: the embedded default.
+
+One database file in WAL mode, shared by any number of producer threads and worker
+processes.  Every write runs in a ``BEGIN IMMEDIATE`` transaction, so a writer waits for
+the lock up front instead of failing half-way; ``database is locked`` is retried here
+and never reaches the user (a :class:`~lmq.exceptions.BackendBusy` only after
+``busy_wait`` seconds).  The claim is one ``UPDATE … WHERE id IN (SELECT … LIMIT n)
+RETURNING`` inside that transaction, so two workers can never take one task, and it
+reads only partial indexes over pending rows, so finished rows cost it nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ...exceptions import (
+    BackendBusy,
+    BackendError,
+    BackendUnavailable,
+    ConfigError,
+    NotFound,
+    SchemaMissing,
+)
+from ...models import (
+    Claimed,
+    ClaimRequest,
+    ClaimResult,
+    CompleteBatch,
+    Counts,
+    DeadFilter,
+    DeadLetter,
+    DeadSelector,
+    Heartbeat,
+    NewTask,
+    PruneRequest,
+    RenewRequest,
+    Task,
+    TaskError,
+    TaskFilter,
+    TaskId,
+    WorkerInfo,
+    utc_from_epoch,
+)
+from ...payload import loads_lenient
+from ...url import QueueURL
+from ..sqlfile import check_prefix, load_migrations, load_queries
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+_BUSY_TIMEOUT_MS = 5000  # sqlite's own wait inside one call
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _utc_text(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _is_locked(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc)
+    return "database is locked" in text or "database table is locked" in text or "busy" in text
+
+
+class SQLiteBackend:
+    """See the module docstring.  ``create=False`` refuses to create a missing file."""
+
+    def __init__(self, url: QueueURL, *, create: bool = True) -> None:
+        try:
+            self.prefix = check_prefix(url.prefix)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        self.url = url.raw
+        self.path = url.path
+        self.synchronous = url.options.get("synchronous", "NORMAL").upper()
+        if self.synchronous not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
+            raise ConfigError(
+                f"invalid synchronous={self.synchronous!r} in {url.raw!r}: "
+                "use NORMAL (default) or FULL"
+            )
+        try:
+            self.busy_wait = float(url.options.get("busy_wait", "60"))
+        except ValueError:
+            raise ConfigError(f"invalid busy_wait in {url.raw!r}: seconds expected") from None
+        self._create = create
+        self.q = load_queries("lmq.backends.sqlite", "queries.sql", self.prefix)
+        self._local = threading.local()
+        self._all_conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._schema_checked = False
+        self._schema_lock = threading.Lock()
+        self._filters: dict[tuple[str, ...] | None, tuple[str, dict[str, str]]] = {}
+        self._check_path()
+
+    # --- connections -----------------------------------------------------------------
+
+    def _check_path(self) -> None:
+        p = Path(self.path)
+        if self.path == ":memory:":
+            raise ConfigError(
+                "sqlite:///:memory: cannot be shared between a producer and a worker; "
+                "use memory:// for tests or a file path"
+            )
+        if not p.parent.exists() if str(p.parent) else False:
+            raise BackendUnavailable(
+                f"cannot open SQLite database {self.path!r}: directory "
+                f"{str(p.parent)!r} does not exist"
+            )
+        if p.is_dir():
+            raise BackendUnavailable(
+                f"cannot open SQLite database {self.path!r}: it is a directory"
+            )
+        if not self._create and not p.exists():
+            raise BackendUnavailable(
+                f"no queue database at {self.path!r} (nothing enqueued yet? check --url / $LMQ_URL)"
+            )
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._open()
+            self._local.conn = conn
+            if not self._schema_checked:
+                self._ensure_schema(conn)
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        if not self._create and not Path(self.path).exists():
+            self._check_path()
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=_BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
+                check_same_thread=False,
+                cached_statements=256,
+            )
+            self._retry_locked(lambda: self._setup(conn))
+        except sqlite3.DatabaseError as exc:
+            raise BackendUnavailable(f"cannot open SQLite database {self.path!r}: {exc}") from None
+        with self._conns_lock:
+            self._all_conns.append(conn)
+        return conn
+
+    def _setup(self, conn: sqlite3.Connection) -> None:
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        if str(mode).lower() != "wal":
+            conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+
+    def _retry_locked(self, fn: Callable[[], T]) -> T:
+        """Run ``fn``, retrying while the database is locked, up to ``busy_wait`` seconds."""
+        deadline = time.monotonic() + self.busy_wait
+        pause = 0.001
+        while True:
+            try:
+                return fn()
+            except sqlite3.OperationalError as exc:
+                if not _is_locked(exc):
+                    raise self._translate(exc) from None
+                if time.monotonic() >= deadline:
+                    raise BackendBusy(
+                        f"SQLite database {self.path!r} stayed locked for {self.busy_wait:g}s"
+                    ) from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
+            except sqlite3.DatabaseError as exc:  # not a database, corrupt, read-only...
+                raise self._translate(exc) from None
+
+    def _translate(self, exc: sqlite3.Error) -> BackendError:
+        if "no such table" in str(exc) or "no such column" in str(exc):
+            return SchemaMissing(
+                f"SQLite database {self.path!r}: {exc}; lmq's tables are missing or "
+                "incomplete: run `lmq migrate`"
+            )
+        return BackendUnavailable(f"SQLite database {self.path!r}: {exc}")
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, lock taken up front, retried while the file is locked."""
+        conn = self._conn()
+        self._retry_locked(lambda: conn.execute("BEGIN IMMEDIATE"))
+        try:
+            yield conn
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise self._translate(exc) from None
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        else:
+            try:
+                self._retry_locked(lambda: conn.execute("COMMIT"))
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._conn()
+        return self._retry_locked(lambda: fn(conn))
+
+    def close(self) -> None:
+        with self._conns_lock:
+            conns, self._all_conns = self._all_conns, []
+        for conn in conns:
+            with contextlib.suppress(sqlite3.Error):  # best effort: another thread may own it
+                conn.close()
+        self._local = threading.local()
+
+    # --- schema ------------------------------------------------------------------------
+
+    def _ensure_schema(self, conn: sqlite3.Connection) -> None:
+        with self._schema_lock:
+            if self._schema_checked:
+                return
+            version = self._version(conn)
+            if version is None or version < SCHEMA_VERSION:
+                if not self._create and version is None:
+                    raise SchemaMissing(
+                        f"{self.path!r} has no lmq tables "
+                        f"({self.prefix}queue_tasks); run `lmq migrate` first"
+                    )
+                self._migrate(conn)
+            elif version > SCHEMA_VERSION:
+                raise SchemaMissing(
+                    f"{self.path!r} has lmq schema {version}, newer than this lmq knows "
+                    f"({SCHEMA_VERSION}); upgrade lmq"
+                )
+            self._schema_checked = True
+
+    def _version(self, conn: sqlite3.Connection) -> int | None:
+        def read() -> int | None:
+            meta = {"name": f"{self.prefix}queue_meta"}
+            if not conn.execute(self.q["table_exists"], meta).fetchone():
+                return None
+            row = conn.execute(self.q["schema_version"]).fetchone()
+            return int(row[0]) if row else None
+
+        return self._retry_locked(read)
+
+    def _migrate(self, conn: sqlite3.Connection) -> list[int]:
+        applied: list[int] = []
+        self._retry_locked(lambda: conn.execute("BEGIN IMMEDIATE"))
+        try:
+            current = self._version(conn) or 0
+            migrations = load_migrations("lmq.backends.sqlite.migrations", self.prefix)
+            for number, _name, sql in migrations:
+                if number <= current:
+                    continue
+                for statement in _split_sql(sql):
+                    conn.execute(statement)
+                conn.execute(self.q["set_schema_version"], {"version": str(number)})
+                applied.append(number)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return applied
+
+    def migrate(self) -> list[int]:
+        conn = getattr(self._local, "conn", None) or self._open()
+        self._local.conn = conn
+        applied = self._migrate(conn)
+        self._schema_checked = True
+        return applied
+
+    def schema_version(self) -> int | None:
+        conn = getattr(self._local, "conn", None) or self._open()
+        self._local.conn = conn
+        return self._version(conn)
+
+    # --- producer ----------------------------------------------------------------------
+
+    def enqueue(self, tasks: Sequence[NewTask]) -> list[TaskId]:
+        if not tasks:
+            return []
+        now = _now()
+        created = _utc_text(now)
+        rows = [
+            (
+                t.queue,
+                t.task_name,
+                t.payload_json,
+                t.priority,
+                t.max_attempts,
+                (t.run_at if t.run_at is not None else now) + t.delay,
+                created,
+                now,
+                t.unique_key,
+            )
+            for t in tasks
+        ]
+        has_unique = any(t.unique_key is not None for t in tasks)
+        with self._tx() as conn:
+            if not has_unique:
+                conn.executemany(self.q["insert_task"], rows)
+                last = conn.execute(self.q["last_id"]).fetchone()[0]
+                # one IMMEDIATE transaction on an AUTOINCREMENT key: the ids are consecutive
+                return list(range(last - len(rows) + 1, last + 1))
+            ids: list[TaskId] = []
+            for row in rows:
+                if row[-1] is None:
+                    conn.execute(self.q["insert_task"], row)
+                    ids.append(conn.execute(self.q["last_id"]).fetchone()[0])
+                    continue
+                got = conn.execute(self.q["insert_task_unique"], row).fetchone()
+                if got is None:
+                    got = conn.execute(self.q["find_unique"], (row[-1],)).fetchone()
+                ids.append(got[0])
+            return ids
+
+    # --- worker ------------------------------------------------------------------------
+
+    def _queue_filter(self, queues: tuple[str, ...] | None) -> tuple[str, dict[str, str]]:
+        cached = self._filters.get(queues)
+        if cached is None:
+            if not queues:
+                cached = ("", {})
+            elif len(queues) == 1:
+                cached = ("AND queue = :q0", {"q0": queues[0]})
+            else:
+                names = ", ".join(f":q{i}" for i in range(len(queues)))
+                cached = (f"AND queue IN ({names})", {f"q{i}": q for i, q in enumerate(queues)})
+            self._filters[queues] = cached
+        return cached
+
+    def claim(self, request: ClaimRequest) -> ClaimResult:
+        qf, qparams = self._queue_filter(request.queues)
+        sql = self.q["claim"].replace("{queue_filter}", qf)
+        with self._tx() as conn:
+            now = _now()
+            rescued = self._rescue(conn, now)
+            rows = conn.execute(
+                sql,
+                {
+                    "worker": request.worker_id,
+                    "now": now,
+                    "lease": request.lease,
+                    "limit": request.limit,
+                    **qparams,
+                },
+            ).fetchall()
+        return ClaimResult([Claimed(*row) for row in rows], rescued)
+
+    def _rescue(self, conn: sqlite3.Connection, now: float) -> int:
+        """Expired leases go back to pending with the lapse recorded as an error.
+
+        The next claim counts another attempt; the worker that claims a task whose
+        attempts exceed its limit buries it unrun, so a task that kills its worker every
+        time ends in the dead letters instead of a crash loop.
+        """
+        expired = conn.execute(self.q["expired"], {"now": now}).fetchall()
+        for task_id, attempts, locked_by in expired:
+            message = f"lease expired: worker {locked_by} stopped renewing it (died or hung)"
+            error = TaskError(attempts, datetime.fromtimestamp(now, UTC), "LeaseExpired", message)
+            conn.execute(
+                self.q["rescue"],
+                {
+                    "id": task_id,
+                    "now": now,
+                    "message": message,
+                    "error": json.dumps(error.to_json()),
+                },
+            )
+        return len(expired)
+
+    def has_ready(self, queues: tuple[str, ...] | None) -> bool:
+        qf, qparams = self._queue_filter(queues)
+        sql = self.q["has_ready"].replace("{queue_filter}", qf)
+        return bool(self._read(lambda c: c.execute(sql, {"now": _now(), **qparams}).fetchone()[0]))
+
+    def next_due(self, queues: tuple[str, ...] | None) -> float | None:
+        qf, qparams = self._queue_filter(queues)
+        sql = self.q["next_due"].replace("{queue_filter}", qf)
+
+        def read(c: sqlite3.Connection) -> float | None:
+            due = c.execute(sql, qparams).fetchone()[0]
+            expiry = c.execute(self.q["next_lease_expiry"]).fetchone()[0]
+            times = [t for t in (due, expiry) if t is not None]
+            return max(0.0, min(times) - _now()) if times else None
+
+        return self._read(read)
+
+    def complete(self, batch: CompleteBatch) -> None:
+        if not len(batch):
+            return
+        worker = batch.worker_id
+        with self._tx() as conn:
+            now = _now()
+            if batch.done:
+                conn.execute(
+                    self.q["ack_done"],
+                    {"ids": json.dumps(list(batch.done)), "worker": worker, "now": now},
+                )
+            if batch.retries:
+                conn.executemany(
+                    self.q["retry"],
+                    [
+                        {
+                            "id": r.id,
+                            "worker": worker,
+                            "now": now,
+                            "delay": r.delay,
+                            "message": _error_line(r.error),
+                            "error": json.dumps(r.error.to_json()),
+                        }
+                        for r in batch.retries
+                    ],
+                )
+            for b in batch.burials:
+                params = {
+                    "id": b.id,
+                    "worker": worker,
+                    "now": now,
+                    "message": _error_line(b.error),
+                    "reason": b.reason,
+                    "max_attempts": b.max_attempts,
+                    "fingerprint": b.fingerprint,
+                    "error": json.dumps(b.error.to_json()),
+                }
+                conn.execute(self.q["bury_copy"], params)
+                conn.execute(self.q["bury_delete"], params)
+            if batch.released:
+                conn.execute(
+                    self.q["release"],
+                    {"ids": json.dumps(list(batch.released)), "worker": worker, "now": now},
+                )
+
+    def renew(self, request: RenewRequest) -> list[TaskId]:
+        if not request.ids:
+            return []
+        with self._tx() as conn:
+            rows = conn.execute(
+                self.q["renew"],
+                {
+                    "ids": json.dumps(list(request.ids)),
+                    "worker": request.worker_id,
+                    "now": _now(),
+                    "lease": request.lease,
+                },
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def heartbeat(self, beat: Heartbeat) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                self.q["heartbeat"],
+                {
+                    "id": beat.worker_id,
+                    "host": beat.host,
+                    "pid": beat.pid,
+                    "version": beat.version,
+                    "queues": beat.queues,
+                    "concurrency": beat.concurrency,
+                    "running": beat.running,
+                    "done": beat.done,
+                    "started": beat.started,
+                    "now": _now(),
+                },
+            )
+
+    def remove_worker(self, worker_id: str) -> None:
+        with self._tx() as conn:
+            conn.execute(self.q["remove_worker"], {"id": worker_id})
+
+    def prune(self, request: PruneRequest) -> int:
+        removed = 0
+        cutoff = _now() - request.done_older_than
+        while True:  # small batches: each transaction holds the lock only briefly
+            with self._tx() as conn:
+                n = conn.execute(
+                    self.q["prune_done"], {"cutoff": cutoff, "batch": request.batch}
+                ).rowcount
+            removed += n
+            if n < request.batch:
+                break
+        with self._tx() as conn:
+            removed += conn.execute(
+                self.q["prune_workers"], {"cutoff": _now() - request.workers_stale_after}
+            ).rowcount
+        return removed
+
+    def wake_source(self) -> DataVersionWatcher:
+        return DataVersionWatcher(self.path)
+
+    # --- inspection --------------------------------------------------------------------
+
+    def get(self, task_id: TaskId) -> Task | None:
+        def read(c: sqlite3.Connection) -> Task | None:
+            c.row_factory = sqlite3.Row
+            try:
+                row = c.execute(self.q["get_task"], {"id": task_id}).fetchone()
+                if row is not None:
+                    return _task_from_row(row)
+                dead = c.execute(self.q["get_dead_by_task"], {"id": task_id}).fetchone()
+                return _task_from_dead(_dead_from_row(dead)) if dead is not None else None
+            finally:
+                c.row_factory = None
+
+        return self._read(read)
+
+    def counts(self) -> Counts:
+        def read(c: sqlite3.Connection) -> Counts:
+            now = _now()
+            counts = Counts()
+            oldest: float | None = None
+            for queue, status, n, ready, first in c.execute(self.q["count_tasks"], {"now": now}):
+                per = counts.by_queue.setdefault(
+                    queue, {"pending": 0, "processing": 0, "done": 0, "dead": 0}
+                )
+                if status in per:
+                    per[status] += n
+                    setattr(counts, status, getattr(counts, status) + n)
+                if status == "pending":
+                    counts.ready += ready or 0
+                    counts.scheduled += n - (ready or 0)
+                    if first is not None and (oldest is None or first < oldest):
+                        oldest = first
+            for queue, n in c.execute(self.q["count_dead"]):
+                per = counts.by_queue.setdefault(
+                    queue, {"pending": 0, "processing": 0, "done": 0, "dead": 0}
+                )
+                per["dead"] += n
+                counts.dead += n
+            counts.oldest_ready_age = None if oldest is None else max(0.0, now - oldest)
+            return counts
+
+        return self._read(read)
+
+    def list_tasks(self, flt: TaskFilter) -> list[Task]:
+        if flt.status == "dead":
+            dead = self.dead_letters(
+                DeadFilter(task_name=flt.task_name, queue=flt.queue, limit=flt.limit)
+            )
+            return [_task_from_dead(d) for d in dead]
+
+        def read(c: sqlite3.Connection) -> list[Task]:
+            c.row_factory = sqlite3.Row
+            try:
+                rows = c.execute(
+                    self.q["list_tasks"],
+                    {
+                        "status": flt.status,
+                        "queue": flt.queue,
+                        "name": flt.task_name,
+                        "limit": flt.limit,
+                    },
+                ).fetchall()
+            finally:
+                c.row_factory = None
+            return [_task_from_row(r) for r in rows]
+
+        return self._read(read)
+
+    def workers(self) -> list[WorkerInfo]:
+        def read(c: sqlite3.Connection) -> list[WorkerInfo]:
+            now = _now()
+            return [
+                WorkerInfo(
+                    id=r[0],
+                    host=r[1],
+                    pid=r[2],
+                    version=r[3],
+                    queues=r[4],
+                    concurrency=r[5],
+                    running=r[6],
+                    done=r[7],
+                    started=datetime.fromtimestamp(r[8], UTC),
+                    last_beat=datetime.fromtimestamp(r[9], UTC),
+                    heartbeat_age=max(0.0, now - r[9]),
+                )
+                for r in c.execute(self.q["workers"])
+            ]
+
+        return self._read(read)
+
+    # --- dead letters ------------------------------------------------------------------
+
+    def dead_letters(self, flt: DeadFilter) -> list[DeadLetter]:
+        def read(c: sqlite3.Connection) -> list[DeadLetter]:
+            c.row_factory = sqlite3.Row
+            try:
+                rows = c.execute(
+                    self.q["list_dead"],
+                    {
+                        "all": flt.include_all,
+                        "name": flt.task_name,
+                        "queue": flt.queue,
+                        "text": flt.error_contains,
+                        "limit": -1 if flt.limit is None else flt.limit,
+                    },
+                ).fetchall()
+            finally:
+                c.row_factory = None
+            return [_dead_from_row(r) for r in rows]
+
+        return self._read(read)
+
+    def get_dead(self, dead_id: TaskId) -> DeadLetter | None:
+        def read(c: sqlite3.Connection) -> DeadLetter | None:
+            c.row_factory = sqlite3.Row
+            try:
+                row = c.execute(self.q["get_dead"], {"id": dead_id}).fetchone()
+            finally:
+                c.row_factory = None
+            return None if row is None else _dead_from_row(row)
+
+        return self._read(read)
+
+    def _select_dead(self, conn: sqlite3.Connection, sel: DeadSelector) -> list[TaskId]:
+        if sel.ids:
+            return list(sel.ids)
+        if not (sel.all or sel.task_name or sel.queue):
+            return []
+        rows = conn.execute(
+            self.q["select_dead_ids"], {"name": sel.task_name, "queue": sel.queue}
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def requeue_dead(self, selector: DeadSelector) -> list[TaskId]:
+        requeued: list[TaskId] = []
+        with self._tx() as conn:
+            now = _now()
+            ids = self._select_dead(conn, selector)
+            for dead_id in ids:
+                row = conn.execute(self.q["mark_requeued"], {"id": dead_id, "now": now}).fetchone()
+                if row is None:
+                    if selector.ids:
+                        raise NotFound(f"no dead letter {dead_id} waiting to be re-queued")
+                    continue
+                task_id, queue, name, payload, priority, max_attempts, created, errors, ukey = row
+                if ukey is not None and conn.execute(self.q["find_unique"], (ukey,)).fetchone():
+                    ukey = None  # a live task already holds the key; this re-run goes without
+                conn.execute(
+                    self.q["reinsert"],
+                    {
+                        "task_id": task_id,
+                        "queue": queue,
+                        "task_name": name,
+                        "payload": payload,
+                        "priority": priority,
+                        "max_attempts": max_attempts,
+                        "now": now,
+                        "created": created,
+                        "errors": errors,
+                        "unique_key": ukey,
+                        "dead_id": dead_id,
+                    },
+                )
+                requeued.append(task_id)
+        return requeued
+
+    def discard_dead(self, selector: DeadSelector) -> int:
+        n = 0
+        with self._tx() as conn:
+            now = _now()
+            for dead_id in self._select_dead(conn, selector):
+                changed = conn.execute(
+                    self.q["mark_discarded"], {"id": dead_id, "now": now}
+                ).rowcount
+                if not changed and selector.ids:
+                    raise NotFound(f"no dead letter {dead_id} waiting to be discarded")
+                n += changed
+        return n
+
+    def parse_id(self, text: str) -> TaskId:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"task ids are integers on SQLite, got {text!r}") from None
+
+
+# --- wake-ups ----------------------------------------------------------------------------
+
+
+class DataVersionWatcher:
+    """Wakes an idle worker when any other connection commits to the file.
+
+    ``PRAGMA data_version`` reads a counter in the WAL index (shared memory): no disk
+    I/O and no lock, a few microseconds, so polling it every few milliseconds costs next
+    to nothing yet notices a new task within one interval.
+    """
+
+    def __init__(self, path: str, interval: float = 0.004) -> None:
+        self.path = path
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, callback: Callable[[], None]) -> None:
+        self._thread = threading.Thread(
+            target=self._run, args=(callback,), name="lmq-sqlite-watch", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, callback: Callable[[], None]) -> None:
+        conn = sqlite3.connect(self.path, timeout=5, isolation_level=None, check_same_thread=False)
+        try:
+            last = None
+            while not self._stop.wait(self.interval):
+                try:
+                    version = conn.execute("PRAGMA data_version").fetchone()[0]
+                except sqlite3.OperationalError:
+                    continue
+                if version != last:
+                    if last is not None:
+                        callback()
+                    last = version
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=1)
+
+
+# --- row mapping -------------------------------------------------------------------------
+
+
+def _split_sql(sql: str) -> list[str]:
+    statements = []
+    for chunk in sql.split(";"):
+        lines = [ln for ln in chunk.splitlines() if not ln.strip().startswith("--")]
+        text = "\n".join(lines).strip()
+        if text:
+            statements.append(text)
+    return statements
+
+
+def _error_line(error: TaskError) -> str:
+    return f"{error.type}: {error.message}" if error.message else error.type
+
+
+def _errors(text: str | None) -> tuple[TaskError, ...]:
+    if not text:
+        return ()
+    try:
+        items = json.loads(text)
+    except ValueError:
+        return ()
+    out = []
+    for e in items if isinstance(items, list) else []:
+        try:
+            at = datetime.fromisoformat(e["at"])
+        except (KeyError, TypeError, ValueError):
+            at = datetime.fromtimestamp(0, UTC)
+        out.append(
+            TaskError(
+                attempt=int(e.get("attempt", 0)),
+                at=at,
+                type=str(e.get("type", "")),
+                message=str(e.get("message", "")),
+                traceback=e.get("traceback"),
+            )
+        )
+    return tuple(out)
+
+
+def _task_from_row(r: sqlite3.Row) -> Task:
+    return Task(
+        id=r["id"],
+        queue=r["queue"],
+        task_name=r["task_name"],
+        payload=loads_lenient(r["payload"]),
+        priority=r["priority"],
+        status=r["status"],
+        attempts=r["attempts"],
+        max_attempts=r["max_attempts"],
+        next_run=utc_from_epoch(r["next_run"]),
+        created=_text(r["created"]),
+        updated=utc_from_epoch(r["updated"]),
+        locked_by=r["locked_by"],
+        locked_until=utc_from_epoch(r["locked_until"]),
+        last_error=r["last_error"],
+        unique_key=r["unique_key"],
+        errors=_errors(r["errors"]),
+        dead_letter_id=r["dead_letter_id"],
+    )
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _dead_from_row(r: sqlite3.Row) -> DeadLetter:
+    died = utc_from_epoch(r["died_at"])
+    assert died is not None  # NOT NULL column
+    return DeadLetter(
+        id=r["id"],
+        task_id=r["task_id"],
+        queue=r["queue"],
+        task_name=r["task_name"],
+        payload=loads_lenient(r["payload"]),
+        priority=r["priority"],
+        attempts=r["attempts"],
+        max_attempts=r["max_attempts"],
+        error=r["error"] or "",
+        reason=r["reason"] or "",
+        fingerprint=r["fingerprint"] or "",
+        created=_text(r["created"]),
+        died_at=died,
+        status=r["status"],
+        errors=_errors(r["errors"]),
+        requeued_at=utc_from_epoch(r["requeued_at"]),
+    )
+
+
+def _task_from_dead(d: DeadLetter) -> Task:
+    return Task(
+        id=d.task_id,
+        queue=d.queue,
+        task_name=d.task_name,
+        payload=d.payload,
+        priority=d.priority,
+        status="dead" if d.status == "dead" else d.status,
+        attempts=d.attempts,
+        max_attempts=d.max_attempts,
+        next_run=None,
+        created=d.created,
+        updated=d.died_at,
+        last_error=d.error,
+        errors=d.errors,
+        dead_letter_id=d.id,
+    )
+
+
+__all__ = ["DataVersionWatcher", "SQLiteBackend"]

@@ -1,0 +1,313 @@
+"""The values that cross the backend boundary.
+
+Every backend verb takes one small frozen dataclass and returns plain values or the
+dataclasses below, so SQL and Redis backends implement the same thing.  Times are UTC:
+``datetime`` objects (aware) in what users see, epoch seconds inside requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+TaskId = int | str
+"""Integers on SQL backends, strings on Redis."""
+
+Status = Literal["pending", "processing", "done", "dead"]
+STATUSES: tuple[Status, ...] = ("pending", "processing", "done", "dead")
+
+
+def utc_from_epoch(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)
+
+
+def iso(dt: datetime | None) -> str | None:
+    return None if dt is None else dt.astimezone(UTC).isoformat()
+
+
+# --- what users see ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TaskError:
+    """One failed (or retried) attempt."""
+
+    attempt: int
+    at: datetime
+    type: str
+    message: str
+    traceback: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "attempt": self.attempt,
+            "at": iso(self.at),
+            "type": self.type,
+            "message": self.message,
+            "traceback": self.traceback,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A task as stored.  ``status`` is ``dead`` when it sits in the dead letters."""
+
+    id: TaskId
+    queue: str
+    task_name: str
+    payload: Any
+    priority: int
+    status: str
+    attempts: int
+    max_attempts: int | None  # None: as the handler declares (5 if it declares nothing)
+    next_run: datetime | None
+    created: str | None
+    updated: datetime | None = None
+    locked_by: str | None = None
+    locked_until: datetime | None = None
+    last_error: str | None = None
+    unique_key: str | None = None
+    errors: tuple[TaskError, ...] = ()
+    dead_letter_id: TaskId | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "task_name": self.task_name,
+            "queue": self.queue,
+            "payload": self.payload,
+            "priority": self.priority,
+            "status": self.status,
+            "attempts": self.attempts,
+            "max_attempts": self.max_attempts,
+            "next_run": iso(self.next_run),
+            "created": self.created,
+            "updated": iso(self.updated),
+            "locked_by": self.locked_by,
+            "locked_until": iso(self.locked_until),
+            "last_error": self.last_error,
+            "unique_key": self.unique_key,
+            "dead_letter_id": self.dead_letter_id,
+            "errors": [e.to_json() for e in self.errors],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A task that used its attempts or was discarded, with its whole error history."""
+
+    id: TaskId
+    task_id: TaskId
+    queue: str
+    task_name: str
+    payload: Any
+    priority: int
+    attempts: int
+    max_attempts: int | None
+    error: str
+    reason: str
+    fingerprint: str
+    created: str | None
+    died_at: datetime
+    status: str = "dead"  # dead | requeued | discarded
+    errors: tuple[TaskError, ...] = ()
+    requeued_at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "task_id": self.task_id,
+            "task_name": self.task_name,
+            "queue": self.queue,
+            "payload": self.payload,
+            "priority": self.priority,
+            "error": self.error,
+            "reason": self.reason,
+            "attempts": self.attempts,
+            "max_attempts": self.max_attempts,
+            "fingerprint": self.fingerprint,
+            "status": self.status,
+            "created": self.created,
+            "died_at": iso(self.died_at),
+            "requeued_at": iso(self.requeued_at),
+            "errors": [e.to_json() for e in self.errors],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    id: str
+    host: str
+    pid: int
+    version: str
+    queues: str
+    concurrency: int
+    running: int
+    done: int
+    started: datetime
+    last_beat: datetime
+    heartbeat_age: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "host": self.host,
+            "pid": self.pid,
+            "version": self.version,
+            "queues": self.queues,
+            "concurrency": self.concurrency,
+            "running": self.running,
+            "done": self.done,
+            "started": iso(self.started),
+            "last_beat": iso(self.last_beat),
+            "heartbeat_age": round(self.heartbeat_age, 3),
+        }
+
+
+# --- requests (what the worker and Queue pass to a backend) -------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """A task to insert.  ``payload_json`` is already encoded (and validated)."""
+
+    task_name: str
+    payload_json: str
+    queue: str = "default"
+    priority: int = 0
+    max_attempts: int | None = None  # None: as the handler declares when it runs
+    run_at: float | None = None  # epoch seconds; None = now (the backend's clock)
+    delay: float = 0.0
+    unique_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    worker_id: str
+    limit: int
+    lease: float
+    queues: tuple[str, ...] | None = None  # None = every queue
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A claimed task, as lean as the hot path wants it.  ``payload`` is raw JSON text."""
+
+    id: TaskId
+    queue: str
+    task_name: str
+    payload: str
+    attempts: int
+    max_attempts: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    tasks: list[Claimed]
+    rescued: int = 0  # expired leases made claimable again
+
+
+@dataclass(frozen=True, slots=True)
+class RetryOutcome:
+    id: TaskId
+    delay: float
+    error: TaskError
+
+
+@dataclass(frozen=True, slots=True)
+class BuryOutcome:
+    id: TaskId
+    reason: str
+    error: TaskError
+    fingerprint: str
+    max_attempts: int  # the limit that applied (the row may hold NULL: "as the handler")
+
+
+@dataclass(frozen=True, slots=True)
+class CompleteBatch:
+    """Everything a worker finished since its last acknowledgement, written at once."""
+
+    worker_id: str
+    done: Sequence[TaskId] = ()
+    retries: Sequence[RetryOutcome] = ()
+    burials: Sequence[BuryOutcome] = ()
+    released: Sequence[TaskId] = ()  # unfinished at shutdown: back to pending, attempt refunded
+
+    def __len__(self) -> int:
+        return len(self.done) + len(self.retries) + len(self.burials) + len(self.released)
+
+
+@dataclass(frozen=True, slots=True)
+class RenewRequest:
+    worker_id: str
+    ids: Sequence[TaskId]
+    lease: float
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    worker_id: str
+    host: str
+    pid: int
+    version: str
+    queues: str
+    concurrency: int
+    running: int
+    done: int
+    started: float
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFilter:
+    status: str | None = None
+    queue: str | None = None
+    task_name: str | None = None
+    limit: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class DeadFilter:
+    task_name: str | None = None
+    queue: str | None = None
+    error_contains: str | None = None
+    include_all: bool = False  # also requeued / discarded records
+    limit: int | None = 50
+
+
+@dataclass(frozen=True, slots=True)
+class DeadSelector:
+    """Which dead letters a requeue or discard acts on: ids, or every one matching."""
+
+    ids: Sequence[TaskId] = ()
+    all: bool = False
+    task_name: str | None = None
+    queue: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PruneRequest:
+    done_older_than: float  # seconds
+    workers_stale_after: float  # seconds without a heartbeat
+    batch: int = 1000
+
+
+@dataclass(slots=True)
+class Counts:
+    pending: int = 0
+    processing: int = 0
+    done: int = 0
+    dead: int = 0
+    by_queue: dict[str, dict[str, int]] = field(default_factory=dict)
+    ready: int = 0
+    scheduled: int = 0
+    oldest_ready_age: float | None = None
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "pending": self.pending,
+            "processing": self.processing,
+            "done": self.done,
+            "dead": self.dead,
+        }

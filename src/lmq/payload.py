@@ -1,0 +1,115 @@
+"""JSON payloads: encode at enqueue (refusing what JSON can't hold), decode in the worker.
+
+Payloads are JSON objects passed to handlers as keyword arguments.  Never pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from .exceptions import PayloadError, PayloadValueError
+
+_encoder = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+_encode = _encoder.encode
+
+
+def encode_payload(payload: Mapping[str, Any] | None) -> str:
+    """Return the payload as compact JSON text, or raise naming the offending key.
+
+    Raises ``TypeError`` (``PayloadError``) for a value JSON cannot hold (a set, a
+    datetime, an object...) or a non-string key, and ``ValueError``
+    (``PayloadValueError``) for NaN or infinity.  Nothing is stored in either case.
+    """
+    if payload is None:
+        return "{}"
+    if not isinstance(payload, Mapping):
+        raise PayloadError(
+            f"payload must be a JSON object (a dict of keyword arguments), "
+            f"not {type(payload).__name__}"
+        )
+    for key in payload:
+        if type(key) is not str:
+            raise PayloadError(
+                f"payload key {key!r} is a {type(key).__name__}; keys must be strings "
+                "(they become the handler's keyword arguments)"
+            )
+    try:
+        return _encode(payload if type(payload) is dict else dict(payload))
+    except (TypeError, ValueError) as exc:
+        _raise_naming_key(payload, exc)
+        raise  # pragma: no cover - _raise_naming_key always raises
+
+
+def _raise_naming_key(payload: Any, exc: Exception) -> None:
+    found = _find_bad(payload, "")
+    if found is None:  # pragma: no cover - json failed for a reason we did not find
+        raise PayloadError(f"payload is not JSON-serialisable: {exc}") from None
+    path, value, is_value_error = found
+    where = f"payload key {path!r}" if path else "payload"
+    if is_value_error:
+        raise PayloadValueError(f"{where} holds {value!r}, which JSON cannot hold") from None
+    raise PayloadError(
+        f"{where} holds a {type(value).__name__} ({_short(value)}), which JSON cannot hold"
+    ) from None
+
+
+def _find_bad(value: Any, path: str) -> tuple[str, Any, bool] | None:
+    if value is None or isinstance(value, (str, bool, int)):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path, value, True)
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if not isinstance(k, (str, int, float, bool)) and k is not None:
+                return (f"{path}.{k!r}" if path else repr(k), k, False)
+            found = _find_bad(v, f"{path}.{k}" if path else str(k))
+            if found:
+                return found
+        return None
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            found = _find_bad(v, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    return (path, value, False)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class MalformedPayload(Exception):
+    """A stored payload that is not a JSON object (written by another program)."""
+
+
+def decode_payload(text: str | bytes | None) -> dict[str, Any]:
+    """Decode a stored payload for a handler, or raise ``MalformedPayload`` saying why."""
+    if text is None or text == "":
+        return {}
+    try:
+        value = json.loads(text)
+    except (ValueError, TypeError) as exc:
+        raise MalformedPayload(f"payload is not valid JSON ({exc}): {_short(text)}") from None
+    if value is None:
+        return {}
+    if type(value) is not dict:
+        raise MalformedPayload(
+            f"payload must be a JSON object of keyword arguments, got {type(value).__name__}: "
+            f"{_short(text)}"
+        )
+    return value
+
+
+def loads_lenient(text: str | bytes | None) -> Any:
+    """Decode for display: malformed text is shown as it is rather than failing."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, TypeError):
+        return text if isinstance(text, str) else text.decode("utf-8", "replace")

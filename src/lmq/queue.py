@@ -1,0 +1,358 @@
+"""The library's front door: :class:`Queue`, ``@queue.task`` and enqueueing."""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from . import payload as payload_mod
+from .backends import Backend, open_backend
+from .exceptions import ConfigError, NotFound
+from .models import (
+    Counts,
+    DeadFilter,
+    DeadLetter,
+    DeadSelector,
+    NewTask,
+    Task,
+    TaskFilter,
+    TaskId,
+    WorkerInfo,
+)
+from .retry import DEFAULT_BACKOFF, Backoff
+from .url import default_url, mask, parse_url
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_QUEUE = "default"
+DEFAULT_MAX_ATTEMPTS = 5
+DEFAULT_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    name: str
+    queue: str = DEFAULT_QUEUE
+    priority: int = 0
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    timeout: float | None = DEFAULT_TIMEOUT
+    backoff: Backoff = DEFAULT_BACKOFF
+    breaker: str | None = None
+
+
+class TaskFunction(Generic[P, R]):
+    """A registered handler.  Call it to run it directly; ``.enqueue(...)`` to queue it."""
+
+    def __init__(
+        self, queue: Queue, fn: Callable[P, R] | Callable[P, Awaitable[R]], options: TaskOptions
+    ) -> None:
+        self.queue = queue
+        self.fn = fn
+        self.options = options
+        self.name = options.name
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.signature = inspect.signature(fn)
+        self.accepts_any = any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in self.signature.parameters.values()
+        )
+        self.__name__ = getattr(fn, "__name__", options.name)
+        self.__doc__ = fn.__doc__
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def check_payload(self, payload: Mapping[str, Any]) -> str | None:
+        """Why this payload cannot be passed to the handler, or None if it can."""
+        try:
+            self.signature.bind(**payload)
+        except TypeError as exc:
+            return f"payload does not match {self.name}{self.signature}: {exc}"
+        return None
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> TaskId:
+        """Queue a run with these keyword arguments (JSON values only)."""
+        if args:
+            raise TypeError(
+                f"{self.name}.enqueue() takes keyword arguments only (they are stored as JSON)"
+            )
+        problem = self.check_payload(kwargs)
+        if problem:
+            raise TypeError(problem)
+        return self.queue.enqueue(self.name, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<lmq task {self.name!r} queue={self.options.queue!r}>"
+
+
+class Queue:
+    """A queue in one database.  ``Queue()`` uses ``$LMQ_URL``, else ``sqlite:///lmq.db``.
+
+    The backend is opened on first use, so defining a Queue at import time is free and a
+    worker can point the same app at another URL (``lmq worker --url``).
+    """
+
+    def __init__(self, url: str | None = None) -> None:
+        self.url = url or default_url()
+        parse_url(self.url)  # fail early on a malformed URL
+        self.registry: dict[str, TaskFunction[Any, Any]] = {}
+        self._backend: Backend | None = None
+        self._lock = threading.Lock()
+        self._create = True
+
+    # --- backend ------------------------------------------------------------------------
+
+    @property
+    def backend(self) -> Backend:
+        b = self._backend
+        if b is None:
+            with self._lock:
+                if self._backend is None:
+                    self._backend = open_backend(self.url, create=self._create)
+                b = self._backend
+        return b
+
+    def use_url(self, url: str, *, create: bool = True) -> None:
+        """Point this queue (and its registered tasks) at another database."""
+        parse_url(url)
+        with self._lock:
+            if self._backend is not None:
+                self._backend.close()
+                self._backend = None
+            self.url = url
+            self._create = create
+
+    def close(self) -> None:
+        with self._lock:
+            if self._backend is not None:
+                self._backend.close()
+                self._backend = None
+
+    def __enter__(self) -> Queue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<lmq.Queue {mask(self.url)}>"
+
+    # --- tasks ----------------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[P, R], /) -> TaskFunction[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        queue: str = DEFAULT_QUEUE,
+        priority: int = 0,
+        breaker: str | None = None,
+        backoff: Backoff | None = None,
+    ) -> Callable[[Callable[P, R]], TaskFunction[P, R]]: ...
+
+    def task(
+        self,
+        fn: Callable[P, R] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        queue: str = DEFAULT_QUEUE,
+        priority: int = 0,
+        breaker: str | None = None,
+        backoff: Backoff | None = None,
+    ) -> TaskFunction[P, R] | Callable[[Callable[P, R]], TaskFunction[P, R]]:
+        """Register a handler, with or without arguments.
+
+        ``name`` defaults to the function's name; it is what producers (in any language)
+        write into ``task_name``.  ``timeout`` is per attempt, in seconds (None: none).
+        """
+        if max_attempts < 1:
+            raise ConfigError("max_attempts must be at least 1")
+        if timeout is not None and timeout <= 0:
+            raise ConfigError("timeout must be positive (or None for no timeout)")
+
+        def register(f: Callable[P, R]) -> TaskFunction[P, R]:
+            task_name = name or f.__name__
+            if task_name in self.registry and self.registry[task_name].fn is not f:
+                raise ConfigError(f"a task named {task_name!r} is already registered")
+            options = TaskOptions(
+                name=task_name,
+                queue=queue,
+                priority=priority,
+                max_attempts=max_attempts,
+                timeout=timeout,
+                backoff=backoff or DEFAULT_BACKOFF,
+                breaker=breaker,
+            )
+            tf: TaskFunction[P, R] = TaskFunction(self, f, options)
+            self.registry[task_name] = tf
+            return tf
+
+        return register(fn) if fn is not None else register
+
+    def _new_task(
+        self,
+        task_name: str,
+        payload: Mapping[str, Any] | None,
+        queue: str | None,
+        priority: int | None,
+        delay: float,
+        run_at: datetime | None,
+        unique_key: str | None,
+        max_attempts: int | None,
+    ) -> NewTask:
+        if not isinstance(task_name, str) or not task_name:
+            raise TypeError("task_name must be a non-empty string")
+        options = self.registry.get(task_name)
+        opts = options.options if options is not None else None
+        if run_at is not None:
+            if run_at.tzinfo is None:
+                raise ValueError("run_at must be an aware datetime (lmq keeps time in UTC)")
+            at: float | None = run_at.timestamp()
+        else:
+            at = None
+        if delay < 0:
+            raise ValueError("delay must be >= 0 seconds")
+        if max_attempts is not None and max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        return NewTask(
+            task_name=task_name,
+            payload_json=payload_mod.encode_payload(payload),
+            queue=queue or (opts.queue if opts else DEFAULT_QUEUE),
+            priority=priority if priority is not None else (opts.priority if opts else 0),
+            max_attempts=max_attempts,  # None: the handler's setting applies when it runs
+            run_at=at,
+            delay=float(delay),
+            unique_key=unique_key,
+        )
+
+    def enqueue(
+        self,
+        task_name: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        delay: float = 0,
+        run_at: datetime | None = None,
+        unique_key: str | None = None,
+        max_attempts: int | None = None,
+    ) -> TaskId:
+        """Store one task and return its id.
+
+        Options left as None take the registered task's defaults (else queue
+        ``default``, priority 0; attempts as the handler declares when it runs).  A
+        payload JSON cannot hold raises ``TypeError``/``ValueError`` naming the key,
+        and nothing is stored.  With a
+        ``unique_key`` already pending or processing, the existing task's id is returned.
+        """
+        new = self._new_task(
+            task_name, payload, queue, priority, delay, run_at, unique_key, max_attempts
+        )
+        return self.backend.enqueue([new])[0]
+
+    def enqueue_many(
+        self,
+        items: Iterable[tuple[str, Mapping[str, Any] | None]],
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        delay: float = 0,
+        run_at: datetime | None = None,
+        max_attempts: int | None = None,
+    ) -> list[TaskId]:
+        """Store many ``(task_name, payload)`` tasks in one transaction; return their ids.
+
+        Every payload is checked before anything is written: one bad payload stores none.
+        """
+        new = [
+            self._new_task(name, payload, queue, priority, delay, run_at, None, max_attempts)
+            for name, payload in items
+        ]
+        return self.backend.enqueue(new)
+
+    # --- inspection -----------------------------------------------------------------------
+
+    def get(self, task_id: TaskId) -> Task | None:
+        """The task with this id (dead-lettered ones included, status ``dead``), or None."""
+        return self.backend.get(task_id)
+
+    def counts(self) -> dict[str, int]:
+        """``{"pending": n, "processing": n, "done": n, "dead": n}`` over every queue."""
+        return self.backend.counts().as_dict()
+
+    def stats(self) -> Counts:
+        """Counts per queue, with ready/scheduled split and the oldest ready task's age."""
+        return self.backend.counts()
+
+    def tasks(
+        self,
+        *,
+        status: str | None = None,
+        queue: str | None = None,
+        name: str | None = None,
+        limit: int = 50,
+    ) -> list[Task]:
+        """Newest first."""
+        return self.backend.list_tasks(TaskFilter(status, queue, name, limit))
+
+    def workers(self) -> list[WorkerInfo]:
+        return self.backend.workers()
+
+    def migrate(self) -> list[int]:
+        """Create or upgrade the tables (idempotent); return the migrations applied."""
+        return self.backend.migrate()
+
+    # --- dead letters ---------------------------------------------------------------------
+
+    def dead_letters(
+        self,
+        *,
+        task_name: str | None = None,
+        queue: str | None = None,
+        error_contains: str | None = None,
+        limit: int | None = 50,
+    ) -> list[DeadLetter]:
+        """Dead letters waiting for a person, newest first."""
+        return self.backend.dead_letters(DeadFilter(task_name, queue, error_contains, limit=limit))
+
+    def dead_letter(self, dead_id: TaskId) -> DeadLetter:
+        dead = self.backend.get_dead(dead_id)
+        if dead is None:
+            raise NotFound(f"no dead letter with id {dead_id}")
+        return dead
+
+    def requeue_dead(
+        self,
+        ids: Sequence[TaskId] = (),
+        *,
+        all: bool = False,
+        task_name: str | None = None,
+        queue: str | None = None,
+    ) -> list[TaskId]:
+        """Put dead letters back as pending tasks with their attempts reset."""
+        return self.backend.requeue_dead(DeadSelector(tuple(ids), all, task_name, queue))
+
+    def discard_dead(
+        self,
+        ids: Sequence[TaskId] = (),
+        *,
+        all: bool = False,
+        task_name: str | None = None,
+        queue: str | None = None,
+    ) -> int:
+        """Mark dead letters discarded: kept as a record, no longer counted or listed."""
+        return self.backend.discard_dead(DeadSelector(tuple(ids), all, task_name, queue))

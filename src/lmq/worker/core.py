@@ -1,0 +1,714 @@
+"""The worker: one asyncio supervisor and its watched side tasks.
+
+* **fetcher** claims as many tasks as there are free slots and starts them: ``async
+  def`` handlers as tasks on the loop, ``def`` handlers in :class:`SyncPool`;
+* **completer** acknowledges finished tasks in batches (one transaction for done,
+  retried and buried tasks together) as soon as any are waiting, so a result is
+  written within milliseconds; a slot is free again only once its result is written,
+  so a worker never holds more unacknowledged results than its concurrency;
+* **lease renewer** extends the leases of held tasks every ``lease / 3`` seconds;
+* **heartbeat** upserts the worker's row (written before the first claim);
+* **pruner** deletes finished tasks past their retention and stale worker rows.
+
+If a side task dies the worker stops loudly (exit status 1).  Storage calls run on
+two dedicated threads (one for the hot path, one for the side tasks), never on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import signal
+import socket
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from .. import __version__
+from ..exceptions import BackendError, Discard, Retry, TaskTimeout
+from ..models import (
+    BuryOutcome,
+    Claimed,
+    ClaimRequest,
+    CompleteBatch,
+    Heartbeat,
+    PruneRequest,
+    RenewRequest,
+    RetryOutcome,
+    TaskError,
+    TaskId,
+)
+from ..payload import MalformedPayload, decode_payload
+from ..queue import DEFAULT_MAX_ATTEMPTS, Queue, TaskFunction
+from ..retry import fingerprint
+from .pool import Result, SyncPool
+
+log = logging.getLogger("lmq.worker")
+T = TypeVar("T")
+
+TRACEBACK_LIMIT = 8000
+
+
+@dataclass
+class WorkerSettings:
+    queues: tuple[str, ...] | None = None  # None: every queue
+    concurrency: int = 10
+    lease: float = 30.0
+    burst: bool = False
+    grace: float = 10.0
+    heartbeat_interval: float = 5.0
+    keep_done: float = 86400.0  # seconds a finished task is kept (0: deleted at once)
+    prune_interval: float = 60.0
+    stale_worker_after: float = 3600.0  # heartbeat rows older than this are removed
+    idle_poll: float = 1.0  # longest idle wait without a wake-up
+    install_signal_handlers: bool = True
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if self.lease < 1:
+            raise ValueError("lease must be at least 1 second")
+        if self.grace < 0:
+            raise ValueError("grace must be >= 0 seconds")
+
+
+@dataclass(slots=True)
+class _Running:
+    claimed: Claimed
+    handler: TaskFunction[Any, Any] | None
+    started: float
+    max_attempts: int  # the row's, else the handler's
+    task: asyncio.Task[None] | None = None  # async handlers
+    timer: asyncio.TimerHandle | None = None  # sync handlers' timeout
+    settled: bool = False  # an outcome is recorded (maybe not yet written)
+    finished: bool = True  # its code has returned (False while a sync thread still runs)
+
+
+@dataclass
+class Stats:
+    claimed: int = 0
+    succeeded: int = 0
+    retried: int = 0
+    dead: int = 0
+    rescued: int = 0
+    started: float = field(default_factory=time.time)
+
+
+class Worker:
+    """Runs tasks of a :class:`~lmq.Queue`.  ``run()`` blocks; ``arun()`` is the coroutine.
+
+    Embed it with ``install_signal_handlers=False`` and call :meth:`stop` to shut down.
+    """
+
+    def __init__(self, queue: Queue, settings: WorkerSettings | None = None) -> None:
+        self.queue = queue
+        self.settings = s = settings or WorkerSettings()
+        self.backend = queue.backend
+        self.registry = queue.registry
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.stats = Stats()
+        self.exit_code = 0
+        self._running: dict[TaskId, _Running] = {}
+        self._done: list[TaskId] = []
+        self._retries: list[RetryOutcome] = []
+        self._burials: list[BuryOutcome] = []
+        self._released: list[TaskId] = []
+        self._to_free: list[_Running] = []  # settled outcomes waiting for their write
+        self._inflight = 0  # claimed and not yet acknowledged (or thread still running)
+        self._bind_cache: dict[tuple[str, frozenset[str]], str | None] = {}
+        self._stopping = False
+        self._signals = 0
+        self._claim = functools.partial(
+            ClaimRequest, worker_id=self.id, lease=s.lease, queues=s.queues
+        )
+        self._debug = log.isEnabledFor(logging.DEBUG)
+
+    # --- public ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until stopped (or, with ``burst``, until nothing is ready); the exit status."""
+        return asyncio.run(self.arun())
+
+    def stop(self) -> None:
+        """Ask the worker to shut down gracefully (thread-safe)."""
+        loop = getattr(self, "_loop", None)
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._begin_stop, "stop requested")
+
+    async def arun(self) -> int:
+        s = self.settings
+        self._loop = loop = asyncio.get_running_loop()
+        self._stop_event = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._ack_event = asyncio.Event()
+        self._slot_event = asyncio.Event()
+        self._db_pool = ThreadPoolExecutor(1, thread_name_prefix="lmq-db")
+        self._side_pool = ThreadPoolExecutor(1, thread_name_prefix="lmq-db-side")
+        self._sync = SyncPool(loop, s.concurrency, self._on_sync_results)
+        wake = None
+        try:
+            await self._side(self.backend.heartbeat, self._beat())  # before the first claim
+            log.info(
+                "worker %s started: %s, queues=%s, concurrency=%d, lease=%gs, tasks=%s",
+                self.id,
+                self.backend.url,
+                ",".join(s.queues) if s.queues else "*",
+                s.concurrency,
+                s.lease,
+                ",".join(sorted(self.registry)) or "(none)",
+                extra={"event": "worker_started", "worker": self.id},
+            )
+            if s.install_signal_handlers:
+                self._install_signals()
+            wake = self.backend.wake_source()
+            if wake is not None:
+
+                def poke() -> None:  # called from the backend's watcher thread
+                    loop.call_soon_threadsafe(self._wake.set)
+
+                wake.start(poke)
+            parts: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
+                "fetcher": self._fetcher,
+                "completer": self._completer,
+                "lease renewer": self._renewer,
+                "heartbeat": self._heartbeater,
+                "pruner": self._pruner,
+            }
+            side: dict[asyncio.Task[Any], str] = {
+                loop.create_task(fn(), name=f"lmq {name}"): name for name, fn in parts.items()
+            }
+            stop_wait = loop.create_task(self._stop_event.wait())
+            done, _ = await asyncio.wait([*side, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t is stop_wait or t.cancelled():
+                    continue
+                exc = t.exception()
+                name = side[t]
+                if exc is not None:
+                    log.error(
+                        "worker component %r died: %r; stopping",
+                        name,
+                        exc,
+                        exc_info=exc,
+                        extra={"event": "component_died"},
+                    )
+                    self.exit_code = 1
+                elif name != "fetcher":
+                    log.error("worker component %r ended unexpectedly; stopping", name)
+                    self.exit_code = 1
+            await self._shutdown(side)
+        finally:
+            if wake is not None:
+                wake.stop()
+            self._sync.shutdown()
+            self._db_pool.shutdown(wait=False)
+            self._side_pool.shutdown(wait=False)
+        return self.exit_code
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._loop.run_in_executor(self._db_pool, fn, *args)
+
+    async def _side(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._loop.run_in_executor(self._side_pool, fn, *args)
+
+    def _beat(self) -> Heartbeat:
+        s = self.settings
+        return Heartbeat(
+            worker_id=self.id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            version=__version__,
+            queues=",".join(s.queues) if s.queues else "*",
+            concurrency=s.concurrency,
+            running=self._inflight,
+            done=self.stats.succeeded,
+            started=self.stats.started,
+        )
+
+    def _install_signals(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._loop.add_signal_handler(sig, self._on_signal, sig)
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+                return
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning(
+                "second %s: exiting at once; unfinished tasks return when their leases expire",
+                sig.name,
+                extra={"event": "worker_killed"},
+            )
+            logging.shutdown()
+            os._exit(1)
+        self._begin_stop(f"{sig.name} received")
+
+    def _begin_stop(self, why: str) -> None:
+        if not self._stopping:
+            self._stopping = True
+            log.info(
+                "%s: stopping; running tasks get %gs to finish",
+                why,
+                self.settings.grace,
+                extra={"event": "worker_stopping", "reason": why},
+            )
+            self._wake.set()
+            self._slot_event.set()
+            self._stop_event.set()
+
+    async def _retrying(self, name: str, fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """Run one storage step, waiting out a lost backend instead of dying."""
+        delay, lost = 0.1, False
+        while True:
+            try:
+                result = await fn()
+            except BackendError as exc:
+                if not lost:
+                    log.warning(
+                        "%s: lost the backend (%s); retrying",
+                        name,
+                        exc,
+                        extra={"event": "backend_lost"},
+                    )
+                    lost = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if lost:
+                log.info("%s: backend is back", name, extra={"event": "backend_back"})
+            return result
+
+    # --- fetcher --------------------------------------------------------------------------
+
+    async def _fetcher(self) -> None:
+        s = self.settings
+        claim, backend, wake = self.backend.claim, self.backend, self._wake
+        while not self._stopping:
+            free = s.concurrency - self._inflight
+            if free <= 0:
+                self._slot_event.clear()
+                await self._slot_event.wait()
+                continue
+            wake.clear()
+            request = self._claim(limit=free)
+            result = await self._retrying("claim", functools.partial(self._db, claim, request))
+            if result.rescued:
+                self.stats.rescued += result.rescued
+                log.warning(
+                    "rescued %d task(s) whose worker stopped renewing the lease (died or hung)",
+                    result.rescued,
+                    extra={"event": "rescued", "rescued": result.rescued},
+                )
+            if result.tasks:
+                self._start_all(result.tasks)
+                if len(result.tasks) == free:
+                    continue  # there may be more ready: claim again as slots free up
+                # fewer than asked: the ready set is empty right now; wait for a change
+            if self._stopping:
+                break
+            if s.burst:
+                drained = not result.tasks and self._inflight == 0
+                if drained and not await self._db(backend.has_ready, s.queues):
+                    log.info("burst: nothing ready; stopping", extra={"event": "burst_done"})
+                    self._begin_stop("burst finished")
+                    return
+                if result.tasks or self._inflight:
+                    await self._wait_idle(0.05)
+                continue
+            await self._wait_idle(await self._idle_timeout())
+
+    async def _idle_timeout(self) -> float:
+        try:
+            due = await self._db(self.backend.next_due, self.settings.queues)
+        except BackendError:
+            return self.settings.idle_poll
+        poll = self.settings.idle_poll
+        return poll if due is None else min(poll, max(due, 0.001))
+
+    async def _wait_idle(self, timeout: float) -> None:
+        """Sleep until the backend signals a change, a slot frees up, or ``timeout``."""
+        if self._wake.is_set():
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+
+    def _start_all(self, tasks: list[Claimed]) -> None:
+        self.stats.claimed += len(tasks)
+        self._inflight += len(tasks)
+        loop, now, debug = self._loop, time.monotonic(), self._debug
+        for c in tasks:
+            tf = self.registry.get(c.task_name)
+            limit = c.max_attempts or (tf.options.max_attempts if tf else DEFAULT_MAX_ATTEMPTS)
+            rt = _Running(c, tf, now, limit)
+            self._running[c.id] = rt
+            if debug:
+                log.debug(
+                    "claimed %s #%s (attempt %d/%d)",
+                    c.task_name,
+                    c.id,
+                    c.attempts,
+                    limit,
+                    extra={"event": "claimed", "task_id": c.id},
+                )
+            if c.attempts > limit:  # its earlier attempts' workers died holding it
+                why = (
+                    f"attempts used up ({c.attempts - 1}/{limit}): the worker running its last "
+                    "attempt stopped renewing the lease (killed, crashed or hung)"
+                )
+                self._bury(rt, "LeaseExpired", why, why)
+                continue
+            if tf is None:
+                self._bury(
+                    rt,
+                    "UnknownTask",
+                    f"no handler registered for {c.task_name!r}",
+                    f"no handler registered for {c.task_name!r}",
+                )
+                continue
+            try:
+                kwargs = decode_payload(c.payload)
+            except MalformedPayload as exc:
+                self._bury(rt, "MalformedPayload", str(exc), str(exc))
+                continue
+            if not tf.accepts_any:
+                key = (c.task_name, frozenset(kwargs))
+                problem = self._bind_cache.get(key, "?")
+                if problem == "?":
+                    problem = self._bind_cache[key] = tf.check_payload(kwargs)
+                if problem is not None:
+                    self._bury(rt, "PayloadMismatch", problem, problem)
+                    continue
+            if tf.is_async:
+                rt.task = loop.create_task(self._run_async(rt, tf, kwargs))
+            else:
+                rt.finished = False
+                timeout = tf.options.timeout
+                if timeout is not None:
+                    rt.timer = loop.call_later(timeout, self._sync_timed_out, rt)
+                self._sync.submit(rt, tf.fn, kwargs)
+
+    # --- running --------------------------------------------------------------------------
+
+    async def _run_async(
+        self, rt: _Running, tf: TaskFunction[Any, Any], kwargs: dict[str, Any]
+    ) -> None:
+        timeout = tf.options.timeout
+        try:
+            if timeout is None:
+                await tf.fn(**kwargs)
+            else:
+                async with asyncio.timeout(timeout) as cm:
+                    try:
+                        await tf.fn(**kwargs)
+                    except asyncio.CancelledError:
+                        if cm.expired():
+                            raise TaskTimeout(f"timed out after {timeout:g}s (cancelled)") from None
+                        raise
+        except asyncio.CancelledError:
+            self._release(rt)  # the worker is shutting down past its grace period
+            raise
+        except BaseException as exc:
+            self._failed(rt, exc)
+        else:
+            self._succeeded(rt)
+
+    def _on_sync_results(self, results: list[Result]) -> None:
+        for rt, error, _seconds in results:
+            rt.finished = True
+            if rt.timer is not None:
+                rt.timer.cancel()
+            if rt.settled:  # timed out earlier: its slot is given back only now
+                if rt.claimed.id not in self._running:  # and its outcome is written
+                    self._inflight -= 1
+                    self._slot_event.set()
+                continue
+            if error is None:
+                self._succeeded(rt)
+            else:
+                self._failed(rt, error)
+
+    def _sync_timed_out(self, rt: _Running) -> None:
+        if rt.settled or rt.finished:
+            return
+        timeout = rt.handler.options.timeout if rt.handler else None
+        exc = TaskTimeout(
+            f"timed out after {timeout:g}s (the thread runs on; its slot is held until it returns)"
+        )
+        self._failed(rt, exc, with_traceback=False)
+
+    # --- outcomes (loop thread) -----------------------------------------------------------
+
+    def _settle(self, rt: _Running) -> None:
+        rt.settled = True
+        self._to_free.append(rt)
+        self._ack_event.set()
+
+    def _succeeded(self, rt: _Running) -> None:
+        self._done.append(rt.claimed.id)
+        self.stats.succeeded += 1
+        if self._debug:
+            log.debug(
+                "succeeded %s #%s in %.3fs",
+                rt.claimed.task_name,
+                rt.claimed.id,
+                time.monotonic() - rt.started,
+                extra={"event": "succeeded", "task_id": rt.claimed.id},
+            )
+        self._settle(rt)
+
+    def _release(self, rt: _Running) -> None:
+        if not rt.settled:
+            self._released.append(rt.claimed.id)
+            self._settle(rt)
+
+    def _failed(self, rt: _Running, exc: BaseException, with_traceback: bool = True) -> None:
+        if rt.settled:
+            return
+        c = rt.claimed
+        error = _task_error(c.attempts, exc, with_traceback)
+        if isinstance(exc, Discard):
+            self._bury(
+                rt, error.type, error.message, f"discarded by the handler: {exc.reason}", error
+            )
+            return
+        if c.attempts >= rt.max_attempts:
+            self._bury(
+                rt,
+                error.type,
+                error.message,
+                f"attempts used up ({c.attempts}/{rt.max_attempts})",
+                error,
+            )
+            return
+        if isinstance(exc, Retry):
+            delay = exc.delay
+        else:
+            backoff = rt.handler.options.backoff if rt.handler else None
+            delay = backoff.delay(c.attempts) if backoff else 1.0
+        self._retries.append(RetryOutcome(c.id, delay, error))
+        self.stats.retried += 1
+        log.warning(
+            "%s #%s failed (attempt %d/%d): %s; retrying in %.1fs",
+            c.task_name,
+            c.id,
+            c.attempts,
+            rt.max_attempts,
+            _one_line(error),
+            delay,
+            extra={
+                "event": "failed",
+                "task_id": c.id,
+                "task_name": c.task_name,
+                "attempt": c.attempts,
+                "error": _one_line(error),
+                "retry_in": round(delay, 3),
+            },
+        )
+        self._settle(rt)
+
+    def _bury(
+        self, rt: _Running, etype: str, message: str, reason: str, error: TaskError | None = None
+    ) -> None:
+        c = rt.claimed
+        error = error or TaskError(c.attempts, datetime.now(UTC), etype, message)
+        self._burials.append(
+            BuryOutcome(
+                c.id, reason, error, fingerprint(c.task_name, etype, message), rt.max_attempts
+            )
+        )
+        self.stats.dead += 1
+        log.error(
+            "%s #%s moved to the dead letters: %s",
+            c.task_name,
+            c.id,
+            reason,
+            extra={
+                "event": "dead",
+                "task_id": c.id,
+                "task_name": c.task_name,
+                "reason": reason,
+                "error": _one_line(error),
+            },
+        )
+        self._settle(rt)
+
+    # --- completer ------------------------------------------------------------------------
+
+    def _take_batch(self) -> tuple[CompleteBatch, list[_Running]]:
+        batch = CompleteBatch(self.id, self._done, self._retries, self._burials, self._released)
+        freed = self._to_free
+        self._done, self._retries, self._burials, self._released = [], [], [], []
+        self._to_free = []
+        return batch, freed
+
+    async def _completer(self) -> None:
+        while True:
+            await self._ack_event.wait()
+            self._ack_event.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        batch, freed = self._take_batch()
+        if not freed:
+            return
+        await self._retrying("acknowledge", lambda: self._db(self.backend.complete, batch))
+        self._free_slots(freed)
+
+    def _free_slots(self, freed: list[_Running]) -> None:
+        n = 0
+        for rt in freed:
+            if self._running.pop(rt.claimed.id, None) is not None and rt.finished:
+                n += 1  # a timed-out sync task keeps its slot until its thread returns
+        self._inflight -= n
+        self._slot_event.set()
+        self._wake.set()
+
+    # --- lease renewer, heartbeat, pruner -------------------------------------------------
+
+    async def _renewer(self) -> None:
+        s = self.settings
+        interval = s.lease / 3
+        while True:
+            await asyncio.sleep(interval)
+            ids = list(self._running)  # claimed and not yet acknowledged
+            if not ids:
+                continue
+            request = RenewRequest(self.id, ids, s.lease)
+            held = await self._retrying(
+                "renew leases", functools.partial(self._side, self.backend.renew, request)
+            )
+            lost = set(ids).difference(held).intersection(self._running)
+            if lost:
+                log.warning(
+                    "lost the lease on %d task(s) (%s): another worker may run them",
+                    len(lost),
+                    ", ".join(map(str, sorted(lost, key=str)[:10])),
+                    extra={"event": "lease_lost", "task_ids": sorted(lost, key=str)},
+                )
+
+    async def _heartbeater(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval)
+            await self._retrying(
+                "heartbeat", lambda: self._side(self.backend.heartbeat, self._beat())
+            )
+
+    async def _pruner(self) -> None:
+        s = self.settings
+        request = PruneRequest(s.keep_done, s.stale_worker_after)
+        while True:
+            await asyncio.sleep(s.prune_interval)
+            n = await self._retrying("prune", lambda: self._side(self.backend.prune, request))
+            if n:
+                log.info(
+                    "pruned %d finished task(s) and stale worker row(s)",
+                    n,
+                    extra={"event": "pruned", "rows": n},
+                )
+
+    # --- shutdown -------------------------------------------------------------------------
+
+    async def _shutdown(self, side: dict[asyncio.Task[Any], str]) -> None:
+        s = self.settings
+        self._stopping = True
+        fetcher = next(t for t, name in side.items() if name == "fetcher")
+        if not fetcher.done():
+            fetcher.cancel()
+        deadline = self._loop.time() + s.grace
+        while self._unfinished() and self._loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        left = self._unfinished()
+        if left:
+            log.warning(
+                "grace period over: %d task(s) unfinished; releasing them",
+                len(left),
+                extra={"event": "grace_expired", "task_ids": [r.claimed.id for r in left]},
+            )
+            for rt in left:
+                if rt.task is not None:
+                    rt.task.cancel()
+                else:
+                    self._release(rt)
+            await asyncio.sleep(0)  # let cancelled tasks record their release
+        # acknowledge everything (the completer may be mid-write: let it finish first)
+        for t, name in side.items():
+            if name != "completer":
+                t.cancel()
+        completer = next(t for t, name in side.items() if name == "completer")
+        while self._to_free and not completer.done():
+            self._ack_event.set()
+            await asyncio.sleep(0.005)
+        completer.cancel()
+        await asyncio.gather(*side, return_exceptions=True)
+        if self._to_free:
+            try:
+                await self._flush()
+            except BackendError as exc:
+                log.error(
+                    "could not acknowledge %d task(s) at exit: %s (they run again once "
+                    "their leases expire)",
+                    len(self._to_free),
+                    exc,
+                )
+        try:
+            await self._side(self.backend.remove_worker, self.id)
+        except BackendError as exc:
+            log.warning("could not remove the heartbeat row: %s", exc)
+        st = self.stats
+        log.info(
+            "worker %s stopped: %d succeeded, %d retried, %d dead",
+            self.id,
+            st.succeeded,
+            st.retried,
+            st.dead,
+            extra={
+                "event": "worker_stopped",
+                "succeeded": st.succeeded,
+                "retried": st.retried,
+                "dead": st.dead,
+            },
+        )
+
+    def _unfinished(self) -> list[_Running]:
+        return [rt for rt in self._running.values() if not rt.settled]
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _type_name(exc: BaseException) -> str:
+    cls = type(exc)
+    mod = cls.__module__
+    if mod in ("builtins", "lmq.exceptions"):
+        return cls.__qualname__
+    return f"{mod}.{cls.__qualname__}"
+
+
+def _task_error(attempt: int, exc: BaseException, with_traceback: bool) -> TaskError:
+    tb = None
+    if with_traceback and not isinstance(exc, (Retry, Discard)):
+        tb = "".join(traceback.format_exception(exc))
+        if len(tb) > TRACEBACK_LIMIT:
+            tb = "…" + tb[-TRACEBACK_LIMIT:]
+    return TaskError(attempt, datetime.now(UTC), _type_name(exc), str(exc), tb)
+
+
+def _one_line(error: TaskError) -> str:
+    text = f"{error.type}: {error.message}" if error.message else error.type
+    return text.replace("\n", " ")[:500]
+
+
+__all__ = ["Stats", "Worker", "WorkerSettings"]
