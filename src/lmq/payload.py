@@ -38,6 +38,8 @@ def encode_payload(payload: Mapping[str, Any] | None) -> str:
             )
     try:
         return _encode(payload if type(payload) is dict else dict(payload))
+    except RecursionError:
+        raise PayloadValueError("payload is nested too deeply for JSON") from None
     except (TypeError, ValueError) as exc:
         _raise_naming_key(payload, exc)
         raise  # pragma: no cover - _raise_naming_key always raises
@@ -49,6 +51,11 @@ def _raise_naming_key(payload: Any, exc: Exception) -> None:
         raise PayloadError(f"payload is not JSON-serialisable: {exc}") from None
     path, value, is_value_error = found
     where = f"payload key {path!r}" if path else "payload"
+    if is_value_error and isinstance(value, (Mapping, list, tuple)):
+        raise PayloadValueError(
+            f"{where} refers back to a value that contains it (a circular reference), "
+            "which JSON cannot hold"
+        ) from None
     if is_value_error:
         raise PayloadValueError(f"{where} holds {value!r}, which JSON cannot hold") from None
     raise PayloadError(
@@ -56,22 +63,33 @@ def _raise_naming_key(payload: Any, exc: Exception) -> None:
     ) from None
 
 
-def _find_bad(value: Any, path: str) -> tuple[str, Any, bool] | None:
+def _find_bad(
+    value: Any, path: str, parents: frozenset[int] = frozenset()
+) -> tuple[str, Any, bool] | None:
+    """``(path, value, is_value_error)`` of the first value JSON refuses, or None.
+
+    ``parents`` holds the ids of the containers above ``value``: one of them met again
+    is a circular reference (a container merely shared by two keys is fine).
+    """
     if value is None or isinstance(value, (str, bool, int)):
         return None
     if isinstance(value, float):
         return None if math.isfinite(value) else (path, value, True)
+    if isinstance(value, (Mapping, list, tuple)):
+        if id(value) in parents:
+            return (path, value, True)
+        parents = parents | {id(value)}
     if isinstance(value, Mapping):
         for k, v in value.items():
             if not isinstance(k, (str, int, float, bool)) and k is not None:
                 return (f"{path}.{k!r}" if path else repr(k), k, False)
-            found = _find_bad(v, f"{path}.{k}" if path else str(k))
+            found = _find_bad(v, f"{path}.{k}" if path else str(k), parents)
             if found:
                 return found
         return None
     if isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
-            found = _find_bad(v, f"{path}[{i}]")
+            found = _find_bad(v, f"{path}[{i}]", parents)
             if found:
                 return found
         return None
@@ -87,8 +105,21 @@ class MalformedPayload(Exception):
     """A stored payload that is not a JSON object (written by another program)."""
 
 
+_scan_once = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # set in __init__, not in typeshed
+
+
 def decode_payload(text: str | bytes | None) -> dict[str, Any]:
     """Decode a stored payload for a handler, or raise ``MalformedPayload`` saying why."""
+    if type(text) is str and text[:1] == "{":
+        # fast path for compact JSON objects (what lmq and PHP's json_encode write):
+        # the scanner without json.loads' whitespace regexes
+        try:
+            value, end = _scan_once(text, 0)
+        except (StopIteration, ValueError):
+            pass
+        else:
+            if end == len(text):
+                return value  # type: ignore[no-any-return]
     if text is None or text == "":
         return {}
     try:

@@ -27,10 +27,13 @@ class Backoff:
     def ceiling(self, attempt: int) -> float:
         """The largest delay after the given attempt (1 = the first)."""
         exp = max(attempt - 1, 0)
-        # factor ** exp overflows for huge attempt counts; the cap wins long before that
-        if exp > 64:
-            return self.cap
-        return float(min(self.cap, self.base * self.factor**exp))
+        if self.base == 0 or self.factor == 1:
+            return float(min(self.cap, self.base))
+        try:  # float ** overflows (rather than growing a huge int) for huge attempt counts
+            grown = self.base * float(self.factor) ** exp
+        except OverflowError:
+            return float(self.cap)
+        return float(min(self.cap, grown))
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         top = self.ceiling(attempt)

@@ -14,7 +14,7 @@ _PREFIX = re.compile(r"^[A-Za-z0-9_]{0,16}$")
 
 
 def check_prefix(prefix: str) -> str:
-    if not _PREFIX.match(prefix):
+    if not _PREFIX.fullmatch(prefix):
         raise ValueError(
             f"invalid table prefix {prefix!r}: use up to 16 letters, digits or underscores"
         )

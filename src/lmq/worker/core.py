@@ -17,15 +17,17 @@ two dedicated threads (one for the hot path, one for the side tasks), never on t
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
+import math
 import os
 import signal
 import socket
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Generator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -86,7 +88,8 @@ class _Running:
     started: float
     max_attempts: int  # the row's, else the handler's
     task: asyncio.Task[None] | None = None  # async handlers
-    timer: asyncio.TimerHandle | None = None  # sync handlers' timeout
+    timed_out: bool = False
+    deadline: float = math.inf  # monotonic time its timeout runs out
     settled: bool = False  # an outcome is recorded (maybe not yet written)
     finished: bool = True  # its code has returned (False while a sync thread still runs)
 
@@ -129,6 +132,7 @@ class Worker:
             ClaimRequest, worker_id=self.id, lease=s.lease, queues=s.queues
         )
         self._debug = log.isEnabledFor(logging.DEBUG)
+        self._batch = max(1, (s.concurrency + 1) // 2)
 
     # --- public ---------------------------------------------------------------------------
 
@@ -180,6 +184,7 @@ class Worker:
                 "lease renewer": self._renewer,
                 "heartbeat": self._heartbeater,
                 "pruner": self._pruner,
+                "timeouts": self._timeouts,
             }
             side: dict[asyncio.Task[Any], str] = {
                 loop.create_task(fn(), name=f"lmq {name}"): name for name, fn in parts.items()
@@ -300,6 +305,8 @@ class Worker:
                 await self._slot_event.wait()
                 continue
             wake.clear()
+            # at most half the slots per claim: the next claim overlaps the running batch
+            free = min(free, self._batch)
             request = self._claim(limit=free)
             result = await self._retrying("claim", functools.partial(self._db, claim, request))
             if result.rescued:
@@ -348,7 +355,8 @@ class Worker:
     def _start_all(self, tasks: list[Claimed]) -> None:
         self.stats.claimed += len(tasks)
         self._inflight += len(tasks)
-        loop, now, debug = self._loop, time.monotonic(), self._debug
+        now, debug = time.monotonic(), self._debug
+        start_async = self._start_async
         for c in tasks:
             tf = self.registry.get(c.task_name)
             limit = c.max_attempts or (tf.options.max_attempts if tf else DEFAULT_MAX_ATTEMPTS)
@@ -391,35 +399,44 @@ class Worker:
                 if problem is not None:
                     self._bury(rt, "PayloadMismatch", problem, problem)
                     continue
+            if tf.options.timeout is not None:
+                rt.deadline = now + tf.options.timeout
             if tf.is_async:
-                rt.task = loop.create_task(self._run_async(rt, tf, kwargs))
+                start_async(rt, tf.fn, kwargs)
             else:
                 rt.finished = False
-                timeout = tf.options.timeout
-                if timeout is not None:
-                    rt.timer = loop.call_later(timeout, self._sync_timed_out, rt)
                 self._sync.submit(rt, tf.fn, kwargs)
 
     # --- running --------------------------------------------------------------------------
 
-    async def _run_async(
-        self, rt: _Running, tf: TaskFunction[Any, Any], kwargs: dict[str, Any]
-    ) -> None:
-        timeout = tf.options.timeout
+    def _start_async(self, rt: _Running, fn: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+        """Run an async handler's first step now, and make a Task only if it suspends.
+
+        Handlers that finish without waiting (cache hits, no-ops) cost no Task at all;
+        the rest continue in a Task that drives the same coroutine (what Python 3.12's
+        eager task factory does).  The first step runs in its own copy of the context,
+        as a Task's would.
+        """
+        ctx = contextvars.copy_context()
         try:
-            if timeout is None:
-                await tf.fn(**kwargs)
-            else:
-                async with asyncio.timeout(timeout) as cm:
-                    try:
-                        await tf.fn(**kwargs)
-                    except asyncio.CancelledError:
-                        if cm.expired():
-                            raise TaskTimeout(f"timed out after {timeout:g}s (cancelled)") from None
-                        raise
+            coro = fn(**kwargs)
+            first = ctx.run(coro.send, None)
+        except StopIteration:
+            self._succeeded(rt)
+            return
+        except BaseException as exc:
+            self._failed(rt, exc)
+            return
+        rt.task = self._loop.create_task(self._finish_async(rt, _Resume(coro, first)), context=ctx)
+
+    async def _finish_async(self, rt: _Running, resume: _Resume) -> None:
+        try:
+            await resume
         except asyncio.CancelledError:
-            self._release(rt)  # the worker is shutting down past its grace period
-            raise
+            if rt.timed_out:
+                self._failed(rt, self._timeout_error(rt, "cancelled"), with_traceback=False)
+            else:
+                self._release(rt)  # the worker is shutting down past its grace period
         except BaseException as exc:
             self._failed(rt, exc)
         else:
@@ -428,8 +445,6 @@ class Worker:
     def _on_sync_results(self, results: list[Result]) -> None:
         for rt, error, _seconds in results:
             rt.finished = True
-            if rt.timer is not None:
-                rt.timer.cancel()
             if rt.settled:  # timed out earlier: its slot is given back only now
                 if rt.claimed.id not in self._running:  # and its outcome is written
                     self._inflight -= 1
@@ -440,14 +455,30 @@ class Worker:
             else:
                 self._failed(rt, error)
 
-    def _sync_timed_out(self, rt: _Running) -> None:
-        if rt.settled or rt.finished:
-            return
+    async def _timeouts(self) -> None:
+        """Fail tasks that run past their ``timeout`` (checked every 0.1 s).
+
+        A scan of the held tasks (at most ``concurrency``) costs nothing per task, unlike
+        a timer per task.  An async handler is cancelled; a sync one cannot be stopped,
+        so its task is failed as timed out at once while its slot stays taken until the
+        thread returns.
+        """
+        while True:
+            await asyncio.sleep(0.1)
+            now = time.monotonic()
+            for rt in list(self._running.values()):
+                if rt.settled or rt.timed_out or rt.deadline > now:
+                    continue
+                rt.timed_out = True
+                if rt.task is not None:
+                    rt.task.cancel()
+                else:
+                    msg = "the thread runs on; its slot is held until it returns"
+                    self._failed(rt, self._timeout_error(rt, msg), with_traceback=False)
+
+    def _timeout_error(self, rt: _Running, detail: str) -> TaskTimeout:
         timeout = rt.handler.options.timeout if rt.handler else None
-        exc = TaskTimeout(
-            f"timed out after {timeout:g}s (the thread runs on; its slot is held until it returns)"
-        )
-        self._failed(rt, exc, with_traceback=False)
+        return TaskTimeout(f"timed out after {timeout:g}s ({detail})")
 
     # --- outcomes (loop thread) -----------------------------------------------------------
 
@@ -687,6 +718,38 @@ class Worker:
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+class _Resume:
+    """Awaitable that continues a coroutine already started by ``_start_async``.
+
+    It hands every future the coroutine yields to the driving Task unchanged and passes
+    results, exceptions and cancellation back in, so the coroutine cannot tell it was
+    started outside a Task.
+    """
+
+    __slots__ = ("coro", "first")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
+        self.coro = coro
+        self.first = first
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, value = self.coro, self.first
+        self.first = None
+        while True:
+            try:
+                sent = yield value
+            except BaseException as exc:  # cancellation (or a thrown error): pass it in
+                try:
+                    value = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    value = coro.send(sent)
+                except StopIteration as stop:
+                    return stop.value
 
 
 def _type_name(exc: BaseException) -> str:

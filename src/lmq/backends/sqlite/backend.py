@@ -127,12 +127,16 @@ class SQLiteBackend:
             )
 
     def _conn(self) -> sqlite3.Connection:
+        """This thread's connection, with the schema checked (created on first use)."""
+        conn = self._raw_conn()
+        if not self._schema_checked:
+            self._ensure_schema(conn)
+        return conn
+
+    def _raw_conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = self._open()
-            self._local.conn = conn
-            if not self._schema_checked:
-                self._ensure_schema(conn)
+            conn = self._local.conn = self._open()
         return conn
 
     def _open(self) -> sqlite3.Connection:
@@ -274,15 +278,13 @@ class SQLiteBackend:
         return applied
 
     def migrate(self) -> list[int]:
-        conn = getattr(self._local, "conn", None) or self._open()
-        self._local.conn = conn
+        conn = self._raw_conn()
         applied = self._migrate(conn)
         self._schema_checked = True
         return applied
 
     def schema_version(self) -> int | None:
-        conn = getattr(self._local, "conn", None) or self._open()
-        self._local.conn = conn
+        conn = self._raw_conn()
         return self._version(conn)
 
     # --- producer ----------------------------------------------------------------------
