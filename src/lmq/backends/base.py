@@ -20,7 +20,8 @@ claim         take up to ``limit`` ready tasks (pending and due, or processing w
 complete      one transaction for a batch of outcomes: done, retry (back to pending
               at now + delay, error recorded), bury (moved to the dead letters with
               its history), release (back to pending, attempt refunded).  Only rows
-              still leased to that worker are touched.
+              still leased to that worker are touched.  It may claim in the same
+              transaction (a busy worker refilling its slots).
 renew         extend the leases of tasks the worker still holds; returns those ids
 heartbeat     upsert the worker's row; ``remove_worker`` deletes it on clean exit
 ============  =====================================================================
@@ -92,7 +93,15 @@ class Backend(Protocol):
         """Seconds until the earliest pending task is due (0 if one is), or None."""
         ...
 
-    def complete(self, batch: CompleteBatch) -> None: ...
+    def complete(
+        self, batch: CompleteBatch, claim: ClaimRequest | None = None
+    ) -> ClaimResult | None:
+        """Write a batch of outcomes; with ``claim``, claim more in the same transaction.
+
+        Acknowledging and refilling the freed slots at once halves a busy worker's
+        transactions.  Returns the claim's result (None without ``claim``).
+        """
+        ...
 
     def renew(self, request: RenewRequest) -> list[TaskId]: ...
 

@@ -239,7 +239,9 @@ class MemoryBackend:
             return None
         return r
 
-    def complete(self, batch: CompleteBatch) -> None:
+    def complete(
+        self, batch: CompleteBatch, claim: ClaimRequest | None = None
+    ) -> ClaimResult | None:
         now = time.time()
         with self.store.lock:
             for tid in batch.done:
@@ -259,6 +261,7 @@ class MemoryBackend:
                     r.attempts, r.next_run = max(r.attempts - 1, 0), now
         if batch.retries or batch.released:
             self._notify()
+        return self.claim(claim) if claim is not None else None
 
     def renew(self, request: RenewRequest) -> list[TaskId]:
         now = time.time()
@@ -441,10 +444,18 @@ class MemoryBackend:
             and (sel.queue is None or d.queue == sel.queue)
         )
 
+    def _check_waiting(self, selector: DeadSelector, verb: str) -> None:
+        """Named ids must all be waiting dead letters: all or nothing, as in one transaction."""
+        for dead_id in selector.ids:
+            d = self.store.dead.get(int(dead_id))
+            if d is None or d.status != "dead":
+                raise NotFound(f"no dead letter {dead_id} waiting to be {verb}")
+
     def requeue_dead(self, selector: DeadSelector) -> list[TaskId]:
         now = time.time()
         out: list[TaskId] = []
         with self.store.lock:
+            self._check_waiting(selector, "re-queued")
             for dead_id in self._select(selector):
                 d = self.store.dead.get(dead_id)
                 if d is None or d.status != "dead":
@@ -474,6 +485,7 @@ class MemoryBackend:
     def discard_dead(self, selector: DeadSelector) -> int:
         n = 0
         with self.store.lock:
+            self._check_waiting(selector, "discarded")
             for dead_id in self._select(selector):
                 d = self.store.dead.get(dead_id)
                 if d is None or d.status != "dead":

@@ -39,6 +39,7 @@ from ..models import (
     BuryOutcome,
     Claimed,
     ClaimRequest,
+    ClaimResult,
     CompleteBatch,
     Heartbeat,
     PruneRequest,
@@ -133,6 +134,8 @@ class Worker:
         )
         self._debug = log.isEnabledFor(logging.DEBUG)
         self._batch = max(1, (s.concurrency + 1) // 2)
+        self._reserved = 0  # slots promised to a claim under way
+        self._more = False  # the last claim was full: more tasks are probably ready
 
     # --- public ---------------------------------------------------------------------------
 
@@ -296,31 +299,36 @@ class Worker:
     # --- fetcher --------------------------------------------------------------------------
 
     async def _fetcher(self) -> None:
+        """Claims when slots are free and the completer is not refilling them.
+
+        While tasks flow (the last claim was full), the completer claims in the same
+        transaction that acknowledges, so the fetcher mostly handles the start, wake-ups
+        after idling, and burst-mode draining.
+        """
         s = self.settings
         claim, backend, wake = self.backend.claim, self.backend, self._wake
         while not self._stopping:
-            free = s.concurrency - self._inflight
-            if free <= 0:
+            free = s.concurrency - self._inflight - self._reserved
+            if free <= 0 or (
+                self._more and self._inflight + self._reserved > 0 and free < self._batch
+            ):
                 self._slot_event.clear()
                 await self._slot_event.wait()
                 continue
             wake.clear()
             # at most half the slots per claim: the next claim overlaps the running batch
-            free = min(free, self._batch)
-            request = self._claim(limit=free)
-            result = await self._retrying("claim", functools.partial(self._db, claim, request))
-            if result.rescued:
-                self.stats.rescued += result.rescued
-                log.warning(
-                    "rescued %d task(s) whose worker stopped renewing the lease (died or hung)",
-                    result.rescued,
-                    extra={"event": "rescued", "rescued": result.rescued},
+            limit = min(free, self._batch)
+            self._reserved += limit
+            try:
+                result = await self._retrying(
+                    "claim", functools.partial(self._db, claim, self._claim(limit=limit))
                 )
-            if result.tasks:
-                self._start_all(result.tasks)
-                if len(result.tasks) == free:
-                    continue  # there may be more ready: claim again as slots free up
-                # fewer than asked: the ready set is empty right now; wait for a change
+            finally:
+                self._reserved -= limit
+            self._claimed(result, limit)
+            if self._more:
+                continue  # there may be more ready: claim again as slots free up
+            # fewer than asked: the ready set is empty right now; wait for a change
             if self._stopping:
                 break
             if s.burst:
@@ -333,6 +341,20 @@ class Worker:
                     await self._wait_idle(0.05)
                 continue
             await self._wait_idle(await self._idle_timeout())
+
+    def _claimed(self, result: ClaimResult, limit: int) -> None:
+        if result.rescued:
+            self.stats.rescued += result.rescued
+            log.warning(
+                "rescued %d task(s) whose worker stopped renewing the lease (died or hung)",
+                result.rescued,
+                extra={"event": "rescued", "rescued": result.rescued},
+            )
+        self._more = len(result.tasks) == limit
+        if result.tasks:
+            self._start_all(result.tasks)
+        if not self._more:
+            self._slot_event.set()  # the fetcher takes over claiming
 
     async def _idle_timeout(self) -> float:
         try:
@@ -595,8 +617,23 @@ class Worker:
         batch, freed = self._take_batch()
         if not freed:
             return
-        await self._retrying("acknowledge", lambda: self._db(self.backend.complete, batch))
+        # refill the slots this batch frees in the same transaction, while tasks flow
+        limit = 0
+        if self._more and not self._stopping:
+            free = self.settings.concurrency - self._inflight - self._reserved
+            free += sum(1 for rt in freed if rt.finished)
+            limit = min(free, self._batch)
+        request = self._claim(limit=limit) if limit > 0 else None
+        self._reserved += limit
+        try:
+            result = await self._retrying(
+                "acknowledge", functools.partial(self._db, self.backend.complete, batch, request)
+            )
+        finally:
+            self._reserved -= limit
         self._free_slots(freed)
+        if result is not None:
+            self._claimed(result, limit)
 
     def _free_slots(self, freed: list[_Running]) -> None:
         n = 0

@@ -2,8 +2,12 @@
 
 ``loop.run_in_executor`` makes two futures per call and wakes the loop once per result.
 Here a job is a plain tuple on a ``SimpleQueue``; finished jobs go into a deque and the
-loop is woken once for however many have finished since it last looked.  Threads are
-started only as jobs need them, up to ``size``.
+loop is woken once for however many have finished since it last looked.
+
+Threads are started only as jobs need them, up to ``size`` (the worker's concurrency):
+when a thread takes a job and more are waiting with no thread idle, it starts another.
+Quick handlers so run on a few threads (less GIL contention); slow ones (blocking HTTP)
+soon get one thread each.
 """
 
 from __future__ import annotations
@@ -36,23 +40,39 @@ class SyncPool:
         self._scheduled = False
         self._threads: list[threading.Thread] = []
         self._outstanding = 0  # submitted and not yet reported (loop thread only)
+        self._idle = 0  # threads waiting for a job
+        self._lock = threading.Lock()
 
     def submit(self, token: Any, fn: Callable[..., Any], kwargs: dict[str, Any]) -> None:
         self._outstanding += 1
-        if self._outstanding > len(self._threads) and len(self._threads) < self._size:
+        self._jobs.put((token, fn, kwargs))
+        if not self._threads:
+            self._spawn()
+
+    def _spawn(self) -> None:
+        with self._lock:
+            if len(self._threads) >= self._size:
+                return
             t = threading.Thread(
                 target=self._work, name=f"lmq-sync-{len(self._threads)}", daemon=True
             )
             self._threads.append(t)
-            t.start()
-        self._jobs.put((token, fn, kwargs))
+        t.start()
 
     def _work(self) -> None:
         jobs, results, perf = self._jobs, self._results, time.perf_counter
+        lock = self._lock
         while True:
+            with lock:
+                self._idle += 1
             job = jobs.get()
+            with lock:
+                self._idle -= 1
+                busy = self._idle <= 0 and not jobs.empty()
             if job is None:
                 return
+            if busy and len(self._threads) < self._size:
+                self._spawn()  # jobs are waiting and nobody is free to take them
             token, fn, kwargs = job
             start = perf()
             try:

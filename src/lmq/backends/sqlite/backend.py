@@ -101,6 +101,7 @@ class SQLiteBackend:
         self._schema_checked = False
         self._schema_lock = threading.Lock()
         self._filters: dict[tuple[str, ...] | None, tuple[str, dict[str, str]]] = {}
+        self._claim_sql: dict[tuple[str, ...] | None, str] = {}
         self._check_path()
 
     # --- connections -----------------------------------------------------------------
@@ -343,21 +344,26 @@ class SQLiteBackend:
         return cached
 
     def claim(self, request: ClaimRequest) -> ClaimResult:
-        qf, qparams = self._queue_filter(request.queues)
-        sql = self.q["claim"].replace("{queue_filter}", qf)
         with self._tx() as conn:
-            now = _now()
-            rescued = self._rescue(conn, now)
-            rows = conn.execute(
-                sql,
-                {
-                    "worker": request.worker_id,
-                    "now": now,
-                    "lease": request.lease,
-                    "limit": request.limit,
-                    **qparams,
-                },
-            ).fetchall()
+            return self._claim_in(conn, request)
+
+    def _claim_in(self, conn: sqlite3.Connection, request: ClaimRequest) -> ClaimResult:
+        qf, qparams = self._queue_filter(request.queues)
+        sql = self._claim_sql.get(request.queues)
+        if sql is None:
+            sql = self._claim_sql[request.queues] = self.q["claim"].replace("{queue_filter}", qf)
+        now = _now()
+        rescued = self._rescue(conn, now)
+        rows = conn.execute(
+            sql,
+            {
+                "worker": request.worker_id,
+                "now": now,
+                "lease": request.lease,
+                "limit": request.limit,
+                **qparams,
+            },
+        ).fetchall()
         return ClaimResult([Claimed(*row) for row in rows], rescued)
 
     def _rescue(self, conn: sqlite3.Connection, now: float) -> int:
@@ -399,9 +405,11 @@ class SQLiteBackend:
 
         return self._read(read)
 
-    def complete(self, batch: CompleteBatch) -> None:
+    def complete(
+        self, batch: CompleteBatch, claim: ClaimRequest | None = None
+    ) -> ClaimResult | None:
         if not len(batch):
-            return
+            return self.claim(claim) if claim is not None else None
         worker = batch.worker_id
         with self._tx() as conn:
             now = _now()
@@ -443,6 +451,7 @@ class SQLiteBackend:
                     self.q["release"],
                     {"ids": json.dumps(list(batch.released)), "worker": worker, "now": now},
                 )
+            return self._claim_in(conn, claim) if claim is not None else None
 
     def renew(self, request: RenewRequest) -> list[TaskId]:
         if not request.ids:
