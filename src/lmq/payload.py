@@ -7,13 +7,35 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .exceptions import PayloadError, PayloadValueError
 
-_encoder = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False)
-_encode = _encoder.encode
+
+def _refuse(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _make_encoder() -> Callable[[Any], str]:
+    """Compact JSON without NaN: the C encoder made once, not once per call as
+    ``json.dumps`` does (that setup is most of the cost of encoding a small payload)."""
+    c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+    if c_make_encoder is None:  # pragma: no cover - CPython always has it
+        return json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode
+    # markers=None skips the circular-reference check; a cycle ends in RecursionError
+    c_encode = c_make_encoder(
+        None, _refuse, json.encoder.encode_basestring, None, ":", ",", False, False, False
+    )
+    join = "".join
+
+    def encode(value: Any) -> str:
+        return join(c_encode(value, 0))
+
+    return encode
+
+
+_encode = _make_encoder()
 
 
 def encode_payload(payload: Mapping[str, Any] | None) -> str:
@@ -25,7 +47,7 @@ def encode_payload(payload: Mapping[str, Any] | None) -> str:
     """
     if payload is None:
         return "{}"
-    if not isinstance(payload, Mapping):
+    if type(payload) is not dict and not isinstance(payload, Mapping):
         raise PayloadError(
             f"payload must be a JSON object (a dict of keyword arguments), "
             f"not {type(payload).__name__}"
@@ -39,7 +61,14 @@ def encode_payload(payload: Mapping[str, Any] | None) -> str:
     try:
         return _encode(payload if type(payload) is dict else dict(payload))
     except RecursionError:
-        raise PayloadValueError("payload is nested too deeply for JSON") from None
+        try:
+            path = _find_cycle(payload, "", set())
+        except RecursionError:
+            path = None
+        if path is None:
+            raise PayloadValueError("payload is nested too deeply for JSON") from None
+        where = f"payload key {path!r}" if path else "payload"
+        raise PayloadValueError(f"{where} refers back to itself (circular)") from None
     except (TypeError, ValueError) as exc:
         _raise_naming_key(payload, exc)
         raise  # pragma: no cover - _raise_naming_key always raises
@@ -94,6 +123,27 @@ def _find_bad(
                 return found
         return None
     return (path, value, False)
+
+
+def _find_cycle(value: Any, path: str, seen: set[int]) -> str | None:
+    """The path of the first container that holds one of its own ancestors."""
+    if isinstance(value, Mapping):
+        items: Any = ((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    if id(value) in seen:
+        return path
+    seen.add(id(value))
+    try:
+        for sub_path, v in items:
+            found = _find_cycle(v, sub_path, seen)
+            if found is not None:
+                return found
+    finally:
+        seen.discard(id(value))
+    return None
 
 
 def _short(value: Any) -> str:

@@ -203,40 +203,46 @@ class Queue:
 
         return register(fn) if fn is not None else register
 
+    @staticmethod
+    def _when(delay: float, run_at: datetime | None, max_attempts: int | None) -> float | None:
+        """Check the options shared by every task of a call; return run_at as epoch."""
+        if delay < 0:
+            raise ValueError("delay must be >= 0 seconds")
+        if max_attempts is not None and max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if run_at is None:
+            return None
+        if run_at.tzinfo is None:
+            raise ValueError("run_at must be an aware datetime (lmq keeps time in UTC)")
+        return run_at.timestamp()
+
     def _new_task(
         self,
         task_name: str,
         payload: Mapping[str, Any] | None,
         queue: str | None,
         priority: int | None,
+        at: float | None,
         delay: float,
-        run_at: datetime | None,
         unique_key: str | None,
         max_attempts: int | None,
     ) -> NewTask:
-        if not isinstance(task_name, str) or not task_name:
+        if type(task_name) is not str or not task_name:
             raise TypeError("task_name must be a non-empty string")
-        options = self.registry.get(task_name)
-        opts = options.options if options is not None else None
-        if run_at is not None:
-            if run_at.tzinfo is None:
-                raise ValueError("run_at must be an aware datetime (lmq keeps time in UTC)")
-            at: float | None = run_at.timestamp()
-        else:
-            at = None
-        if delay < 0:
-            raise ValueError("delay must be >= 0 seconds")
-        if max_attempts is not None and max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
+        handler = self.registry.get(task_name)
+        if handler is not None:
+            opts = handler.options
+            queue = queue or opts.queue
+            priority = opts.priority if priority is None else priority
         return NewTask(
-            task_name=task_name,
-            payload_json=payload_mod.encode_payload(payload),
-            queue=queue or (opts.queue if opts else DEFAULT_QUEUE),
-            priority=priority if priority is not None else (opts.priority if opts else 0),
-            max_attempts=max_attempts,  # None: the handler's setting applies when it runs
-            run_at=at,
-            delay=float(delay),
-            unique_key=unique_key,
+            task_name,
+            payload_mod.encode_payload(payload),
+            queue or DEFAULT_QUEUE,
+            priority or 0,
+            max_attempts,  # None: the handler's setting applies when it runs
+            at,
+            delay,
+            unique_key,
         )
 
     def enqueue(
@@ -259,8 +265,9 @@ class Queue:
         and nothing is stored.  With a
         ``unique_key`` already pending or processing, the existing task's id is returned.
         """
+        at = self._when(delay, run_at, max_attempts)
         new = self._new_task(
-            task_name, payload, queue, priority, delay, run_at, unique_key, max_attempts
+            task_name, payload, queue, priority, at, float(delay), unique_key, max_attempts
         )
         return self.backend.enqueue([new])[0]
 
@@ -278,8 +285,10 @@ class Queue:
 
         Every payload is checked before anything is written: one bad payload stores none.
         """
+        at = self._when(delay, run_at, max_attempts)
+        delay = float(delay)
         new = [
-            self._new_task(name, payload, queue, priority, delay, run_at, None, max_attempts)
+            self._new_task(name, payload, queue, priority, at, delay, None, max_attempts)
             for name, payload in items
         ]
         return self.backend.enqueue(new)

@@ -136,6 +136,7 @@ class Worker:
         self._batch = max(1, (s.concurrency + 1) // 2)
         self._reserved = 0  # slots promised to a claim under way
         self._more = False  # the last claim was full: more tasks are probably ready
+        self._flushing = False  # the completer is writing (and maybe claiming)
 
     # --- public ---------------------------------------------------------------------------
 
@@ -309,9 +310,9 @@ class Worker:
         claim, backend, wake = self.backend.claim, self.backend, self._wake
         while not self._stopping:
             free = s.concurrency - self._inflight - self._reserved
-            if free <= 0 or (
-                self._more and self._inflight + self._reserved > 0 and free < self._batch
-            ):
+            # while tasks flow, the completer refills the slots its acknowledgement frees
+            completer_refills = self._more and (self._flushing or bool(self._to_free))
+            if free <= 0 or (completer_refills and free < self._batch):
                 self._slot_event.clear()
                 await self._slot_event.wait()
                 continue
@@ -625,12 +626,14 @@ class Worker:
             limit = min(free, self._batch)
         request = self._claim(limit=limit) if limit > 0 else None
         self._reserved += limit
+        self._flushing = True
         try:
             result = await self._retrying(
                 "acknowledge", functools.partial(self._db, self.backend.complete, batch, request)
             )
         finally:
             self._reserved -= limit
+            self._flushing = False
         self._free_slots(freed)
         if result is not None:
             self._claimed(result, limit)

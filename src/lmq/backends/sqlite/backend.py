@@ -263,6 +263,11 @@ class SQLiteBackend:
         self._retry_locked(lambda: conn.execute("BEGIN IMMEDIATE"))
         try:
             current = self._version(conn) or 0
+            if current > SCHEMA_VERSION:
+                raise SchemaMissing(
+                    f"{self.path!r} has lmq schema {current}, newer than this lmq knows "
+                    f"({SCHEMA_VERSION}); upgrade lmq"
+                )
             migrations = load_migrations("lmq.backends.sqlite.migrations", self.prefix)
             for number, _name, sql in migrations:
                 if number <= current:
@@ -293,38 +298,22 @@ class SQLiteBackend:
     def enqueue(self, tasks: Sequence[NewTask]) -> list[TaskId]:
         if not tasks:
             return []
-        now = _now()
-        created = _utc_text(now)
-        rows = [
-            (
-                t.queue,
-                t.task_name,
-                t.payload_json,
-                t.priority,
-                t.max_attempts,
-                (t.run_at if t.run_at is not None else now) + t.delay,
-                created,
-                now,
-                t.unique_key,
-            )
-            for t in tasks
-        ]
-        has_unique = any(t.unique_key is not None for t in tasks)
+        insert = self.q["insert_task"]
         with self._tx() as conn:
-            if not has_unique:
-                conn.executemany(self.q["insert_task"], rows)
+            if all(t.unique_key is None for t in tasks):
+                conn.executemany(insert, tasks)  # a NewTask is the row (see queries.sql)
                 last = conn.execute(self.q["last_id"]).fetchone()[0]
                 # one IMMEDIATE transaction on an AUTOINCREMENT key: the ids are consecutive
-                return list(range(last - len(rows) + 1, last + 1))
+                return list(range(last - len(tasks) + 1, last + 1))
             ids: list[TaskId] = []
-            for row in rows:
-                if row[-1] is None:
-                    conn.execute(self.q["insert_task"], row)
+            for t in tasks:
+                if t.unique_key is None:
+                    conn.execute(insert, t)
                     ids.append(conn.execute(self.q["last_id"]).fetchone()[0])
                     continue
-                got = conn.execute(self.q["insert_task_unique"], row).fetchone()
+                got = conn.execute(self.q["insert_task_unique"], t).fetchone()
                 if got is None:
-                    got = conn.execute(self.q["find_unique"], (row[-1],)).fetchone()
+                    got = conn.execute(self.q["find_unique"], (t.unique_key,)).fetchone()
                 ids.append(got[0])
             return ids
 

@@ -28,8 +28,6 @@ CREATE INDEX IF NOT EXISTS {prefix}queue_tasks_ready
     ON {prefix}queue_tasks (priority DESC, next_run, id) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS {prefix}queue_tasks_queue_ready
     ON {prefix}queue_tasks (queue, priority DESC, next_run, id) WHERE status = 'pending';
-CREATE INDEX IF NOT EXISTS {prefix}queue_tasks_due
-    ON {prefix}queue_tasks (next_run) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS {prefix}queue_tasks_lease
     ON {prefix}queue_tasks (locked_until) WHERE status = 'processing';
 CREATE INDEX IF NOT EXISTS {prefix}queue_tasks_done
