@@ -317,6 +317,16 @@ class Worker:
                 await self._slot_event.wait()
                 continue
             wake.clear()
+            if (
+                not self._more
+                and not s.burst
+                and not await self._retrying(
+                    "check", functools.partial(self._db, backend.has_ready, s.queues)
+                )
+            ):
+                # idle: a cheap read instead of a write transaction on every wake-up
+                await self._wait_idle(await self._idle_timeout())
+                continue
             # at most half the slots per claim: the next claim overlaps the running batch
             limit = min(free, self._batch)
             self._reserved += limit
@@ -487,7 +497,7 @@ class Worker:
         thread returns.
         """
         while True:
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1 if self._running else 0.5)  # idle: tick less often
             now = time.monotonic()
             for rt in list(self._running.values()):
                 if rt.settled or rt.timed_out or rt.deadline > now:

@@ -1,6 +1,7 @@
 """SQLite backend (the embedded default): statements in ``queries.sql``, schema in
 ``migrations/``."""
 
-from .backend import DataVersionWatcher, SQLiteBackend
+from .backend import SQLiteBackend
+from .watch import WalWatcher
 
-__all__ = ["DataVersionWatcher", "SQLiteBackend"]
+__all__ = ["SQLiteBackend", "WalWatcher"]

@@ -53,6 +53,7 @@ from ...models import (
 from ...payload import loads_lenient
 from ...url import QueueURL
 from ..sqlfile import check_prefix, load_migrations, load_queries
+from .watch import WalWatcher
 
 T = TypeVar("T")
 
@@ -496,8 +497,8 @@ class SQLiteBackend:
             ).rowcount
         return removed
 
-    def wake_source(self) -> DataVersionWatcher:
-        return DataVersionWatcher(self.path)
+    def wake_source(self) -> WalWatcher:
+        return WalWatcher(self.path)
 
     # --- inspection --------------------------------------------------------------------
 
@@ -689,48 +690,6 @@ class SQLiteBackend:
 # --- wake-ups ----------------------------------------------------------------------------
 
 
-class DataVersionWatcher:
-    """Wakes an idle worker when any other connection commits to the file.
-
-    ``PRAGMA data_version`` reads a counter in the WAL index (shared memory): no disk
-    I/O and no lock, a few microseconds, so polling it every few milliseconds costs next
-    to nothing yet notices a new task within one interval.
-    """
-
-    def __init__(self, path: str, interval: float = 0.004) -> None:
-        self.path = path
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self, callback: Callable[[], None]) -> None:
-        self._thread = threading.Thread(
-            target=self._run, args=(callback,), name="lmq-sqlite-watch", daemon=True
-        )
-        self._thread.start()
-
-    def _run(self, callback: Callable[[], None]) -> None:
-        conn = sqlite3.connect(self.path, timeout=5, isolation_level=None, check_same_thread=False)
-        try:
-            last = None
-            while not self._stop.wait(self.interval):
-                try:
-                    version = conn.execute("PRAGMA data_version").fetchone()[0]
-                except sqlite3.OperationalError:
-                    continue
-                if version != last:
-                    if last is not None:
-                        callback()
-                    last = version
-        finally:
-            conn.close()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=1)
-
-
 # --- row mapping -------------------------------------------------------------------------
 
 
@@ -841,4 +800,4 @@ def _task_from_dead(d: DeadLetter) -> Task:
     )
 
 
-__all__ = ["DataVersionWatcher", "SQLiteBackend"]
+__all__ = ["SQLiteBackend"]
