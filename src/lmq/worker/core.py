@@ -157,6 +157,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._ack_event = asyncio.Event()
         self._slot_event = asyncio.Event()
+        self._timed = asyncio.Event()  # a task with a timeout started (see _timeouts)
         self._db_pool = ThreadPoolExecutor(1, thread_name_prefix="lmq-db")
         self._side_pool = ThreadPoolExecutor(1, thread_name_prefix="lmq-db-side")
         self._sync = SyncPool(loop, s.concurrency, self._on_sync_results)
@@ -434,6 +435,7 @@ class Worker:
                     continue
             if tf.options.timeout is not None:
                 rt.deadline = now + tf.options.timeout
+                self._timed.set()
             if tf.is_async:
                 start_async(rt, tf.fn, kwargs)
             else:
@@ -497,7 +499,10 @@ class Worker:
         thread returns.
         """
         while True:
-            await asyncio.sleep(0.1 if self._running else 0.5)  # idle: tick less often
+            if not self._running:  # nothing to watch: sleep until a task starts
+                self._timed.clear()
+                await self._timed.wait()
+            await asyncio.sleep(0.1)
             now = time.monotonic()
             for rt in list(self._running.values()):
                 if rt.settled or rt.timed_out or rt.deadline > now:
