@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape as esc
 from rich.table import Table
 
 from ..exceptions import BackendError, LmqError, NotFound
-from ..models import STATUSES, Task
+from ..models import STATUSES, Task, TaskError
 from .common import (
     ago,
     cli,
@@ -175,7 +177,13 @@ def _print_status(
         t.add_column(col, justify="left" if col == "queue" else "right")
     for name, c in sorted(stats.by_queue.items()):
         t.add_row(
-            name, str(c["pending"]), "", "", str(c["processing"]), str(c["done"]), str(c["dead"])
+            esc(name),
+            str(c["pending"]),
+            "",
+            "",
+            str(c["processing"]),
+            str(c["done"]),
+            str(c["dead"]),
         )
     t.add_row(
         "[bold]all[/]",
@@ -196,10 +204,10 @@ def _print_status(
         age = human_seconds(info.heartbeat_age)
         age = f"[red]{age} (stale)[/]" if info.heartbeat_age > stale_after else age
         w.add_row(
-            info.id,
-            info.host,
+            esc(info.id),
+            esc(info.host),
             str(info.pid),
-            info.queues,
+            esc(info.queues),
             str(info.concurrency),
             str(info.running),
             str(info.done),
@@ -210,7 +218,7 @@ def _print_status(
     else:
         out.print("workers: none running")
     for p in problems:
-        out.print(f"[red]problem:[/] {p}")
+        out.print(f"[red]problem:[/] {esc(p)}")
 
 
 @cli.command()
@@ -241,12 +249,12 @@ def tasks(
     for task in found:
         t.add_row(
             str(task.id),
-            task.task_name,
-            task.queue,
+            esc(task.task_name),
+            esc(task.queue),
             task.status,
             f"{task.attempts}/{task.max_attempts or '-'}",
             ago(task.next_run) if task.status == "pending" else "-",
-            (task.last_error or "")[:60],
+            esc((task.last_error or "")[:60]),
         )
     out.print(t)
     if not found:
@@ -300,10 +308,17 @@ def print_task(task: Task) -> None:
     if task.dead_letter_id is not None:
         rows.append(("dead letter", str(task.dead_letter_id)))
     for k, v in rows:
-        out.print(f"[bold]{k:>11}[/]  {v}", markup=True)
-    out.print(f"[bold]{'payload':>11}[/]  {_json.dumps(task.payload, ensure_ascii=False)}")
-    for e in task.errors:
-        out.print(f"\n[bold]attempt {e.attempt}[/] at {e.at.isoformat()}: {e.type}: {e.message}")
+        out.print(f"[bold]{k:>11}[/]  {esc(v)}")
+    out.print(f"[bold]{'payload':>11}[/]  {esc(_json.dumps(task.payload, ensure_ascii=False))}")
+    print_errors(task.errors)
+
+
+def print_errors(errors: Sequence[TaskError]) -> None:
+    """Every attempt's error, with its traceback, oldest first."""
+    for e in errors:
+        out.print(
+            f"\n[bold]attempt {e.attempt}[/] at {e.at.isoformat()}: {esc(e.type)}: {esc(e.message)}"
+        )
         if e.traceback:
             out.print(e.traceback.rstrip(), markup=False, highlight=False)
 

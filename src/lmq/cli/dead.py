@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 from rich.table import Table
@@ -11,8 +12,10 @@ from rich.table import Table
 from ..exceptions import ConfigError
 from ..models import DeadLetter, TaskId
 from ..queue import Queue
-from .commands import out
+from .commands import esc, out, print_errors
 from .common import ago, cli, echo_json, open_queue, url_option
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @cli.group()
@@ -62,11 +65,11 @@ def dead_list(
         t.add_row(
             str(d.id),
             str(d.task_id),
-            d.task_name,
-            d.queue,
+            esc(d.task_name),
+            esc(d.queue),
             f"{d.attempts}/{d.max_attempts or '-'}",
             ago(d.died_at),
-            f"{d.reason[:50]}\n[dim]{d.error[:80]}[/]",
+            esc(d.reason[:60]) + ("" if d.error in d.reason else f"\n[dim]{esc(d.error[:80])}[/]"),
         )
     out.print(t)
     if not found:
@@ -98,12 +101,9 @@ def dead_show(dead_id: str, as_json: bool, url: str | None, app: str | None) -> 
         ("error", d.error),
         ("fingerprint", d.fingerprint),
     ):
-        out.print(f"[bold]{k:>11}[/]  {v}")
-    out.print(f"[bold]{'payload':>11}[/]  {json.dumps(d.payload, ensure_ascii=False)}")
-    for e in d.errors:
-        out.print(f"\n[bold]attempt {e.attempt}[/] at {e.at.isoformat()}: {e.type}: {e.message}")
-        if e.traceback:
-            out.print(e.traceback.rstrip(), markup=False, highlight=False)
+        out.print(f"[bold]{k:>11}[/]  {esc(str(v))}")
+    out.print(f"[bold]{'payload':>11}[/]  {esc(json.dumps(d.payload, ensure_ascii=False))}")
+    print_errors(d.errors)
 
 
 def _parse(queue: Queue, text: str) -> TaskId:
@@ -133,12 +133,27 @@ def _selection(
     return [], True
 
 
+def _selector_options(f: F) -> F:
+    """IDs, or --all / --task NAME (asking for confirmation unless --yes)."""
+    for option in reversed(
+        (
+            click.argument("ids", nargs=-1, metavar="[ID]..."),
+            click.option(
+                "--all", "all_", is_flag=True, help="Every dead letter (or every one of --task)."
+            ),
+            click.option(
+                "--task", "task_name", metavar="NAME", help="Every dead letter of this task."
+            ),
+            click.option("--yes", "-y", is_flag=True, help="Don't ask for confirmation."),
+            url_option,
+        )
+    ):
+        f = option(f)
+    return f
+
+
 @dead.command("requeue")
-@click.argument("ids", nargs=-1, metavar="[ID]...")
-@click.option("--all", "all_", is_flag=True, help="Every dead letter (or every one of --task).")
-@click.option("--task", "task_name", metavar="NAME", help="Every dead letter of this task.")
-@click.option("--yes", "-y", is_flag=True, help="Don't ask for confirmation.")
-@url_option
+@_selector_options
 def dead_requeue(
     ids: tuple[str, ...],
     all_: bool,
@@ -163,11 +178,7 @@ def dead_requeue(
 
 
 @dead.command("discard")
-@click.argument("ids", nargs=-1, metavar="[ID]...")
-@click.option("--all", "all_", is_flag=True, help="Every dead letter (or every one of --task).")
-@click.option("--task", "task_name", metavar="NAME", help="Every dead letter of this task.")
-@click.option("--yes", "-y", is_flag=True, help="Don't ask for confirmation.")
-@url_option
+@_selector_options
 def dead_discard(
     ids: tuple[str, ...],
     all_: bool,

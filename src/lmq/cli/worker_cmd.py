@@ -120,8 +120,6 @@ def worker(
             "worker",
             "--app",
             app,
-            "--url",
-            chosen,
             "-c",
             str(concurrency),
             "--lease",
@@ -140,7 +138,9 @@ def worker(
         if quiet:
             child_args.append("-q")
         child_args += ["-v"] * verbose
-        raise SystemExit(run_processes(child_args, processes, burst=burst, grace=grace))
+        # the URL goes by environment, not argv: `ps` shows argv, and URLs hold passwords
+        env = {**os.environ, "LMQ_URL": chosen, "LMQ_APP": app}
+        raise SystemExit(run_processes(child_args, processes, burst=burst, grace=grace, env=env))
     settings = WorkerSettings(
         queues=queue_list,
         concurrency=concurrency,

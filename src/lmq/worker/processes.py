@@ -21,14 +21,16 @@ import time
 log = logging.getLogger("lmq.worker")
 
 
-def run_processes(child_args: list[str], n: int, *, burst: bool, grace: float) -> int:
+def run_processes(
+    child_args: list[str], n: int, *, burst: bool, grace: float, env: dict[str, str] | None = None
+) -> int:
     cmd = [sys.executable, "-m", "lmq", *child_args, "--processes", "1"]
     children: dict[int, subprocess.Popen[bytes]] = {}
     restarts: dict[int, list[float]] = {i: [] for i in range(n)}
     stopping = {"signals": 0}
 
     def spawn(slot: int) -> None:
-        children[slot] = subprocess.Popen(cmd)
+        children[slot] = subprocess.Popen(cmd, env=env)
         log.info(
             "started worker process %d (pid %d)",
             slot,
