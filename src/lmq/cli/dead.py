@@ -7,12 +7,13 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
+from rich.markup import escape as esc
 from rich.table import Table
 
 from ..exceptions import ConfigError
 from ..models import DeadLetter, TaskId
 from ..queue import Queue
-from .commands import esc, out, print_errors
+from .commands import out, print_errors
 from .common import ago, cli, echo_json, open_queue, url_option
 
 F = TypeVar("F", bound=Callable[..., Any])
