@@ -676,7 +676,12 @@ class Worker:
             held = await self._retrying(
                 "renew leases", functools.partial(self._side, self.backend.renew, request)
             )
-            lost = set(ids).difference(held).intersection(self._running)
+            # a task settled meanwhile is being acknowledged, not lost
+            lost = {
+                i
+                for i in set(ids).difference(held)
+                if (rt := self._running.get(i)) is not None and not rt.settled
+            }
             if lost:
                 log.warning(
                     "lost the lease on %d task(s) (%s): another worker may run them",
@@ -734,7 +739,7 @@ class Worker:
             if name != "completer":
                 t.cancel()
         completer = next(t for t, name in side.items() if name == "completer")
-        while self._to_free and not completer.done():
+        while (self._to_free or self._flushing) and not completer.done():
             self._ack_event.set()
             await asyncio.sleep(0.005)
         completer.cancel()

@@ -270,6 +270,8 @@ class SQLiteBackend:
                     f"({SCHEMA_VERSION}); upgrade lmq"
                 )
             migrations = load_migrations("lmq.backends.sqlite.migrations", self.prefix)
+            if current and self._missing_tables(conn):
+                current = 0  # repair: every migration is idempotent (IF NOT EXISTS)
             for number, _name, sql in migrations:
                 if number <= current:
                     continue
@@ -283,6 +285,15 @@ class SQLiteBackend:
                 conn.execute("ROLLBACK")
             raise
         return applied
+
+    _TABLES = ("queue_tasks", "queue_dead_letters", "queue_workers", "queue_meta")
+
+    def _missing_tables(self, conn: sqlite3.Connection) -> list[str]:
+        return [
+            t
+            for t in self._TABLES
+            if not conn.execute(self.q["table_exists"], {"name": self.prefix + t}).fetchone()
+        ]
 
     def migrate(self) -> list[int]:
         conn = self._raw_conn()

@@ -1,0 +1,258 @@
+"""Shared fixtures: real ``lmq`` processes against a SQLite file in ``tmp_path``.
+
+Workers run ``python -m lmq worker --app lmq_itest_app`` (the app lives next to this file
+and is found through ``PYTHONPATH``).  Its handlers append ``EVENT KEY PID`` lines to a
+record file that :meth:`Harness.records` reads back.  Every process a test starts runs in
+its own session; whatever is left at the end of the test is killed by its group id.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import lmq
+
+HERE = Path(__file__).resolve().parent
+APP = "lmq_itest_app"
+
+# what must never appear on a worker's or producer's stderr
+FORBIDDEN = (
+    "Traceback",
+    "database is locked",
+    "stayed locked",
+    "lost the backend",
+    "internal error",
+)
+
+
+class Proc:
+    """One started ``lmq`` (or producer) process, its stdout/stderr kept in files."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path, name: str) -> None:
+        self.name = name
+        self.argv = argv
+        self.out_path = cwd / f"{name}.stdout"
+        self.err_path = cwd / f"{name}.stderr"
+        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
+            self.popen = subprocess.Popen(
+                argv, env=env, cwd=cwd, stdout=out, stderr=err, start_new_session=True
+            )
+        self.pid = self.popen.pid
+
+    def poll(self) -> int | None:
+        return self.popen.poll()
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(
+                f"{self.name} (pid {self.pid}) did not exit within {timeout:g}s; "
+                f"stderr:\n{self.stderr()[-3000:]}"
+            )
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def stderr(self) -> str:
+        return self.err_path.read_text(errors="replace")
+
+    def stdout(self) -> str:
+        return self.out_path.read_text(errors="replace")
+
+    def assert_clean(self) -> None:
+        text = self.stderr()
+        for bad in FORBIDDEN:
+            assert bad not in text, f"{bad!r} on {self.name}'s stderr:\n{text[-4000:]}"
+
+    def kill_group(self) -> None:
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGKILL)
+        else:  # the leader is gone; children of a --processes parent may not be
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(10)
+
+
+class Harness:
+    def __init__(self, tmp_path: Path) -> None:
+        self.dir = tmp_path
+        self.db = tmp_path / "queue.db"
+        self.url = f"sqlite:///{self.db}"  # an absolute path: sqlite:////tmp/...
+        self.record_path = tmp_path / "record.txt"
+        self.flags = tmp_path / "flags"
+        self.flags.mkdir()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LMQ_")}
+        env["LMQ_URL"] = self.url
+        env["LMQ_TEST_RECORD"] = str(self.record_path)
+        env["LMQ_TEST_FLAGS"] = str(self.flags)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p
+        )
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        self.env = env
+        self.procs: list[Proc] = []
+        self._queue: lmq.Queue | None = None
+        self._names: collections.Counter[str] = collections.Counter()
+
+    # --- the queue, in this process ------------------------------------------------------
+
+    @property
+    def queue(self) -> lmq.Queue:
+        if self._queue is None:
+            self._queue = lmq.Queue(self.url)
+        return self._queue
+
+    def counts(self) -> dict[str, int]:
+        return self.queue.counts()
+
+    def sql(self, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement with plain sqlite3, as another program would."""
+        with contextlib.closing(sqlite3.connect(self.db, timeout=30)) as conn, conn:
+            return conn.execute(statement, params).fetchall()
+
+    # --- processes -----------------------------------------------------------------------
+
+    def run(
+        self, *args: str, timeout: float = 60, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run one ``lmq`` command to completion."""
+        return subprocess.run(
+            [sys.executable, "-m", "lmq", *args],
+            env=env or self.env,
+            cwd=self.dir,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def run_json(self, *args: str) -> Any:
+        res = self.run(*args)
+        assert res.returncode == 0, f"lmq {' '.join(args)} -> {res.returncode}: {res.stderr}"
+        return json.loads(res.stdout)
+
+    def start(self, argv: list[str], name: str) -> Proc:
+        self._names[name] += 1
+        proc = Proc(argv, self.env, self.dir, f"{name}-{self._names[name]}")
+        self.procs.append(proc)
+        return proc
+
+    def worker(self, *args: str, name: str = "worker") -> Proc:
+        return self.start([sys.executable, "-m", "lmq", "worker", "--app", APP, *args], name)
+
+    def producer(self, start: int, count: int) -> Proc:
+        return self.start(
+            [sys.executable, "-m", "lmq_itest_producer", str(start), str(count)], "producer"
+        )
+
+    def worker_pids(self) -> list[int]:
+        """Pids in the workers' heartbeat rows (``lmq status --json``)."""
+        status = self.run_json("status", "--json")
+        return [w["pid"] for w in status["workers"]]
+
+    # --- what the handlers did -----------------------------------------------------------
+
+    def records(self, event: str | None = None) -> list[tuple[str, str, int]]:
+        """``(event, key, pid)`` for every line the handlers wrote, in order."""
+        if not self.record_path.exists():
+            return []
+        rows = []
+        for line in self.record_path.read_text().splitlines():
+            ev, key, pid = line.split(" ")
+            if event is None or ev == event:
+                rows.append((ev, key, int(pid)))
+        return rows
+
+    def keys(self, event: str) -> collections.Counter[str]:
+        return collections.Counter(key for _, key, _ in self.records(event))
+
+    # --- waiting -------------------------------------------------------------------------
+
+    def wait_for(
+        self,
+        cond: Callable[[], Any],
+        what: str,
+        timeout: float = 60,
+        interval: float = 0.05,
+        procs: list[Proc] | None = None,
+    ) -> Any:
+        """Poll ``cond`` until it is truthy; fail naming ``what`` after ``timeout`` seconds.
+
+        Fails early if one of ``procs`` exits meanwhile (it was meant to keep running).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            value = cond()
+            if value:
+                return value
+            for p in procs or ():
+                if p.poll() is not None:
+                    pytest.fail(
+                        f"waiting for {what}: {p.name} exited with {p.poll()}; "
+                        f"stderr:\n{p.stderr()[-3000:]}"
+                    )
+            if time.monotonic() > deadline:
+                detail = "\n".join(f"--- {p.name}:\n{p.stderr()[-1500:]}" for p in self.procs)
+                pytest.fail(
+                    f"timed out after {timeout:g}s waiting for {what}; "
+                    f"counts={self.counts()}\n{detail}"
+                )
+            time.sleep(interval)
+
+    def wait_counts(
+        self, timeout: float = 60, procs: list[Proc] | None = None, **want: int
+    ) -> None:
+        def ok() -> bool:
+            c = self.counts()
+            return all(c[k] == v for k, v in want.items())
+
+        self.wait_for(ok, f"counts {want}", timeout=timeout, procs=procs)
+
+    def wait_record(
+        self, event: str, key: object, times: int = 1, timeout: float = 60
+    ) -> list[tuple[str, str, int]]:
+        def found() -> list[tuple[str, str, int]]:
+            rows = [r for r in self.records(event) if r[1] == str(key)]
+            return rows if len(rows) >= times else []
+
+        return self.wait_for(found, f"{times}x record {event!r} for key {key}", timeout=timeout)
+
+    def wait_stderr(self, proc: Proc, text: str, timeout: float = 30) -> None:
+        self.wait_for(lambda: text in proc.stderr(), f"{text!r} on {proc.name}'s stderr", timeout)
+
+    # --- teardown ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.kill_group()
+        if self._queue is not None:
+            self._queue.close()
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Iterator[Harness]:
+    harness = Harness(tmp_path)
+    try:
+        yield harness
+    finally:
+        harness.close()
+
+
+def stderr_lines(text: str) -> list[str]:
+    return [ln for ln in text.splitlines() if ln.strip()]
