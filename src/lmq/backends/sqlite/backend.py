@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import sqlite3
 import threading
 import time
@@ -58,7 +59,10 @@ from .watch import WalWatcher
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1
-_BUSY_TIMEOUT_MS = 5000  # sqlite's own wait inside one call
+# SQLite's own busy handler sleeps 1, 2, 5 … then 100 ms between tries, so a waiting
+# writer can starve behind busy workers for seconds (long enough for a short lease to
+# expire).  lmq waits itself instead, retrying every 0.1-2 ms (see _retry_locked).
+_BUSY_TIMEOUT_MS = 0
 
 
 def _now() -> float:
@@ -169,7 +173,7 @@ class SQLiteBackend:
     def _retry_locked(self, fn: Callable[[], T]) -> T:
         """Run ``fn``, retrying while the database is locked, up to ``busy_wait`` seconds."""
         deadline = time.monotonic() + self.busy_wait
-        pause = 0.001
+        pause = 0.0002
         while True:
             try:
                 return fn()
@@ -180,8 +184,8 @@ class SQLiteBackend:
                     raise BackendBusy(
                         f"SQLite database {self.path!r} stayed locked for {self.busy_wait:g}s"
                     ) from None
-                time.sleep(pause)
-                pause = min(pause * 2, 0.05)
+                time.sleep(random.uniform(pause / 2, pause))  # jitter: waiters spread out
+                pause = min(pause * 2, 0.002)
             except sqlite3.DatabaseError as exc:  # not a database, corrupt, read-only...
                 raise self._translate(exc) from None
 
