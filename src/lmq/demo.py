@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -56,6 +57,7 @@ def run_demo(url: str, count: int, concurrency: int) -> int:
     items = [
         ("import_product", {"product_id": i, "sku": f"SKU-{i:05d}"}) for i in range(1, count + 1)
     ]
+    queue.migrate()  # SQLite would create its tables on first use; not part of the timing
     t0 = time.perf_counter()
     queue.enqueue_many(items)
     took = time.perf_counter() - t0
@@ -133,14 +135,23 @@ def run_demo(url: str, count: int, concurrency: int) -> int:
         f"{counts['done'] / elapsed:,.0f} tasks/s"
     )
     console.print(f"   every step is in {log_path} (one JSON object per line)")
-    env_hint = f"LMQ_URL={url}"
+    env_hint = f"LMQ_URL={url} {_lmq_command()}"
     console.print("\nNext, try:")
     for cmd in (
-        f"{env_hint} lmq status",
-        f"{env_hint} lmq dead list",
-        f"{env_hint} lmq dead show ID",
-        f"{env_hint} lmq dead requeue ID",
-        f"{env_hint} lmq tasks --status done --limit 5",
+        f"{env_hint} status",
+        f"{env_hint} dead list",
+        f"{env_hint} dead show ID",
+        f"{env_hint} dead requeue ID",
+        f"{env_hint} tasks --status done --limit 5",
     ):
-        console.print(f"  {cmd}")
+        console.print(f"  {cmd}", soft_wrap=True, markup=False)
     return 0
+
+
+def _lmq_command() -> str:
+    """How the user can run lmq again: `lmq` if that is on PATH, else the script's path."""
+    script = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    found = shutil.which("lmq")
+    if not script.endswith("lmq") or (found and os.path.abspath(found) == script):
+        return "lmq"
+    return os.path.relpath(script)
