@@ -110,6 +110,9 @@ def run_burst(queue: lmq.Queue, **settings: Any) -> int:
         "install_signal_handlers": False,
         "idle_poll": 0.05,
         "concurrency": 4,
+        # in-process runs use asyncio's own loop; the integration tests' `lmq worker`
+        # processes take the default (uvloop, installed with the test extra)
+        "loop": "asyncio",
     }
     options.update(settings)
     return lmq.Worker(queue, lmq.WorkerSettings(**options)).run()

@@ -315,3 +315,35 @@ def test_worker_stop_from_another_thread(queue: lmq.Queue) -> None:
         thread.join(15)
     assert result == [0]
     assert queue.workers() == []
+
+
+def test_worker_runs_on_uvloop(queue: lmq.Queue) -> None:
+    """``loop="uvloop"``: async and sync handlers, a retry and a timeout on uvloop."""
+    import uvloop  # the test extra installs it; `lmq worker` uses it by default
+
+    ran: list[str] = []
+
+    @queue.task(max_attempts=2, backoff=lmq.Backoff(base=0, jitter=False))
+    async def flaky(n: int) -> None:
+        await asyncio.sleep(0.001)
+        ran.append(f"a{n}")
+        if ran.count(f"a{n}") == 1:
+            raise RuntimeError("first call fails")
+
+    @queue.task
+    def plain(n: int) -> None:
+        ran.append(f"s{n}")
+
+    @queue.task(timeout=0.2, max_attempts=1)
+    async def hangs() -> None:
+        await asyncio.sleep(30)
+
+    queue.enqueue("flaky", {"n": 1})
+    queue.enqueue("plain", {"n": 2})
+    hung = queue.enqueue("hangs")
+    assert run_burst(queue, loop="uvloop") == 0
+    assert sorted(ran) == ["a1", "a1", "s2"]
+    task = queue.get(hung)
+    assert task is not None and task.status == "dead"
+    assert task.errors[-1].type == "TaskTimeout"
+    assert uvloop.__version__

@@ -81,6 +81,14 @@ from .common import cli, load_app, setup_logging
 )
 @click.option("-v", "--verbose", count=True, help="-v: every task event on the console.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on the console.")
+@click.option(
+    "--loop",
+    "loop_kind",
+    type=click.Choice(["auto", "asyncio", "uvloop"]),
+    default="auto",
+    show_default=True,
+    help="Event loop: auto uses uvloop when it is installed (pip install 'lmq[uvloop]').",
+)
 def worker(
     url: str | None,
     app: str | None,
@@ -94,6 +102,7 @@ def worker(
     log_file: str | None,
     verbose: int,
     quiet: bool,
+    loop_kind: str,
 ) -> None:
     """Run tasks until stopped.
 
@@ -137,6 +146,7 @@ def worker(
             child_args += ["--log-file", log_file]
         if quiet:
             child_args.append("-q")
+        child_args += ["--loop", loop_kind]
         child_args += ["-v"] * verbose
         # the URL goes by environment, not argv: `ps` shows argv, and URLs hold passwords
         env = {**os.environ, "LMQ_URL": chosen, "LMQ_APP": app}
@@ -148,6 +158,7 @@ def worker(
         burst=burst,
         grace=grace,
         keep_done=keep_done,
+        loop=loop_kind,
     )
     queue.backend.schema_version()  # open now: a bad URL fails here with one line
     code = Worker(queue, settings).run()

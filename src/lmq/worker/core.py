@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from .. import __version__
-from ..exceptions import BackendError, Discard, Retry, TaskTimeout
+from ..exceptions import BackendError, ConfigError, Discard, Retry, TaskTimeout
 from ..models import (
     BuryOutcome,
     Claimed,
@@ -72,6 +72,7 @@ class WorkerSettings:
     stale_worker_after: float = 3600.0  # heartbeat rows older than this are removed
     idle_poll: float = 1.0  # longest idle wait without a wake-up
     install_signal_handlers: bool = True
+    loop: str = "auto"  # auto (uvloop when installed) | asyncio | uvloop
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -80,6 +81,8 @@ class WorkerSettings:
             raise ValueError("lease must be at least 1 second")
         if self.grace < 0:
             raise ValueError("grace must be >= 0 seconds")
+        if self.loop not in ("auto", "asyncio", "uvloop"):
+            raise ValueError("loop must be auto, asyncio or uvloop")
 
 
 @dataclass(slots=True)
@@ -142,7 +145,8 @@ class Worker:
 
     def run(self) -> int:
         """Run until stopped (or, with ``burst``, until nothing is ready); the exit status."""
-        return asyncio.run(self.arun())
+        with asyncio.Runner(loop_factory=_loop_factory(self.settings.loop)) as runner:
+            return runner.run(self.arun())
 
     def stop(self) -> None:
         """Ask the worker to shut down gracefully (thread-safe)."""
@@ -778,6 +782,20 @@ class Worker:
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+def _loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when asked for (or, with ``auto``, when it is installed)."""
+    if kind == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if kind == "uvloop":
+            raise ConfigError("--loop uvloop needs uvloop: pip install 'lmq[uvloop]'") from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 class _Resume:
