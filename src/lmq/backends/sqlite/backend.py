@@ -316,20 +316,22 @@ class SQLiteBackend:
             return []
         insert = self.q["insert_task"]
         with self._tx() as conn:
+            now = (_now(),)
+            rows = [t + now for t in tasks]  # a NewTask and the time: the row (queries.sql)
             if all(t.unique_key is None for t in tasks):
-                conn.executemany(insert, tasks)  # a NewTask is the row (see queries.sql)
+                conn.executemany(insert, rows)
                 last = conn.execute(self.q["last_id"]).fetchone()[0]
                 # one IMMEDIATE transaction on an AUTOINCREMENT key: the ids are consecutive
                 return list(range(last - len(tasks) + 1, last + 1))
             ids: list[TaskId] = []
-            for t in tasks:
-                if t.unique_key is None:
+            for t in rows:
+                if t[7] is None:  # no unique_key
                     conn.execute(insert, t)
                     ids.append(conn.execute(self.q["last_id"]).fetchone()[0])
                     continue
                 got = conn.execute(self.q["insert_task_unique"], t).fetchone()
                 if got is None:
-                    got = conn.execute(self.q["find_unique"], (t.unique_key,)).fetchone()
+                    got = conn.execute(self.q["find_unique"], (t[7],)).fetchone()
                 ids.append(got[0])
             return ids
 

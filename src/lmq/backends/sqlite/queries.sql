@@ -14,20 +14,16 @@ SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = :name
 
 -- name: insert_task
 -- ?1..?8 are the fields of models.NewTask in order: task_name, payload_json, queue,
--- priority, max_attempts, run_at (epoch or NULL = now), delay, unique_key.  `created`
--- takes the column default (UTC text).
+-- priority, max_attempts, run_at (epoch or NULL = now), delay, unique_key; ?9 is now
+-- (epoch seconds).  `created` takes the column default (UTC text).
 INSERT INTO {prefix}queue_tasks
     (task_name, payload, queue, priority, max_attempts, next_run, updated, unique_key)
-VALUES (?1, ?2, ?3, ?4, ?5,
-        COALESCE(?6, (julianday('now') - 2440587.5) * 86400.0) + ?7,
-        (julianday('now') - 2440587.5) * 86400.0, ?8)
+VALUES (?1, ?2, ?3, ?4, ?5, COALESCE(?6, ?9) + ?7, ?9, ?8)
 
 -- name: insert_task_unique
 INSERT INTO {prefix}queue_tasks
     (task_name, payload, queue, priority, max_attempts, next_run, updated, unique_key)
-VALUES (?1, ?2, ?3, ?4, ?5,
-        COALESCE(?6, (julianday('now') - 2440587.5) * 86400.0) + ?7,
-        (julianday('now') - 2440587.5) * 86400.0, ?8)
+VALUES (?1, ?2, ?3, ?4, ?5, COALESCE(?6, ?9) + ?7, ?9, ?8)
 ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('pending', 'processing')
 DO NOTHING
 RETURNING id
