@@ -429,7 +429,9 @@ class Worker:
             except MalformedPayload as exc:
                 self._bury(rt, "MalformedPayload", str(exc), str(exc))
                 continue
-            if not tf.accepts_any:
+            if not tf.is_async and not tf.accepts_any:
+                # (an async handler's arguments are checked by the call that makes its
+                # coroutine, before any of its code runs: see _start_async)
                 key = (c.task_name, frozenset(kwargs))
                 problem = self._bind_cache.get(key, "?")
                 if problem == "?":
@@ -456,9 +458,17 @@ class Worker:
         eager task factory does).  The first step runs in its own copy of the context,
         as a Task's would.
         """
-        ctx = contextvars.copy_context()
         try:
             coro = fn(**kwargs)
+        except TypeError as exc:  # the payload does not fit: no handler code has run
+            problem = rt.handler.check_payload(kwargs) if rt.handler else None
+            if problem is not None:
+                self._bury(rt, "PayloadMismatch", problem, problem)
+            else:
+                self._failed(rt, exc)
+            return
+        ctx = contextvars.copy_context()
+        try:
             first = ctx.run(coro.send, None)
         except StopIteration:
             self._succeeded(rt)

@@ -371,7 +371,7 @@ class SQLiteBackend:
                 **qparams,
             },
         ).fetchall()
-        return ClaimResult([Claimed(*row) for row in rows], rescued)
+        return ClaimResult(list(map(Claimed._make, rows)), rescued)
 
     def _rescue(self, conn: sqlite3.Connection, now: float) -> int:
         """Expired leases go back to pending with the lapse recorded as an error.
