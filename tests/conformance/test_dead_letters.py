@@ -6,7 +6,7 @@ import pytest
 
 import lmq
 from lmq.backends import Backend
-from lmq.models import DeadFilter
+from lmq.models import DeadFilter, PruneRequest
 
 from .helpers import EMPTY, claim, complete, ids, kill
 
@@ -172,3 +172,16 @@ def test_requeue_by_queue(queue: lmq.Queue) -> None:
     kill(queue, queue="default")
     assert queue.requeue_dead(queue="bulk") == [a]
     assert ids(claim(queue.backend)) == [a]
+
+
+def test_ids_are_never_reused(queue: lmq.Queue, backend: Backend) -> None:
+    """The newest task dies, or is pruned: the next task still gets a fresh id."""
+    task_id, _ = kill(queue)
+    new_id = queue.enqueue("t")
+    assert new_id != task_id
+    dead = queue.get(task_id)
+    assert dead is not None and dead.status == "dead"
+    (claimed,) = claim(backend)
+    complete(backend, done=[claimed.id])
+    assert backend.prune(PruneRequest(done_older_than=-1, workers_stale_after=3600)) == 0
+    assert queue.enqueue("t") not in (task_id, new_id)

@@ -284,10 +284,13 @@ class MemoryBackend:
     def prune(self, request: PruneRequest) -> int:
         now = time.time()
         with self.store.lock:
+            newest = max(self.store.tasks, default=None)  # kept, as SQLite keeps it
             old = [
                 r.id
                 for r in self.store.tasks.values()
-                if r.status == "done" and r.updated < now - request.done_older_than
+                if r.status == "done"
+                and r.updated < now - request.done_older_than
+                and r.id != newest
             ]
             for tid in old:
                 del self.store.tasks[tid]

@@ -316,8 +316,9 @@ class SQLiteBackend:
             return []
         insert = self.q["insert_task"]
         with self._tx() as conn:
-            now = (_now(),)
-            rows = [t + now for t in tasks]  # a NewTask and the time: the row (queries.sql)
+            now = _now()
+            extra = (now, _utc_text(now))
+            rows = [t + extra for t in tasks]  # a NewTask and the time: the row (queries.sql)
             if all(t.unique_key is None for t in tasks):
                 conn.executemany(insert, rows)
                 last = conn.execute(self.q["last_id"]).fetchone()[0]
@@ -452,7 +453,7 @@ class SQLiteBackend:
                     "error": json.dumps(b.error.to_json()),
                 }
                 conn.execute(self.q["bury_copy"], params)
-                conn.execute(self.q["bury_delete"], params)
+                conn.execute(self.q["bury_mark"], params)
             if batch.released:
                 conn.execute(
                     self.q["release"],
@@ -665,22 +666,27 @@ class SQLiteBackend:
                 task_id, queue, name, payload, priority, max_attempts, created, errors, ukey = row
                 if ukey is not None and conn.execute(self.q["find_unique"], (ukey,)).fetchone():
                     ukey = None  # a live task already holds the key; this re-run goes without
-                conn.execute(
-                    self.q["reinsert"],
-                    {
-                        "task_id": task_id,
-                        "queue": queue,
-                        "task_name": name,
-                        "payload": payload,
-                        "priority": priority,
-                        "max_attempts": max_attempts,
-                        "now": now,
-                        "created": created,
-                        "errors": errors,
-                        "unique_key": ukey,
-                        "dead_id": dead_id,
-                    },
-                )
+                revived = conn.execute(
+                    self.q["revive"],
+                    {"task_id": task_id, "now": now, "unique_key": ukey, "dead_id": dead_id},
+                ).rowcount
+                if not revived:  # its row is gone (deleted by hand): insert it again
+                    conn.execute(
+                        self.q["reinsert"],
+                        {
+                            "task_id": task_id,
+                            "queue": queue,
+                            "task_name": name,
+                            "payload": payload,
+                            "priority": priority,
+                            "max_attempts": max_attempts,
+                            "now": now,
+                            "created": created,
+                            "errors": errors,
+                            "unique_key": ukey,
+                            "dead_id": dead_id,
+                        },
+                    )
                 requeued.append(task_id)
         return requeued
 
@@ -689,12 +695,13 @@ class SQLiteBackend:
         with self._tx() as conn:
             now = _now()
             for dead_id in self._select_dead(conn, selector):
-                changed = conn.execute(
-                    self.q["mark_discarded"], {"id": dead_id, "now": now}
-                ).rowcount
-                if not changed and selector.ids:
-                    raise NotFound(f"no dead letter {dead_id} waiting to be discarded")
-                n += changed
+                row = conn.execute(self.q["mark_discarded"], {"id": dead_id, "now": now}).fetchone()
+                if row is None:
+                    if selector.ids:
+                        raise NotFound(f"no dead letter {dead_id} waiting to be discarded")
+                    continue
+                conn.execute(self.q["discard_task"], {"task_id": row[0], "now": now})
+                n += 1
         return n
 
     def parse_id(self, text: str) -> TaskId:

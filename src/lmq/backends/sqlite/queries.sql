@@ -15,15 +15,16 @@ SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = :name
 -- name: insert_task
 -- ?1..?8 are the fields of models.NewTask in order: task_name, payload_json, queue,
 -- priority, max_attempts, run_at (epoch or NULL = now), delay, unique_key; ?9 is now
--- (epoch seconds).  `created` takes the column default (UTC text).
+-- (epoch seconds) and ?10 the same as UTC text for `created` (bound rather than the
+-- column default: strftime() per row costs a sixth of a bulk insert).
 INSERT INTO {prefix}queue_tasks
-    (task_name, payload, queue, priority, max_attempts, next_run, updated, unique_key)
-VALUES (?1, ?2, ?3, ?4, ?5, COALESCE(?6, ?9) + ?7, ?9, ?8)
+    (task_name, payload, queue, priority, max_attempts, next_run, updated, unique_key, created)
+VALUES (?1, ?2, ?3, ?4, ?5, COALESCE(?6, ?9) + ?7, ?9, ?8, ?10)
 
 -- name: insert_task_unique
 INSERT INTO {prefix}queue_tasks
-    (task_name, payload, queue, priority, max_attempts, next_run, updated, unique_key)
-VALUES (?1, ?2, ?3, ?4, ?5, COALESCE(?6, ?9) + ?7, ?9, ?8)
+    (task_name, payload, queue, priority, max_attempts, next_run, updated, unique_key, created)
+VALUES (?1, ?2, ?3, ?4, ?5, COALESCE(?6, ?9) + ?7, ?9, ?8, ?10)
 ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('pending', 'processing')
 DO NOTHING
 RETURNING id
@@ -108,8 +109,13 @@ SELECT id, queue, task_name, payload, priority, attempts,
   FROM {prefix}queue_tasks
  WHERE id = :id AND status = 'processing' AND (locked_by = :worker OR :worker IS NULL)
 
--- name: bury_delete
-DELETE FROM {prefix}queue_tasks
+-- name: bury_mark
+-- the task row stays as the record (status 'dead'), linked to the dead letter just made
+UPDATE {prefix}queue_tasks
+   SET status = 'dead', locked_by = NULL, locked_until = NULL, updated = :now,
+       last_error = :message,
+       errors = json_insert(COALESCE(errors, '[]'), '$[#]', json(:error)),
+       dead_letter_id = last_insert_rowid()
  WHERE id = :id AND status = 'processing' AND (locked_by = :worker OR :worker IS NULL)
 
 -- name: renew
@@ -134,9 +140,11 @@ SELECT id, host, pid, version, queues, concurrency, running, done, started, last
   FROM {prefix}queue_workers ORDER BY started, id
 
 -- name: prune_done
+-- never the newest row: with a plain INTEGER PRIMARY KEY its id would be reused
 DELETE FROM {prefix}queue_tasks
  WHERE id IN (SELECT id FROM {prefix}queue_tasks
                WHERE status = 'done' AND updated < :cutoff LIMIT :batch)
+   AND id < (SELECT max(id) FROM {prefix}queue_tasks)
 
 -- name: prune_workers
 DELETE FROM {prefix}queue_workers WHERE last_beat < :cutoff
@@ -154,15 +162,18 @@ SELECT * FROM {prefix}queue_dead_letters WHERE id = :id
 SELECT queue, status, count(*) AS n,
        sum(status = 'pending' AND next_run <= :now) AS ready,
        min(CASE WHEN status = 'pending' AND next_run <= :now THEN next_run END) AS oldest
-  FROM {prefix}queue_tasks GROUP BY queue, status
+  FROM {prefix}queue_tasks
+ WHERE status IN ('pending', 'processing', 'done')
+ GROUP BY queue, status
 
 -- name: count_dead
 SELECT queue, count(*) AS n FROM {prefix}queue_dead_letters
  WHERE status = 'dead' GROUP BY queue
 
 -- name: list_tasks
+-- dead-lettered rows are listed through the dead letters (status 'dead')
 SELECT * FROM {prefix}queue_tasks
- WHERE (:status IS NULL OR status = :status)
+ WHERE (status = :status OR (:status IS NULL AND status IN ('pending', 'processing', 'done')))
    AND (:queue IS NULL OR queue = :queue)
    AND (:name IS NULL OR task_name = :name)
  ORDER BY id DESC LIMIT :limit
@@ -180,6 +191,13 @@ UPDATE {prefix}queue_dead_letters SET status = 'requeued', requeued_at = :now
  WHERE id = :id AND status = 'dead'
 RETURNING task_id, queue, task_name, payload, priority, max_attempts, created, errors, unique_key
 
+-- name: revive
+UPDATE {prefix}queue_tasks
+   SET status = 'pending', attempts = 0, next_run = :now, updated = :now,
+       locked_by = NULL, locked_until = NULL, unique_key = :unique_key,
+       dead_letter_id = :dead_id
+ WHERE id = :task_id AND status IN ('dead', 'discarded')
+
 -- name: reinsert
 INSERT INTO {prefix}queue_tasks
     (id, queue, task_name, payload, priority, status, attempts, max_attempts, next_run,
@@ -190,6 +208,11 @@ VALUES (:task_id, :queue, :task_name, :payload, :priority, 'pending', 0, :max_at
 -- name: mark_discarded
 UPDATE {prefix}queue_dead_letters SET status = 'discarded', discarded_at = :now
  WHERE id = :id AND status = 'dead'
+RETURNING task_id
+
+-- name: discard_task
+UPDATE {prefix}queue_tasks SET status = 'discarded', updated = :now
+ WHERE id = :task_id AND status = 'dead'
 
 -- name: select_dead_ids
 SELECT id FROM {prefix}queue_dead_letters

@@ -3,8 +3,11 @@
 -- scheduling.  max_attempts NULL means "as the handler declares".  A bare INSERT of task_name, payload, status='pending' and created makes a
 -- task that is runnable at once: every other column has a default.
 
+-- Task ids are never reused, without the cost of AUTOINCREMENT (a fifth of a bulk
+-- insert): a dead-lettered task keeps its row (status 'dead'), and the pruner never
+-- deletes the newest row, so max(id) + 1 is always a fresh id.
 CREATE TABLE IF NOT EXISTS {prefix}queue_tasks (
-    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    id             INTEGER PRIMARY KEY,
     queue          TEXT    NOT NULL DEFAULT 'default',
     task_name      TEXT    NOT NULL,
     payload        TEXT    NOT NULL DEFAULT '{}',
