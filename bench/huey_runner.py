@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import time
 
 import hueyapp
@@ -49,8 +50,10 @@ def main() -> None:
         "count": done.value,
         "errors": hueyapp.errors.value,
     }
-    with open(args.out, "w") as f:
+    # write then rename: the bench polls for the file and must never read it half-written
+    with open(args.out + ".tmp", "w") as f:
         json.dump(result, f)
+    os.replace(args.out + ".tmp", args.out)
     consumer.stop(graceful=True)
 
 

@@ -25,16 +25,15 @@ import os
 import signal
 import socket
 import time
-import traceback
 import uuid
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from .. import __version__
-from ..exceptions import BackendError, ConfigError, Discard, Retry, TaskTimeout
+from ..exceptions import BackendError, Discard, Retry, TaskTimeout
 from ..models import (
     BuryOutcome,
     Claimed,
@@ -52,11 +51,10 @@ from ..payload import MalformedPayload, decode_payload
 from ..queue import DEFAULT_MAX_ATTEMPTS, Queue, TaskFunction
 from ..retry import fingerprint
 from .pool import Result, SyncPool
+from .running import Resume, loop_factory, one_line, task_error
 
 log = logging.getLogger("lmq.worker")
 T = TypeVar("T")
-
-TRACEBACK_LIMIT = 8000
 
 
 @dataclass
@@ -145,7 +143,7 @@ class Worker:
 
     def run(self) -> int:
         """Run until stopped (or, with ``burst``, until nothing is ready); the exit status."""
-        with asyncio.Runner(loop_factory=_loop_factory(self.settings.loop)) as runner:
+        with asyncio.Runner(loop_factory=loop_factory(self.settings.loop)) as runner:
             return runner.run(self.arun())
 
     def stop(self) -> None:
@@ -476,9 +474,9 @@ class Worker:
         except BaseException as exc:
             self._failed(rt, exc)
             return
-        rt.task = self._loop.create_task(self._finish_async(rt, _Resume(coro, first)), context=ctx)
+        rt.task = self._loop.create_task(self._finish_async(rt, Resume(coro, first)), context=ctx)
 
-    async def _finish_async(self, rt: _Running, resume: _Resume) -> None:
+    async def _finish_async(self, rt: _Running, resume: Resume) -> None:
         try:
             await resume
         except asyncio.CancelledError:
@@ -561,7 +559,7 @@ class Worker:
         if rt.settled:
             return
         c = rt.claimed
-        error = _task_error(c.attempts, exc, with_traceback)
+        error = task_error(c.attempts, exc, with_traceback)
         if isinstance(exc, Discard):
             self._bury(
                 rt, error.type, error.message, f"discarded by the handler: {exc.reason}", error
@@ -589,14 +587,14 @@ class Worker:
             c.id,
             c.attempts,
             rt.max_attempts,
-            _one_line(error),
+            one_line(error),
             delay,
             extra={
                 "event": "failed",
                 "task_id": c.id,
                 "task_name": c.task_name,
                 "attempt": c.attempts,
-                "error": _one_line(error),
+                "error": one_line(error),
                 "retry_in": round(delay, 3),
             },
         )
@@ -623,7 +621,7 @@ class Worker:
                 "task_id": c.id,
                 "task_name": c.task_name,
                 "reason": reason,
-                "error": _one_line(error),
+                "error": one_line(error),
             },
         )
         self._settle(rt)
@@ -789,77 +787,6 @@ class Worker:
 
     def _unfinished(self) -> list[_Running]:
         return [rt for rt in self._running.values() if not rt.settled]
-
-
-# --- helpers ---------------------------------------------------------------------------------
-
-
-def _loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop when asked for (or, with ``auto``, when it is installed)."""
-    if kind == "asyncio":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        if kind == "uvloop":
-            raise ConfigError("--loop uvloop needs uvloop: pip install 'lmq[uvloop]'") from None
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
-
-
-class _Resume:
-    """Awaitable that continues a coroutine already started by ``_start_async``.
-
-    It hands every future the coroutine yields to the driving Task unchanged and passes
-    results, exceptions and cancellation back in, so the coroutine cannot tell it was
-    started outside a Task.
-    """
-
-    __slots__ = ("coro", "first")
-
-    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
-        self.coro = coro
-        self.first = first
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        coro, value = self.coro, self.first
-        self.first = None
-        while True:
-            try:
-                sent = yield value
-            except BaseException as exc:  # cancellation (or a thrown error): pass it in
-                try:
-                    value = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-            else:
-                try:
-                    value = coro.send(sent)
-                except StopIteration as stop:
-                    return stop.value
-
-
-def _type_name(exc: BaseException) -> str:
-    cls = type(exc)
-    mod = cls.__module__
-    if mod in ("builtins", "lmq.exceptions"):
-        return cls.__qualname__
-    return f"{mod}.{cls.__qualname__}"
-
-
-def _task_error(attempt: int, exc: BaseException, with_traceback: bool) -> TaskError:
-    tb = None
-    if with_traceback and not isinstance(exc, (Retry, Discard)):
-        tb = "".join(traceback.format_exception(exc))
-        if len(tb) > TRACEBACK_LIMIT:
-            tb = "…" + tb[-TRACEBACK_LIMIT:]
-    return TaskError(attempt, datetime.now(UTC), _type_name(exc), str(exc), tb)
-
-
-def _one_line(error: TaskError) -> str:
-    text = f"{error.type}: {error.message}" if error.message else error.type
-    return text.replace("\n", " ")[:500]
 
 
 __all__ = ["Stats", "Worker", "WorkerSettings"]

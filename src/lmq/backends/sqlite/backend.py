@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from ...exceptions import (
     BackendBusy,
@@ -49,11 +49,10 @@ from ...models import (
     TaskFilter,
     TaskId,
     WorkerInfo,
-    utc_from_epoch,
 )
-from ...payload import loads_lenient
 from ...url import QueueURL
 from ..sqlfile import check_prefix, load_migrations, load_queries
+from .rows import dead_from_row, error_line, split_sql, task_from_dead, task_from_row
 from .watch import WalWatcher
 
 T = TypeVar("T")
@@ -279,7 +278,7 @@ class SQLiteBackend:
             for number, _name, sql in migrations:
                 if number <= current:
                     continue
-                for statement in _split_sql(sql):
+                for statement in split_sql(sql):
                     conn.execute(statement)
                 conn.execute(self.q["set_schema_version"], {"version": str(number)})
                 applied.append(number)
@@ -435,7 +434,7 @@ class SQLiteBackend:
                             "worker": worker,
                             "now": now,
                             "delay": r.delay,
-                            "message": _error_line(r.error),
+                            "message": error_line(r.error),
                             "error": json.dumps(r.error.to_json()),
                         }
                         for r in batch.retries
@@ -446,7 +445,7 @@ class SQLiteBackend:
                     "id": b.id,
                     "worker": worker,
                     "now": now,
-                    "message": _error_line(b.error),
+                    "message": error_line(b.error),
                     "reason": b.reason,
                     "max_attempts": b.max_attempts,
                     "fingerprint": b.fingerprint,
@@ -526,9 +525,9 @@ class SQLiteBackend:
             try:
                 row = c.execute(self.q["get_task"], {"id": task_id}).fetchone()
                 if row is not None:
-                    return _task_from_row(row)
+                    return task_from_row(row)
                 dead = c.execute(self.q["get_dead_by_task"], {"id": task_id}).fetchone()
-                return _task_from_dead(_dead_from_row(dead)) if dead is not None else None
+                return task_from_dead(dead_from_row(dead)) if dead is not None else None
             finally:
                 c.row_factory = None
 
@@ -567,7 +566,7 @@ class SQLiteBackend:
             dead = self.dead_letters(
                 DeadFilter(task_name=flt.task_name, queue=flt.queue, limit=flt.limit)
             )
-            return [_task_from_dead(d) for d in dead]
+            return [task_from_dead(d) for d in dead]
 
         def read(c: sqlite3.Connection) -> list[Task]:
             c.row_factory = sqlite3.Row
@@ -583,7 +582,7 @@ class SQLiteBackend:
                 ).fetchall()
             finally:
                 c.row_factory = None
-            return [_task_from_row(r) for r in rows]
+            return [task_from_row(r) for r in rows]
 
         return self._read(read)
 
@@ -627,7 +626,7 @@ class SQLiteBackend:
                 ).fetchall()
             finally:
                 c.row_factory = None
-            return [_dead_from_row(r) for r in rows]
+            return [dead_from_row(r) for r in rows]
 
         return self._read(read)
 
@@ -638,7 +637,7 @@ class SQLiteBackend:
                 row = c.execute(self.q["get_dead"], {"id": dead_id}).fetchone()
             finally:
                 c.row_factory = None
-            return None if row is None else _dead_from_row(row)
+            return None if row is None else dead_from_row(row)
 
         return self._read(read)
 
@@ -712,116 +711,6 @@ class SQLiteBackend:
 
 
 # --- wake-ups ----------------------------------------------------------------------------
-
-
-# --- row mapping -------------------------------------------------------------------------
-
-
-def _split_sql(sql: str) -> list[str]:
-    statements = []
-    for chunk in sql.split(";"):
-        lines = [ln for ln in chunk.splitlines() if not ln.strip().startswith("--")]
-        text = "\n".join(lines).strip()
-        if text:
-            statements.append(text)
-    return statements
-
-
-def _error_line(error: TaskError) -> str:
-    return f"{error.type}: {error.message}" if error.message else error.type
-
-
-def _errors(text: str | None) -> tuple[TaskError, ...]:
-    if not text:
-        return ()
-    try:
-        items = json.loads(text)
-    except ValueError:
-        return ()
-    out = []
-    for e in items if isinstance(items, list) else []:
-        try:
-            at = datetime.fromisoformat(e["at"])
-        except (KeyError, TypeError, ValueError):
-            at = datetime.fromtimestamp(0, UTC)
-        out.append(
-            TaskError(
-                attempt=int(e.get("attempt", 0)),
-                at=at,
-                type=str(e.get("type", "")),
-                message=str(e.get("message", "")),
-                traceback=e.get("traceback"),
-            )
-        )
-    return tuple(out)
-
-
-def _task_from_row(r: sqlite3.Row) -> Task:
-    return Task(
-        id=r["id"],
-        queue=r["queue"],
-        task_name=r["task_name"],
-        payload=loads_lenient(r["payload"]),
-        priority=r["priority"],
-        status=r["status"],
-        attempts=r["attempts"],
-        max_attempts=r["max_attempts"],
-        next_run=utc_from_epoch(r["next_run"]),
-        created=_text(r["created"]),
-        updated=utc_from_epoch(r["updated"]),
-        locked_by=r["locked_by"],
-        locked_until=utc_from_epoch(r["locked_until"]),
-        last_error=r["last_error"],
-        unique_key=r["unique_key"],
-        errors=_errors(r["errors"]),
-        dead_letter_id=r["dead_letter_id"],
-    )
-
-
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def _dead_from_row(r: sqlite3.Row) -> DeadLetter:
-    died = utc_from_epoch(r["died_at"])
-    assert died is not None  # NOT NULL column
-    return DeadLetter(
-        id=r["id"],
-        task_id=r["task_id"],
-        queue=r["queue"],
-        task_name=r["task_name"],
-        payload=loads_lenient(r["payload"]),
-        priority=r["priority"],
-        attempts=r["attempts"],
-        max_attempts=r["max_attempts"],
-        error=r["error"] or "",
-        reason=r["reason"] or "",
-        fingerprint=r["fingerprint"] or "",
-        created=_text(r["created"]),
-        died_at=died,
-        status=r["status"],
-        errors=_errors(r["errors"]),
-        requeued_at=utc_from_epoch(r["requeued_at"]),
-    )
-
-
-def _task_from_dead(d: DeadLetter) -> Task:
-    return Task(
-        id=d.task_id,
-        queue=d.queue,
-        task_name=d.task_name,
-        payload=d.payload,
-        priority=d.priority,
-        status="dead" if d.status == "dead" else d.status,
-        attempts=d.attempts,
-        max_attempts=d.max_attempts,
-        next_run=None,
-        created=d.created,
-        updated=d.died_at,
-        last_error=d.error,
-        errors=d.errors,
-        dead_letter_id=d.id,
-    )
 
 
 __all__ = ["SQLiteBackend"]

@@ -1,0 +1,118 @@
+"""Rows of the SQLite tables as lmq's models (and the migration file splitter)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import UTC, datetime
+from typing import Any
+
+from ...models import DeadLetter, Task, TaskError, utc_from_epoch
+from ...payload import loads_lenient
+
+
+def split_sql(sql: str) -> list[str]:
+    statements = []
+    for chunk in sql.split(";"):
+        lines = [ln for ln in chunk.splitlines() if not ln.strip().startswith("--")]
+        text = "\n".join(lines).strip()
+        if text:
+            statements.append(text)
+    return statements
+
+
+def error_line(error: TaskError) -> str:
+    return f"{error.type}: {error.message}" if error.message else error.type
+
+
+def parse_errors(text: str | None) -> tuple[TaskError, ...]:
+    if not text:
+        return ()
+    try:
+        items = json.loads(text)
+    except ValueError:
+        return ()
+    out = []
+    for e in items if isinstance(items, list) else []:
+        try:
+            at = datetime.fromisoformat(e["at"])
+        except (KeyError, TypeError, ValueError):
+            at = datetime.fromtimestamp(0, UTC)
+        out.append(
+            TaskError(
+                attempt=int(e.get("attempt", 0)),
+                at=at,
+                type=str(e.get("type", "")),
+                message=str(e.get("message", "")),
+                traceback=e.get("traceback"),
+            )
+        )
+    return tuple(out)
+
+
+def task_from_row(r: sqlite3.Row) -> Task:
+    return Task(
+        id=r["id"],
+        queue=r["queue"],
+        task_name=r["task_name"],
+        payload=loads_lenient(r["payload"]),
+        priority=r["priority"],
+        status=r["status"],
+        attempts=r["attempts"],
+        max_attempts=r["max_attempts"],
+        next_run=utc_from_epoch(r["next_run"]),
+        created=text(r["created"]),
+        updated=utc_from_epoch(r["updated"]),
+        locked_by=r["locked_by"],
+        locked_until=utc_from_epoch(r["locked_until"]),
+        last_error=r["last_error"],
+        unique_key=r["unique_key"],
+        errors=parse_errors(r["errors"]),
+        dead_letter_id=r["dead_letter_id"],
+    )
+
+
+def text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def dead_from_row(r: sqlite3.Row) -> DeadLetter:
+    died = utc_from_epoch(r["died_at"])
+    assert died is not None  # NOT NULL column
+    return DeadLetter(
+        id=r["id"],
+        task_id=r["task_id"],
+        queue=r["queue"],
+        task_name=r["task_name"],
+        payload=loads_lenient(r["payload"]),
+        priority=r["priority"],
+        attempts=r["attempts"],
+        max_attempts=r["max_attempts"],
+        error=r["error"] or "",
+        reason=r["reason"] or "",
+        fingerprint=r["fingerprint"] or "",
+        created=text(r["created"]),
+        died_at=died,
+        status=r["status"],
+        errors=parse_errors(r["errors"]),
+        requeued_at=utc_from_epoch(r["requeued_at"]),
+    )
+
+
+def task_from_dead(d: DeadLetter) -> Task:
+    return Task(
+        id=d.task_id,
+        queue=d.queue,
+        task_name=d.task_name,
+        payload=d.payload,
+        priority=d.priority,
+        status="dead" if d.status == "dead" else d.status,
+        attempts=d.attempts,
+        max_attempts=d.max_attempts,
+        next_run=None,
+        created=d.created,
+        updated=d.died_at,
+        last_error=d.error,
+        errors=d.errors,
+        dead_letter_id=d.id,
+    )
