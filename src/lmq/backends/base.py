@@ -117,6 +117,10 @@ class Backend(Protocol):
         """A source of wake-ups for idle workers, or None to rely on polling."""
         ...
 
+    def prepare_worker(self) -> None:
+        """Called once by a worker before it starts: tune for draining (may do nothing)."""
+        ...
+
     # --- inspection -------------------------------------------------------------
     def get(self, task_id: TaskId) -> Task | None: ...
 

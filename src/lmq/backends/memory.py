@@ -303,6 +303,9 @@ class MemoryBackend:
                 del self.store.workers[w]
         return len(old) + len(stale)
 
+    def prepare_worker(self) -> None:
+        pass
+
     def wake_source(self) -> _Wake:
         return _Wake(self.store)
 

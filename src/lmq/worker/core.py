@@ -165,6 +165,7 @@ class Worker:
         self._sync = SyncPool(loop, s.concurrency, self._on_sync_results)
         wake = None
         try:
+            self.backend.prepare_worker()
             await self._side(self.backend.heartbeat, self._beat())  # before the first claim
             log.info(
                 "worker %s started: %s, queues=%s, concurrency=%d, lease=%gs, tasks=%s",
