@@ -219,3 +219,19 @@ def test_claims_from_separate_processes_never_share_a_task(tmp_path: Path) -> No
         owners = {t.id: t.locked_by for t in queue.tasks(status="processing", limit=1000)}
     for worker, got in results.items():
         assert {owners[i] for i in got} <= {worker}
+
+
+def test_workers_checkpoint_the_wal_and_producers_rarely(tmp_path: Path) -> None:
+    """A producer's connection checkpoints only past 10,000 WAL pages; a worker's at 1,000."""
+    queue = lmq.Queue(_url(tmp_path))
+    queue.enqueue("t")
+    backend: Any = queue.backend
+
+    def autocheckpoint() -> int:
+        return int(backend._conn().execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+
+    assert autocheckpoint() == 10_000
+    backend.prepare_worker()
+    assert autocheckpoint() == 1_000
+    assert run_burst(queue) == 0  # a worker's own connections get the same
+    assert queue.counts()["done"] == 1
