@@ -224,7 +224,12 @@ def test_claims_from_separate_processes_never_share_a_task(tmp_path: Path) -> No
 def test_workers_checkpoint_the_wal_and_producers_rarely(tmp_path: Path) -> None:
     """A producer's connection checkpoints only past 10,000 WAL pages; a worker's at 1,000."""
     queue = lmq.Queue(_url(tmp_path))
-    queue.enqueue("t")
+
+    @queue.task
+    def t() -> None:
+        pass
+
+    t.enqueue()
     backend: Any = queue.backend
 
     def autocheckpoint() -> int:
