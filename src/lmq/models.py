@@ -115,6 +115,25 @@ class DeadLetter:
     errors: tuple[TaskError, ...] = ()
     requeued_at: datetime | None = None
 
+    def as_task(self) -> Task:
+        """The dead-lettered task as ``get(task_id)`` shows it (status ``dead``)."""
+        return Task(
+            id=self.task_id,
+            queue=self.queue,
+            task_name=self.task_name,
+            payload=self.payload,
+            priority=self.priority,
+            status=self.status,
+            attempts=self.attempts,
+            max_attempts=self.max_attempts,
+            next_run=None,
+            created=self.created,
+            updated=self.died_at,
+            last_error=self.error,
+            errors=self.errors,
+            dead_letter_id=self.id,
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,

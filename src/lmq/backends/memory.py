@@ -338,23 +338,7 @@ class MemoryBackend:
             dead = [d for d in self.store.dead.values() if d.task_id == int(task_id)]
         if not dead:
             return None
-        d = max(dead, key=lambda d: int(d.id))
-        return Task(
-            id=d.task_id,
-            queue=d.queue,
-            task_name=d.task_name,
-            payload=d.payload,
-            priority=d.priority,
-            status=d.status,
-            attempts=d.attempts,
-            max_attempts=d.max_attempts,
-            next_run=None,
-            created=d.created,
-            updated=d.died_at,
-            last_error=d.error,
-            errors=d.errors,
-            dead_letter_id=d.id,
-        )
+        return max(dead, key=lambda d: int(d.id)).as_task()
 
     def counts(self) -> Counts:
         now = time.time()

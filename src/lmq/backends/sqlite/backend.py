@@ -52,7 +52,7 @@ from ...models import (
 )
 from ...url import QueueURL
 from ..sqlfile import check_prefix, load_migrations, load_queries
-from .rows import dead_from_row, error_line, split_sql, task_from_dead, task_from_row
+from .rows import dead_from_row, error_line, split_sql, task_from_row
 from .watch import WalWatcher
 
 T = TypeVar("T")
@@ -541,7 +541,7 @@ class SQLiteBackend:
                 if row is not None:
                     return task_from_row(row)
                 dead = c.execute(self.q["get_dead_by_task"], {"id": task_id}).fetchone()
-                return task_from_dead(dead_from_row(dead)) if dead is not None else None
+                return dead_from_row(dead).as_task() if dead is not None else None
             finally:
                 c.row_factory = None
 
@@ -580,7 +580,7 @@ class SQLiteBackend:
             dead = self.dead_letters(
                 DeadFilter(task_name=flt.task_name, queue=flt.queue, limit=flt.limit)
             )
-            return [task_from_dead(d) for d in dead]
+            return [d.as_task() for d in dead]
 
         def read(c: sqlite3.Connection) -> list[Task]:
             c.row_factory = sqlite3.Row

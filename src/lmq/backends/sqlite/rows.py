@@ -97,22 +97,3 @@ def dead_from_row(r: sqlite3.Row) -> DeadLetter:
         errors=parse_errors(r["errors"]),
         requeued_at=utc_from_epoch(r["requeued_at"]),
     )
-
-
-def task_from_dead(d: DeadLetter) -> Task:
-    return Task(
-        id=d.task_id,
-        queue=d.queue,
-        task_name=d.task_name,
-        payload=d.payload,
-        priority=d.priority,
-        status="dead" if d.status == "dead" else d.status,
-        attempts=d.attempts,
-        max_attempts=d.max_attempts,
-        next_run=None,
-        created=d.created,
-        updated=d.died_at,
-        last_error=d.error,
-        errors=d.errors,
-        dead_letter_id=d.id,
-    )
