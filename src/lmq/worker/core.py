@@ -434,6 +434,8 @@ class Worker:
                 key = (c.task_name, frozenset(kwargs))
                 problem = self._bind_cache.get(key, "?")
                 if problem == "?":
+                    if len(self._bind_cache) > 10_000:  # payloads with ever-new keys
+                        self._bind_cache.clear()
                     problem = self._bind_cache[key] = tf.check_payload(kwargs)
                 if problem is not None:
                     self._bury(rt, "PayloadMismatch", problem, problem)
