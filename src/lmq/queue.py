@@ -256,8 +256,14 @@ class Queue:
         run_at: datetime | None = None,
         unique_key: str | None = None,
         max_attempts: int | None = None,
+        connection: object | None = None,
     ) -> TaskId:
         """Store one task and return its id.
+
+        ``connection``: the application's own database connection (sqlite3, psycopg,
+        PyMySQL or a SQLAlchemy ``Connection``) on the queue's database.  The task is
+        then written inside the application's open transaction and exists only if the
+        application commits it; lmq never commits or rolls back that connection.
 
         Options left as None take the registered task's defaults (else queue
         ``default``, priority 0; attempts as the handler declares when it runs).  A
@@ -269,7 +275,7 @@ class Queue:
         new = self._new_task(
             task_name, payload, queue, priority, at, float(delay), unique_key, max_attempts
         )
-        return self.backend.enqueue([new])[0]
+        return self.backend.enqueue([new], connection)[0]
 
     def enqueue_many(
         self,
@@ -280,8 +286,11 @@ class Queue:
         delay: float = 0,
         run_at: datetime | None = None,
         max_attempts: int | None = None,
+        connection: object | None = None,
     ) -> list[TaskId]:
         """Store many ``(task_name, payload)`` tasks in one transaction; return their ids.
+
+        With ``connection`` (see :meth:`enqueue`) that transaction is the application's.
 
         Every payload is checked before anything is written: one bad payload stores none.
         """
@@ -291,7 +300,7 @@ class Queue:
             self._new_task(name, payload, queue, priority, at, delay, None, max_attempts)
             for name, payload in items
         ]
-        return self.backend.enqueue(new)
+        return self.backend.enqueue(new, connection)
 
     # --- inspection -----------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ import pytest
 
 import lmq
 from lmq.backends import Backend
+from lmq_testservers import drop_prefix
 
 UrlFactory = Callable[[Path], AbstractContextManager[str]]
 
@@ -55,20 +56,29 @@ def _always() -> str | None:
 
 
 def _server(env: str) -> tuple[UrlFactory, Callable[[], str | None]]:
-    """A server backend named by ``$env``, isolated per test by a fresh prefix."""
+    """A server backend named by ``$env``, isolated per test by a fresh prefix.
+
+    The test gets the URL with its tables already migrated (server backends need ``lmq
+    migrate``); afterwards every object under the prefix is dropped again.
+    """
 
     @contextmanager
     def make(tmp_path: Path) -> Iterator[str]:
         base = os.environ[env]
         sep = "&" if "?" in base else "?"
-        yield f"{base}{sep}prefix=t{uuid.uuid4().hex[:8]}_"
-        # tables/keys under the prefix are left for the server's test database to drop
+        prefix = f"t{uuid.uuid4().hex[:8]}_"
+        url = f"{base}{sep}prefix={prefix}"
+        with lmq.Queue(url) as q:
+            q.migrate()
+        try:
+            yield url
+        finally:
+            drop_prefix(base, prefix)
 
     def enabled() -> str | None:
         return None if os.environ.get(env) else f"set {env} to a server URL"
 
     return make, enabled
-
 
 BACKENDS: list[BackendSpec] = [
     BackendSpec("sqlite", _sqlite, _always),

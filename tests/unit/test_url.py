@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 import lmq
@@ -116,9 +118,16 @@ def test_default_url(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize(
-    ("url", "extra"),
-    [("postgresql://h/db", "postgres"), ("mysql://h/db", "mysql"), ("redis://h", "redis")],
+    ("url", "driver", "extra"),
+    [
+        ("postgresql://h/db", "psycopg", "postgres"),
+        ("mysql://h/db", "pymysql", "mysql"),
+        ("redis://h", "redis", "redis"),
+    ],
 )
-def test_backends_not_there_yet_say_so(url: str, extra: str) -> None:
-    with pytest.raises(lmq.ConfigError, match=rf"lmq\[{extra}\]"):
+def test_a_missing_driver_names_the_extra(
+    url: str, driver: str, extra: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, driver, None)  # makes `import driver` fail
+    with pytest.raises(lmq.exceptions.DriverMissing, match=rf"pip install 'lmq\[{extra}\]'"):
         open_backend(url)

@@ -80,7 +80,18 @@ class Backend(Protocol):
         ...
 
     # --- producer ---------------------------------------------------------------
-    def enqueue(self, tasks: Sequence[NewTask]) -> list[TaskId]: ...
+    def enqueue(
+        self, tasks: Sequence[NewTask], connection: object | None = None
+    ) -> list[TaskId]:
+        """Insert ``tasks`` in one transaction and return their ids, in order.
+
+        With ``connection`` (the application's own sqlite3 / psycopg / PyMySQL /
+        SQLAlchemy connection, see :mod:`lmq.backends.external`), the rows are written
+        with it, inside the application's open transaction, and lmq neither commits nor
+        rolls back: the tasks exist only if the application commits.  Backends without
+        transactions raise ConfigError.
+        """
+        ...
 
     # --- worker -----------------------------------------------------------------
     def claim(self, request: ClaimRequest) -> ClaimResult: ...

@@ -40,6 +40,7 @@ from ..models import (
 )
 from ..payload import loads_lenient
 from ..url import QueueURL
+from .external import refuse_connection
 
 
 def _dt(ts: float) -> datetime:
@@ -120,7 +121,11 @@ class MemoryBackend:
     def schema_version(self) -> int | None:
         return 1
 
-    def enqueue(self, tasks: Sequence[NewTask]) -> list[TaskId]:
+    def enqueue(
+        self, tasks: Sequence[NewTask], connection: object | None = None
+    ) -> list[TaskId]:
+        if connection is not None:
+            raise refuse_connection("memory")
         now = time.time()
         created = _dt(now).strftime("%Y-%m-%d %H:%M:%S")
         ids: list[TaskId] = []

@@ -51,6 +51,7 @@ from ...models import (
     WorkerInfo,
 )
 from ...url import QueueURL
+from ..external import app_connection
 from ..sqlfile import check_prefix, load_migrations, load_queries
 from .rows import dead_from_row, error_line, split_sql, task_from_row
 from .watch import WalWatcher
@@ -314,30 +315,46 @@ class SQLiteBackend:
 
     # --- producer ----------------------------------------------------------------------
 
-    def enqueue(self, tasks: Sequence[NewTask]) -> list[TaskId]:
+    def enqueue(
+        self, tasks: Sequence[NewTask], connection: object | None = None
+    ) -> list[TaskId]:
         if not tasks:
             return []
-        insert = self.q["insert_task"]
+        if connection is not None:  # the application's transaction: it commits, not lmq
+            app = app_connection(connection, "sqlite")
+            self._conn()  # lmq's own connection checks (or creates) the tables first
+            try:
+                return self._insert(app.cursor, tasks)
+            except sqlite3.Error as exc:
+                raise self._translate(exc) from None
+            finally:
+                app.cursor.close()
         with self._tx() as conn:
-            now = _now()
-            extra = (now, _utc_text(now))
-            rows = [t + extra for t in tasks]  # a NewTask and the time: the row (queries.sql)
-            if all(t.unique_key is None for t in tasks):
-                conn.executemany(insert, rows)
-                last = conn.execute(self.q["last_id"]).fetchone()[0]
-                # one IMMEDIATE transaction on an AUTOINCREMENT key: the ids are consecutive
-                return list(range(last - len(tasks) + 1, last + 1))
-            ids: list[TaskId] = []
-            for t in rows:
-                if t[7] is None:  # no unique_key
-                    conn.execute(insert, t)
-                    ids.append(conn.execute(self.q["last_id"]).fetchone()[0])
-                    continue
-                got = conn.execute(self.q["insert_task_unique"], t).fetchone()
-                if got is None:
-                    got = conn.execute(self.q["find_unique"], (t[7],)).fetchone()
-                ids.append(got[0])
-            return ids
+            return self._insert(conn, tasks)
+
+    def _insert(
+        self, conn: sqlite3.Connection | sqlite3.Cursor, tasks: Sequence[NewTask]
+    ) -> list[TaskId]:
+        insert = self.q["insert_task"]
+        now = _now()
+        extra = (now, _utc_text(now))
+        rows = [t + extra for t in tasks]  # a NewTask and the time: the row (queries.sql)
+        if all(t.unique_key is None for t in tasks):
+            conn.executemany(insert, rows)
+            last = conn.execute(self.q["last_id"]).fetchone()[0]
+            # one write transaction holds the file lock, so the ids are consecutive
+            return list(range(last - len(tasks) + 1, last + 1))
+        ids: list[TaskId] = []
+        for t in rows:
+            if t[7] is None:  # no unique_key
+                conn.execute(insert, t)
+                ids.append(conn.execute(self.q["last_id"]).fetchone()[0])
+                continue
+            got = conn.execute(self.q["insert_task_unique"], t).fetchone()
+            if got is None:
+                got = conn.execute(self.q["find_unique"], (t[7],)).fetchone()
+            ids.append(got[0])
+        return ids
 
     # --- worker ------------------------------------------------------------------------
 
