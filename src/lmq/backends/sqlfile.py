@@ -39,3 +39,9 @@ def load_migrations(package: str, prefix: str) -> list[tuple[int, str, str]]:
             sql = entry.read_text(encoding="utf-8").replace("{prefix}", prefix)
             found.append((int(m.group(1)), m.group(2), sql))
     return sorted(found)
+
+
+def load_schema(package: str, prefix: str, filename: str = "schema.sql") -> str:
+    """The current schema (``schema.sql`` next to a backend) with the prefix filled in."""
+    text = resources.files(package).joinpath(filename).read_text(encoding="utf-8")
+    return text.replace("{prefix}", prefix)

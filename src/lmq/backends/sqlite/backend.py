@@ -52,7 +52,7 @@ from ...models import (
 )
 from ...url import QueueURL
 from ..external import app_connection
-from ..sqlfile import check_prefix, load_migrations, load_queries
+from ..sqlfile import check_prefix, load_migrations, load_queries, load_schema
 from .rows import dead_from_row, error_line, split_sql, task_from_row
 from .watch import WalWatcher
 
@@ -279,7 +279,13 @@ class SQLiteBackend:
                 )
             migrations = load_migrations("lmq.backends.sqlite.migrations", self.prefix)
             if current and self._missing_tables(conn):
-                current = 0  # repair: every migration is idempotent (IF NOT EXISTS)
+                current = 0  # repair: the schema and every migration are idempotent
+            if current == 0:  # an empty database: the current schema in one go
+                for statement in split_sql(self.q_schema()):
+                    conn.execute(statement)
+                conn.execute(self.q["set_schema_version"], {"version": str(SCHEMA_VERSION)})
+                applied = [n for n, _name, _sql in migrations if n <= SCHEMA_VERSION]
+                current = SCHEMA_VERSION
             for number, _name, sql in migrations:
                 if number <= current:
                     continue
@@ -293,6 +299,10 @@ class SQLiteBackend:
                 conn.execute("ROLLBACK")
             raise
         return applied
+
+    def q_schema(self) -> str:
+        """schema.sql with the prefix filled in (the current schema for an empty database)."""
+        return load_schema("lmq.backends.sqlite", self.prefix)
 
     _TABLES = ("queue_tasks", "queue_dead_letters", "queue_workers", "queue_meta")
 

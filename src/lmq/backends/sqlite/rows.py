@@ -12,13 +12,9 @@ from ...payload import loads_lenient
 
 
 def split_sql(sql: str) -> list[str]:
-    statements = []
-    for chunk in sql.split(";"):
-        lines = [ln for ln in chunk.splitlines() if not ln.strip().startswith("--")]
-        text = "\n".join(lines).strip()
-        if text:
-            statements.append(text)
-    return statements
+    """Statements of a schema file: comment lines dropped first (they may hold a ';')."""
+    code = "\n".join(ln for ln in sql.splitlines() if not ln.strip().startswith("--"))
+    return [text for chunk in code.split(";") if (text := chunk.strip())]
 
 
 def error_line(error: TaskError) -> str:

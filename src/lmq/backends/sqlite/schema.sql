@@ -1,0 +1,84 @@
+-- The current lmq schema for SQLite, applied in one go to an empty database (`lmq migrate`
+-- or first use).  Databases made by an older lmq are upgraded by migrations/NNNN_*.sql
+-- instead (tests/unit/test_schema.py checks that both roads give the same schema).
+-- Idempotent (IF NOT EXISTS): migrate re-runs it to repair a dropped table.
+
+
+-- Task ids are never reused, without the cost of AUTOINCREMENT (a fifth of a bulk
+-- insert): a dead-lettered task keeps its row (status 'dead'), and the pruner never
+-- deletes the newest row, so max(id) + 1 is always a fresh id.
+CREATE TABLE IF NOT EXISTS {prefix}queue_tasks (
+    id             INTEGER PRIMARY KEY,
+    queue          TEXT    NOT NULL DEFAULT 'default',
+    task_name      TEXT    NOT NULL,
+    payload        TEXT    NOT NULL DEFAULT '{}',
+    priority       INTEGER NOT NULL DEFAULT 0,
+    status         TEXT    NOT NULL DEFAULT 'pending',
+    attempts       INTEGER NOT NULL DEFAULT 0,
+    max_attempts   INTEGER,          -- NULL: the handler's setting (5 if it sets none)
+    next_run       REAL    NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0),
+    created        TEXT             DEFAULT (strftime('%Y-%m-%d %H:%M:%S', 'now')),
+    updated        REAL,
+    locked_by      TEXT,
+    locked_until   REAL,
+    last_error     TEXT,
+    unique_key     TEXT,
+    errors         TEXT,
+    dead_letter_id INTEGER
+);
+
+-- The claim reads only these partial indexes, so finished rows never slow it down.
+CREATE INDEX IF NOT EXISTS {prefix}queue_tasks_ready
+    ON {prefix}queue_tasks (priority DESC, next_run, id) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS {prefix}queue_tasks_queue_ready
+    ON {prefix}queue_tasks (queue, priority DESC, next_run, id) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS {prefix}queue_tasks_lease
+    ON {prefix}queue_tasks (locked_until) WHERE status = 'processing';
+CREATE INDEX IF NOT EXISTS {prefix}queue_tasks_done
+    ON {prefix}queue_tasks (updated) WHERE status = 'done';
+CREATE UNIQUE INDEX IF NOT EXISTS {prefix}queue_tasks_unique
+    ON {prefix}queue_tasks (unique_key)
+    WHERE unique_key IS NOT NULL AND status IN ('pending', 'processing');
+
+CREATE TABLE IF NOT EXISTS {prefix}queue_dead_letters (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id      INTEGER NOT NULL,
+    queue        TEXT    NOT NULL,
+    task_name    TEXT    NOT NULL,
+    payload      TEXT,
+    priority     INTEGER NOT NULL DEFAULT 0,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER,
+    error        TEXT,
+    reason       TEXT,
+    fingerprint  TEXT,
+    created      TEXT,
+    died_at      REAL    NOT NULL,
+    errors       TEXT,
+    unique_key   TEXT,
+    status       TEXT    NOT NULL DEFAULT 'dead',
+    requeued_at  REAL,
+    discarded_at REAL
+);
+CREATE INDEX IF NOT EXISTS {prefix}queue_dead_letters_status
+    ON {prefix}queue_dead_letters (status, died_at);
+CREATE INDEX IF NOT EXISTS {prefix}queue_dead_letters_task
+    ON {prefix}queue_dead_letters (task_id);
+
+CREATE TABLE IF NOT EXISTS {prefix}queue_workers (
+    id          TEXT PRIMARY KEY,
+    host        TEXT    NOT NULL,
+    pid         INTEGER NOT NULL,
+    version     TEXT    NOT NULL,
+    queues      TEXT    NOT NULL,
+    concurrency INTEGER NOT NULL,
+    running     INTEGER NOT NULL DEFAULT 0,
+    done        INTEGER NOT NULL DEFAULT 0,
+    started     REAL    NOT NULL,
+    last_beat   REAL    NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS {prefix}queue_meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT
+);
