@@ -1,4 +1,11 @@
-"""Shared fixtures: real ``lmq`` processes against a SQLite file in ``tmp_path``.
+"""Shared fixtures: real ``lmq`` processes against a real backend.
+
+``h`` is a :class:`Harness` on a SQLite file in ``tmp_path`` (tests that look at the file
+with raw ``sqlite3`` through :meth:`Harness.sql` use it).  ``hb`` is the same harness once
+per backend: SQLite always, and PostgreSQL, MySQL and Redis when ``LMQ_TEST_POSTGRES_URL``,
+``LMQ_TEST_MYSQL_URL`` or ``LMQ_TEST_REDIS_URL`` name a server (``.ci/run`` sets all three).
+A server harness works under a fresh ``?prefix=`` of its own, runs ``lmq migrate`` through
+the CLI first and drops every object under the prefix afterwards.
 
 Workers run ``python -m lmq worker --app lmq_itest_app`` (the app lives next to this file
 and is found through ``PYTHONPATH``).  Its handlers append ``EVENT KEY PID`` lines to a
@@ -17,6 +24,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +32,7 @@ from typing import Any
 import pytest
 
 import lmq
+from lmq_testservers import drop_prefix
 
 HERE = Path(__file__).resolve().parent
 APP = "lmq_itest_app"
@@ -89,11 +98,39 @@ class Proc:
             self.popen.wait(10)
 
 
+# server backends the integration tests run on when their variable names a server
+SERVER_ENVS = {
+    "postgresql": "LMQ_TEST_POSTGRES_URL",
+    "mysql": "LMQ_TEST_MYSQL_URL",
+    "redis": "LMQ_TEST_REDIS_URL",
+}
+
+
+def configured_servers() -> list[str]:
+    return [name for name, env in SERVER_ENVS.items() if os.environ.get(env)]
+
+
+def with_prefix(url: str, prefix: str) -> str:
+    return f"{url}{'&' if '?' in url else '?'}prefix={prefix}"
+
+
 class Harness:
-    def __init__(self, tmp_path: Path) -> None:
+    """Processes, records and waiting for one test, on one backend.
+
+    ``backend`` is ``sqlite`` (a file in ``tmp_path``, the default) or a server backend's
+    name with ``url`` naming its store (already isolated: a prefix or a private server).
+    """
+
+    def __init__(self, tmp_path: Path, backend: str = "sqlite", url: str | None = None) -> None:
         self.dir = tmp_path
+        self.backend = backend
         self.db = tmp_path / "queue.db"
-        self.url = f"sqlite:///{self.db}"  # an absolute path: sqlite:////tmp/...
+        if backend == "sqlite":
+            self.url = url or f"sqlite:///{self.db}"  # an absolute path: sqlite:////tmp/...
+        else:
+            assert url, f"a {backend} harness needs a URL"
+            self.url = url
+        self._cleanup: list[Callable[[], None]] = []
         self.record_path = tmp_path / "record.txt"
         self.flags = tmp_path / "flags"
         self.flags.mkdir()
@@ -122,7 +159,8 @@ class Harness:
         return self.queue.counts()
 
     def sql(self, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        """Run one statement with plain sqlite3, as another program would."""
+        """Run one statement with plain sqlite3, as another program would (SQLite only)."""
+        assert self.backend == "sqlite", f"h.sql is raw SQLite; this harness is {self.backend}"
         with contextlib.closing(sqlite3.connect(self.db, timeout=30)) as conn, conn:
             return conn.execute(statement, params).fetchall()
 
@@ -141,6 +179,11 @@ class Harness:
             timeout=timeout,
             check=False,
         )
+
+    def migrate(self) -> None:
+        """``lmq migrate`` through the CLI, as a user would."""
+        res = self.run("migrate", timeout=60)
+        assert res.returncode == 0, f"lmq migrate -> {res.returncode}: {res.stderr}"
 
     def run_json(self, *args: str) -> Any:
         res = self.run(*args)
@@ -238,20 +281,57 @@ class Harness:
 
     # --- teardown ------------------------------------------------------------------------
 
+    def on_close(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` at teardown, after the processes are gone (last registered first)."""
+        self._cleanup.append(fn)
+
     def close(self) -> None:
         for p in self.procs:
             p.kill_group()
         if self._queue is not None:
             self._queue.close()
+            self._queue = None
+        while self._cleanup:
+            self._cleanup.pop()()
 
 
 @pytest.fixture
 def h(tmp_path: Path) -> Iterator[Harness]:
+    """A harness on a SQLite file (raw ``h.sql`` works)."""
     harness = Harness(tmp_path)
     try:
         yield harness
     finally:
         harness.close()
+
+
+@contextlib.contextmanager
+def server_harness(tmp_path: Path, backend: str) -> Iterator[Harness]:
+    """A harness on the shared server ``$LMQ_TEST_…_URL`` names, under a fresh prefix."""
+    base = os.environ[SERVER_ENVS[backend]]
+    prefix = f"i{uuid.uuid4().hex[:8]}_"
+    harness = Harness(tmp_path, backend, with_prefix(base, prefix))
+    harness.on_close(lambda: drop_prefix(base, prefix))
+    try:
+        harness.migrate()
+        yield harness
+    finally:
+        harness.close()
+
+
+@pytest.fixture(params=["sqlite", *configured_servers()])
+def hb(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    """A harness once per backend: SQLite, and every server backend configured here."""
+    backend: str = request.param
+    if backend == "sqlite":
+        harness = Harness(tmp_path)
+        try:
+            yield harness
+        finally:
+            harness.close()
+    else:
+        with server_harness(tmp_path, backend) as harness:
+            yield harness
 
 
 def stderr_lines(text: str) -> list[str]:

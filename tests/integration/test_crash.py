@@ -1,4 +1,7 @@
-"""Workers that die: SIGKILL mid-task, tasks that kill their worker, a killed child."""
+"""Workers that die: SIGKILL mid-task, tasks that kill their worker, a killed child.
+
+Every test runs once per backend (the ``hb`` fixture): SQLite, and each configured server.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,12 @@ import psutil
 import pytest
 
 from .conftest import Harness, Proc
+
+
+@pytest.fixture
+def h(hb: Harness) -> Harness:
+    """Here ``h`` is the per-backend harness (these tests use no raw SQLite)."""
+    return hb
 
 
 def test_sigkill_mid_task_is_rescued_after_the_lease(h: Harness) -> None:
@@ -38,7 +47,7 @@ def test_sigkill_mid_task_is_rescued_after_the_lease(h: Harness) -> None:
     w2.assert_clean()
 
 
-def _check_suicide_outcome(h: Harness, suicide_id: int, normal: range) -> None:
+def _check_suicide_outcome(h: Harness, suicide_id: int | str, normal: range) -> None:
     starts = h.keys("start")
     assert starts["1"] == 2, f"the suicide task ran {starts['1']} times, max_attempts is 2"
     ran = h.keys("ran")
