@@ -1,0 +1,598 @@
+"""The Redis backend: ``redis://[:password@]host:6379/0?prefix=P`` (or ``rediss://``).
+
+Every state change is one Lua script (``scripts.lua``), so it is atomic on the server,
+and every time a script uses (next_run, leases, retries, rescue) is the Redis server's
+clock (``redis.call('TIME')``), so workers on several hosts agree on lease expiry.
+Redis 6.2+ (7 recommended) on a standalone server or a primary with replicas; Redis
+Cluster is not supported (the scripts touch keys they build from the prefix).
+
+URL options (anything else is refused):
+
+``prefix``           every key and the wake-up channel start with it (default ``lmq:``);
+                     several apps (or test runs) share one server under different ones.
+                     Letters, digits and ``_ : . -``, up to 64 characters.
+``socket_timeout``   seconds a command may take before the call fails with
+                     BackendUnavailable (default 10; a bulk enqueue of 100,000 tasks
+                     takes about a second on the server).
+``connect_timeout``  seconds to wait for a connection (default 5).
+``max_connections``  size of the connection pool (default: unbounded).
+
+Keys, with ``P`` the prefix (schema version 1, kept in ``P queue:meta``):
+
+=================================  ===================================================
+``Pqueue:task:<id>``               hash: one task, fields as the SQL columns (payload
+                                   JSON text, ``errors`` a JSON list); it stays, status
+                                   ``dead``, when the task is dead-lettered
+``Pqueue:ids``                     counter (INCRBY) for task ids: strings of integers
+``Pqueue:pending:<queue>:<prio>``  zset of pending tasks (ready or scheduled) of one
+                                   queue and priority, scored by next_run; members are
+                                   zero-padded ids, so equal times sort by id
+``Pqueue:prio:<queue>``            zset of the priorities that have pending tasks
+``Pqueue:active`` / ``queues``     set of queues with pending tasks / every queue seen
+``Pqueue:processing``              zset of claimed task ids by lease expiry
+``Pqueue:done``                    zset of finished task ids by finish time (pruning)
+``Pqueue:unique``                  hash unique_key -> id of a pending/processing task
+``Pqueue:n:{processing,done,dead}``  hashes queue -> count, for counts()
+``Pqueue:dead:<id>``               hash: one dead letter; ``Pqueue:dead_ids`` counter
+``Pqueue:dead_all`` / ``dead_live``  zsets of dead-letter ids (every one / status dead)
+``Pqueue:workers`` / ``beats``     hash worker id -> heartbeat JSON / zset by last beat
+``Pqueue:meta``                    hash: ``schema_version``
+``Pqueue:wake``                    pub/sub channel for wake-ups (see ``wake.py``)
+=================================  ===================================================
+
+A claim reads the priority index of each queue it serves and takes the ready heads of
+the pending zsets (``ZRANGEBYSCORE -inf now LIMIT 0 n``, then ``ZREMRANGEBYRANK``): its
+cost is O(log n) per task whatever the number pending, and scheduled tasks need no
+promotion step (they sit in the same zset with a future score).
+
+Durability: "nothing is lost" holds on Redis only when the server keeps what it
+acknowledged: run it with ``appendonly yes`` and ``appendfsync always`` (``everysec``
+may lose the last second of writes in a power cut or kernel crash).  Without AOF, a
+restart loses everything since the last RDB snapshot.
+
+Transactional enqueue (``connection=``) is refused: Redis has no transaction to join.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any, TypeVar
+
+import redis
+from redis.backoff import NoBackoff
+from redis.commands.core import Script
+from redis.retry import Retry
+
+from ...exceptions import (
+    BackendBusy,
+    BackendError,
+    BackendUnavailable,
+    ConfigError,
+    NotFound,
+    SchemaMissing,
+)
+from ...models import (
+    Claimed,
+    ClaimRequest,
+    ClaimResult,
+    CompleteBatch,
+    Counts,
+    DeadFilter,
+    DeadLetter,
+    DeadSelector,
+    Heartbeat,
+    NewTask,
+    PruneRequest,
+    RenewRequest,
+    Task,
+    TaskFilter,
+    TaskId,
+    WorkerInfo,
+)
+from ...url import QueueURL, mask
+from ..external import refuse_connection
+from .rows import dead_from_hash, error_line, task_from_hash
+from .wake import RedisWake
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+DEFAULT_PREFIX = "lmq:"
+_PREFIX = re.compile(r"^[A-Za-z0-9_:.\-]{0,64}$")
+_OPTIONS = {"prefix", "socket_timeout", "connect_timeout", "max_connections"}
+_NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
+_SCAN_CHUNK = 500
+_STATUSES = ("pending", "processing", "done")
+_HEAD_FIELDS = ("status", "queue", "task_name")
+
+
+def load_scripts() -> dict[str, str]:
+    """The named blocks of scripts.lua, each with the ``common`` block in front."""
+    text = resources.files("lmq.backends.redis").joinpath("scripts.lua").read_text("utf-8")
+    parts = _NAME.split(text)
+    blocks = dict(zip(parts[1::2], parts[2::2], strict=True))
+    common = blocks.pop("common")
+    return {name: common + "\n" + body for name, body in blocks.items()}
+
+
+def _number(url: QueueURL, name: str, default: float) -> float:
+    raw = url.options.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise ConfigError(f"invalid {name}={raw!r} in {mask(url.raw)!r}: seconds > 0 expected")
+    return value
+
+
+def _queues(queues: tuple[str, ...] | None) -> list[str]:
+    return ["0"] if not queues else [str(len(queues)), *queues]
+
+
+class RedisBackend:
+    """See the module docstring."""
+
+    def __init__(self, url: QueueURL) -> None:
+        unknown = sorted(set(url.options) - _OPTIONS)
+        if unknown:
+            raise ConfigError(
+                f"unknown option(s) {', '.join(unknown)} in {mask(url.raw)!r}; the Redis "
+                f"backend takes {', '.join(sorted(_OPTIONS))}"
+            )
+        prefix = url.options.get("prefix", DEFAULT_PREFIX)
+        if not _PREFIX.fullmatch(prefix):
+            raise ConfigError(
+                f"invalid key prefix {prefix!r}: use up to 64 letters, digits or _ : . -"
+            )
+        self.prefix = prefix
+        self.url = mask(url.raw)
+        self._path = url.path
+        self.socket_timeout = _number(url, "socket_timeout", 10.0)
+        self.connect_timeout = _number(url, "connect_timeout", 5.0)
+        max_conn = url.options.get("max_connections")
+        try:
+            self.max_connections = None if max_conn is None else int(max_conn)
+        except ValueError:
+            raise ConfigError(f"invalid max_connections={max_conn!r}: an integer") from None
+        try:
+            self._pool = redis.ConnectionPool.from_url(
+                url.path,
+                socket_connect_timeout=self.connect_timeout,
+                socket_timeout=self.socket_timeout,
+                socket_keepalive=True,
+                # no silent re-send: a script whose reply was lost may have run (an
+                # enqueue twice); the caller gets BackendUnavailable and decides
+                retry=Retry(NoBackoff(), 0),
+                decode_responses=True,
+                max_connections=self.max_connections,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"invalid Redis URL {self.url!r}: {exc}") from None
+        self._client = redis.Redis(connection_pool=self._pool)
+        self._scripts: dict[str, Script] = {
+            name: self._client.register_script(body) for name, body in load_scripts().items()
+        }
+        self._schema_checked = False
+        self._schema_lock = threading.Lock()
+        self._k = {
+            name: f"{prefix}queue:{name}"
+            for name in ("ids", "processing", "dead_all", "dead_live", "meta", "wake")
+        }
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except redis.BusyLoadingError:
+            raise BackendUnavailable(
+                f"Redis at {self.url} is loading its data set; try again shortly"
+            ) from None
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            raise BackendUnavailable(f"cannot reach Redis at {self.url}: {exc}") from None
+        except redis.ResponseError as exc:
+            text = str(exc)
+            if text.startswith("BUSY"):
+                raise BackendBusy(f"Redis at {self.url} is busy: {text}") from None
+            if text.startswith(("READONLY", "MASTERDOWN", "LOADING", "TRYAGAIN")):
+                raise BackendUnavailable(f"Redis at {self.url}: {text}") from None
+            raise BackendError(f"Redis at {self.url}: {text}") from None
+        except redis.RedisError as exc:
+            raise BackendError(f"Redis at {self.url}: {exc}") from None
+
+    def _ensure_schema(self) -> None:
+        with self._schema_lock:
+            if self._schema_checked:
+                return
+            version = self.schema_version()
+            if version is None or version < SCHEMA_VERSION:
+                raise SchemaMissing(
+                    f"Redis at {self.url} has no lmq data under the prefix "
+                    f"{self.prefix!r} ({self._k['meta']} is missing); run `lmq migrate` first"
+                )
+            if version > SCHEMA_VERSION:
+                raise SchemaMissing(
+                    f"Redis at {self.url} has lmq schema {version} under {self.prefix!r}, "
+                    f"newer than this lmq knows ({SCHEMA_VERSION}); upgrade lmq"
+                )
+            self._schema_checked = True
+
+    def _run(self, name: str, args: list[Any]) -> Any:
+        if not self._schema_checked:
+            self._ensure_schema()
+        script = self._scripts[name]
+        return self._call(lambda: script(args=[self.prefix, *args]))
+
+    def _read(self, fn: Callable[[], T]) -> T:
+        if not self._schema_checked:
+            self._ensure_schema()
+        return self._call(fn)
+
+    def _pipe(self, build: Callable[[Any], None]) -> list[Any]:
+        if not self._schema_checked:
+            self._ensure_schema()
+
+        def go() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            build(pipe)
+            result: list[Any] = pipe.execute()
+            return result
+
+        return self._call(go)
+
+    def _tkey(self, task_id: TaskId) -> str:
+        return f"{self.prefix}queue:task:{task_id}"
+
+    def _dkey(self, dead_id: TaskId) -> str:
+        return f"{self.prefix}queue:dead:{dead_id}"
+
+    def close(self) -> None:
+        self._pool.disconnect()
+
+    # --- schema ------------------------------------------------------------------------
+
+    def migrate(self) -> list[int]:
+        script = self._scripts["migrate"]
+        applied, stored = self._call(lambda: script(args=[self.prefix, str(SCHEMA_VERSION)]))
+        if int(stored) > SCHEMA_VERSION:
+            raise SchemaMissing(
+                f"Redis at {self.url} has lmq schema {stored} under {self.prefix!r}, "
+                f"newer than this lmq knows ({SCHEMA_VERSION}); upgrade lmq"
+            )
+        self._schema_checked = True
+        return [SCHEMA_VERSION] if int(applied) else []
+
+    def schema_version(self) -> int | None:
+        raw = self._call(lambda: self._client.hget(self._k["meta"], "schema_version"))
+        return None if raw is None else int(raw)
+
+    # --- producer ----------------------------------------------------------------------
+
+    def enqueue(self, tasks: Sequence[NewTask], connection: object | None = None) -> list[TaskId]:
+        if connection is not None:
+            raise refuse_connection("redis")
+        if not tasks:
+            return []
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+        args: list[Any] = [created, str(len(tasks))]
+        extend = args.extend
+        for t in tasks:
+            extend(
+                (
+                    t.task_name,
+                    t.payload_json,
+                    t.queue,
+                    str(int(t.priority)),
+                    "" if t.max_attempts is None else str(int(t.max_attempts)),
+                    "" if t.run_at is None else repr(float(t.run_at)),
+                    repr(float(t.delay)),
+                    "" if t.unique_key is None else "+" + t.unique_key,
+                )
+            )
+        ids: list[TaskId] = self._run("enqueue", args)
+        return ids
+
+    # --- worker ------------------------------------------------------------------------
+
+    @staticmethod
+    def _claim_args(request: ClaimRequest) -> list[Any]:
+        return [
+            request.worker_id,
+            str(int(request.limit)),
+            repr(float(request.lease)),
+            *_queues(request.queues),
+        ]
+
+    @staticmethod
+    def _claimed(reply: list[Any]) -> ClaimResult:
+        it = iter(reply[1:])
+        tasks = [
+            Claimed(i, q, name, payload, int(att), int(m) if m else None)
+            for i, q, name, payload, att, m in zip(it, it, it, it, it, it, strict=True)
+        ]
+        return ClaimResult(tasks, int(reply[0]))
+
+    def claim(self, request: ClaimRequest) -> ClaimResult:
+        return self._claimed(self._run("claim", self._claim_args(request)))
+
+    def has_ready(self, queues: tuple[str, ...] | None) -> bool:
+        return bool(self._run("has_ready", _queues(queues)))
+
+    def next_due(self, queues: tuple[str, ...] | None) -> float | None:
+        due = self._run("next_due", _queues(queues))
+        return None if due is None else float(due)
+
+    def complete(
+        self, batch: CompleteBatch, claim: ClaimRequest | None = None
+    ) -> ClaimResult | None:
+        if not len(batch):
+            return self.claim(claim) if claim is not None else None
+        done = batch.done
+        args: list[Any] = [batch.worker_id, str(len(done)), *map(str, done)]
+        extend = args.extend
+        args.append(str(len(batch.retries)))
+        for r in batch.retries:
+            extend(
+                (
+                    str(r.id),
+                    repr(float(r.delay)),
+                    error_line(r.error),
+                    json.dumps(r.error.to_json()),
+                )
+            )
+        args.append(str(len(batch.burials)))
+        for b in batch.burials:
+            extend(
+                (
+                    str(b.id),
+                    b.reason,
+                    error_line(b.error),
+                    b.fingerprint,
+                    str(int(b.max_attempts)),
+                    json.dumps(b.error.to_json()),
+                )
+            )
+        args.append(str(len(batch.released)))
+        extend(map(str, batch.released))
+        if claim is None:
+            args.append("0")
+            self._run("complete", args)
+            return None
+        args.append("1")
+        extend(self._claim_args(claim)[1:])
+        return self._claimed(self._run("complete", args))
+
+    def renew(self, request: RenewRequest) -> list[TaskId]:
+        if not request.ids:
+            return []
+        held: list[TaskId] = self._run(
+            "renew", [request.worker_id, repr(float(request.lease)), *map(str, request.ids)]
+        )
+        return held
+
+    def heartbeat(self, beat: Heartbeat) -> None:
+        info = {
+            "host": beat.host,
+            "pid": beat.pid,
+            "version": beat.version,
+            "queues": beat.queues,
+            "concurrency": beat.concurrency,
+            "running": beat.running,
+            "done": beat.done,
+            "started": beat.started,
+        }
+        self._run("heartbeat", [beat.worker_id, json.dumps(info)])
+
+    def remove_worker(self, worker_id: str) -> None:
+        self._run("remove_worker", [worker_id])
+
+    def prune(self, request: PruneRequest) -> int:
+        removed = 0
+        batch = max(1, int(request.batch))
+        while True:  # small batches: each script holds the server only briefly
+            n = int(self._run("prune_done", [repr(float(request.done_older_than)), str(batch)]))
+            removed += n
+            if n < batch:
+                break
+        removed += int(self._run("prune_workers", [repr(float(request.workers_stale_after))]))
+        return removed
+
+    def prepare_worker(self) -> None:
+        pass
+
+    def wake_source(self) -> RedisWake:
+        return RedisWake(self._path, self._k["wake"], self.connect_timeout)
+
+    # --- inspection --------------------------------------------------------------------
+
+    def get(self, task_id: TaskId) -> Task | None:
+        tid = str(task_id)
+        h: dict[str, str] = self._pipe(lambda p: p.hgetall(self._tkey(tid)))[0]
+        return task_from_hash(tid, h) if h else None
+
+    def counts(self) -> Counts:
+        nowf, pend, nproc, ndone, ndead = self._run("counts", [])
+        now = float(nowf)
+        c = Counts()
+        oldest: float | None = None
+
+        def per(queue: str) -> dict[str, int]:
+            return c.by_queue.setdefault(
+                queue, {"pending": 0, "processing": 0, "done": 0, "dead": 0}
+            )
+
+        for i in range(0, len(pend), 4):
+            queue, total, ready, first = pend[i : i + 4]
+            if int(total):
+                per(queue)["pending"] += int(total)
+            c.pending += int(total)
+            c.ready += int(ready)
+            c.scheduled += int(total) - int(ready)
+            if first != "" and (oldest is None or float(first) < oldest):
+                oldest = float(first)
+        for status, flat in (("processing", nproc), ("done", ndone), ("dead", ndead)):
+            for i in range(0, len(flat), 2):
+                n = int(flat[i + 1])
+                if n > 0:
+                    per(flat[i])[status] += n
+                    setattr(c, status, getattr(c, status) + n)
+        c.oldest_ready_age = None if oldest is None else max(0.0, now - oldest)
+        return c
+
+    def _hashes(self, keys: list[str]) -> list[dict[str, str]]:
+        def build(p: Any) -> None:
+            for k in keys:
+                p.hgetall(k)
+
+        return self._pipe(build) if keys else []
+
+    def list_tasks(self, flt: TaskFilter) -> list[Task]:
+        if flt.status == "dead":
+            dead = self.dead_letters(
+                DeadFilter(task_name=flt.task_name, queue=flt.queue, limit=flt.limit)
+            )
+            return [d.as_task() for d in dead]
+        if flt.limit <= 0:
+            return []
+        statuses = _STATUSES if flt.status is None else (flt.status,)
+        if flt.status == "processing":  # a small set: read it whole
+            held = self._zrange(self._k["processing"], 0, -1)
+            chunks: Iterable[list[str]] = [sorted(held, key=int, reverse=True)]
+        else:
+            top = int(self._read(lambda: self._client.get(self._k["ids"])) or 0)
+            chunks = (
+                [str(i) for i in range(hi, max(hi - _SCAN_CHUNK, 0), -1)]
+                for hi in range(top, 0, -_SCAN_CHUNK)
+            )
+        out: list[Task] = []
+        for ids in chunks:
+
+            def build(p: Any, ids: list[str] = ids) -> None:
+                for i in ids:
+                    p.hmget(self._tkey(i), _HEAD_FIELDS)
+
+            heads = self._pipe(build) if ids else []
+            wanted = [
+                i
+                for i, (status, queue, name) in zip(ids, heads, strict=True)
+                if status in statuses
+                and (flt.queue is None or queue == flt.queue)
+                and (flt.task_name is None or name == flt.task_name)
+            ][: flt.limit - len(out)]
+            for i, h in zip(wanted, self._hashes([self._tkey(i) for i in wanted]), strict=True):
+                if h:
+                    out.append(task_from_hash(i, h))
+            if len(out) >= flt.limit:
+                break
+        return out
+
+    def workers(self) -> list[WorkerInfo]:
+        reply = self._run("workers", [])
+        now = float(reply[0])
+        out = []
+        for i in range(1, len(reply), 3):
+            wid, raw, beat = reply[i], json.loads(reply[i + 1]), float(reply[i + 2])
+            out.append(
+                WorkerInfo(
+                    id=wid,
+                    host=str(raw.get("host", "")),
+                    pid=int(raw.get("pid", 0)),
+                    version=str(raw.get("version", "")),
+                    queues=str(raw.get("queues", "")),
+                    concurrency=int(raw.get("concurrency", 0)),
+                    running=int(raw.get("running", 0)),
+                    done=int(raw.get("done", 0)),
+                    started=datetime.fromtimestamp(float(raw.get("started", 0)), UTC),
+                    last_beat=datetime.fromtimestamp(beat, UTC),
+                    heartbeat_age=max(0.0, now - beat),
+                )
+            )
+        out.sort(key=lambda w: (w.started, w.id))
+        return out
+
+    # --- dead letters ------------------------------------------------------------------
+
+    def dead_letters(self, flt: DeadFilter) -> list[DeadLetter]:
+        key = self._k["dead_all" if flt.include_all else "dead_live"]
+        text = flt.error_contains.lower() if flt.error_contains else None
+        out: list[DeadLetter] = []
+        start = 0
+        while flt.limit is None or len(out) < flt.limit:
+            ids = self._zrange(key, start, start + _SCAN_CHUNK - 1, desc=True)
+            if not ids:
+                break
+            start += len(ids)
+            for i, h in zip(ids, self._hashes([self._dkey(i) for i in ids]), strict=True):
+                if not h:
+                    continue
+                d = dead_from_hash(i, h)
+                if (
+                    (flt.task_name is None or d.task_name == flt.task_name)
+                    and (flt.queue is None or d.queue == flt.queue)
+                    and (text is None or text in d.error.lower())
+                ):
+                    out.append(d)
+                    if flt.limit is not None and len(out) >= flt.limit:
+                        break
+        return out
+
+    def _zrange(self, key: str, start: int, stop: int, *, desc: bool = False) -> list[str]:
+        def go() -> list[str]:
+            got: Any = self._client.zrange(key, start, stop, desc=desc)
+            return list(got)
+
+        return self._read(go)
+
+    def get_dead(self, dead_id: TaskId) -> DeadLetter | None:
+        did = str(dead_id)
+        h: dict[str, str] = self._pipe(lambda p: p.hgetall(self._dkey(did)))[0]
+        return dead_from_hash(did, h) if h else None
+
+    @staticmethod
+    def _selector(selector: DeadSelector) -> list[str] | None:
+        if selector.ids:
+            return ["ids", *map(str, selector.ids)]
+        if not (selector.all or selector.task_name or selector.queue):
+            return None
+        return [
+            "filter",
+            "-" if selector.task_name is None else "+" + selector.task_name,
+            "-" if selector.queue is None else "+" + selector.queue,
+        ]
+
+    def requeue_dead(self, selector: DeadSelector) -> list[TaskId]:
+        args = self._selector(selector)
+        if args is None:
+            return []
+        reply = self._run("requeue_dead", args)
+        if reply[0] == "missing":
+            raise NotFound(f"no dead letter {reply[1]} waiting to be re-queued")
+        ids: list[TaskId] = reply[1:]
+        return ids
+
+    def discard_dead(self, selector: DeadSelector) -> int:
+        args = self._selector(selector)
+        if args is None:
+            return 0
+        reply = self._run("discard_dead", args)
+        if reply[0] == "missing":
+            raise NotFound(f"no dead letter {reply[1]} waiting to be discarded")
+        return int(reply[1])
+
+    def parse_id(self, text: str) -> TaskId:
+        value = str(text).strip()
+        if not value.isdigit() or not value.isascii():
+            raise ValueError(f"task ids are strings of digits on Redis, got {text!r}")
+        return str(int(value))
+
+
+__all__ = ["RedisBackend", "load_scripts"]

@@ -1,0 +1,113 @@
+"""Redis hashes as lmq's models.
+
+A task hash holds the SQL columns as text; ``locked_by`` and ``locked_until`` are empty
+strings while nobody holds the task (one HSET per transition instead of HSET + HDEL).
+Error histories are JSON lists; the scripts write ``"at"`` as epoch seconds (no date
+formatting in Lua), Python writes ISO 8601: both are read here.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from ...models import DeadLetter, Task, TaskError, utc_from_epoch
+from ...payload import loads_lenient
+
+
+def error_line(error: TaskError) -> str:
+    return f"{error.type}: {error.message}" if error.message else error.type
+
+
+def _float(text: str | None) -> float | None:
+    if text is None or text == "":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _int(text: str | None) -> int | None:
+    if text is None or text == "":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _when(value: Any) -> datetime:
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, UTC)
+    try:
+        return datetime.fromisoformat(str(value))
+    except (TypeError, ValueError):
+        return datetime.fromtimestamp(0, UTC)
+
+
+def parse_errors(text: str | None) -> tuple[TaskError, ...]:
+    if not text:
+        return ()
+    try:
+        items = json.loads(text)
+    except ValueError:
+        return ()
+    out = []
+    for e in items if isinstance(items, list) else []:
+        if not isinstance(e, dict):
+            continue
+        out.append(
+            TaskError(
+                attempt=int(e.get("attempt") or 0),
+                at=_when(e.get("at")),
+                type=str(e.get("type", "")),
+                message=str(e.get("message", "")),
+                traceback=e.get("traceback"),
+            )
+        )
+    return tuple(out)
+
+
+def task_from_hash(task_id: str, h: dict[str, str]) -> Task:
+    return Task(
+        id=h.get("id") or task_id,
+        queue=h.get("queue") or "default",
+        task_name=h.get("task_name", ""),
+        payload=loads_lenient(h.get("payload", "{}")),
+        priority=_int(h.get("priority")) or 0,
+        status=h.get("status", "pending"),
+        attempts=_int(h.get("attempts")) or 0,
+        max_attempts=_int(h.get("max_attempts")),
+        next_run=utc_from_epoch(_float(h.get("next_run"))),
+        created=h.get("created") or None,
+        updated=utc_from_epoch(_float(h.get("updated"))),
+        locked_by=h.get("locked_by") or None,
+        locked_until=utc_from_epoch(_float(h.get("locked_until"))),
+        last_error=h.get("last_error"),
+        unique_key=h.get("unique_key"),
+        errors=parse_errors(h.get("errors")),
+        dead_letter_id=h.get("dead_letter_id") or None,
+    )
+
+
+def dead_from_hash(dead_id: str, h: dict[str, str]) -> DeadLetter:
+    return DeadLetter(
+        id=h.get("id") or dead_id,
+        task_id=h.get("task_id", ""),
+        queue=h.get("queue") or "default",
+        task_name=h.get("task_name", ""),
+        payload=loads_lenient(h.get("payload", "{}")),
+        priority=_int(h.get("priority")) or 0,
+        attempts=_int(h.get("attempts")) or 0,
+        max_attempts=_int(h.get("max_attempts")),
+        error=h.get("error", ""),
+        reason=h.get("reason", ""),
+        fingerprint=h.get("fingerprint", ""),
+        created=h.get("created") or None,
+        died_at=_when(_float(h.get("died_at")) or 0.0),
+        status=h.get("status", "dead"),
+        errors=parse_errors(h.get("errors")),
+        requeued_at=utc_from_epoch(_float(h.get("requeued_at"))),
+    )
