@@ -110,6 +110,25 @@ def configured_servers() -> list[str]:
     return [name for name, env in SERVER_ENVS.items() if os.environ.get(env)]
 
 
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+def not_here(why: str) -> None:
+    """A server test that cannot run here: a failure in CI (never a silent skip), else a skip."""
+    if in_ci():
+        pytest.fail(f"{why} (CI must run every server backend's tests)")
+    pytest.skip(why)
+
+
+def shared_server_url(backend: str) -> str:
+    """``$LMQ_TEST_…_URL`` for ``backend``; skips (fails in CI) when it is not set."""
+    url = os.environ.get(SERVER_ENVS[backend], "")
+    if not url:
+        not_here(f"set {SERVER_ENVS[backend]} to run the {backend} integration tests")
+    return url
+
+
 def with_prefix(url: str, prefix: str) -> str:
     return f"{url}{'&' if '?' in url else '?'}prefix={prefix}"
 
@@ -190,9 +209,9 @@ class Harness:
         assert res.returncode == 0, f"lmq {' '.join(args)} -> {res.returncode}: {res.stderr}"
         return json.loads(res.stdout)
 
-    def start(self, argv: list[str], name: str) -> Proc:
+    def start(self, argv: list[str], name: str, env: dict[str, str] | None = None) -> Proc:
         self._names[name] += 1
-        proc = Proc(argv, self.env, self.dir, f"{name}-{self._names[name]}")
+        proc = Proc(argv, env or self.env, self.dir, f"{name}-{self._names[name]}")
         self.procs.append(proc)
         return proc
 
@@ -217,9 +236,20 @@ class Harness:
             return []
         rows = []
         for line in self.record_path.read_text().splitlines():
-            ev, key, pid = line.split(" ")
+            ev, key, pid = line.split(" ")[:3]
             if event is None or ev == event:
                 rows.append((ev, key, int(pid)))
+        return rows
+
+    def stamped(self) -> list[tuple[str, int, float]]:
+        """``(key, pid, started)`` for every run of the ``stamped`` handler, in order."""
+        if not self.record_path.exists():
+            return []
+        rows = []
+        for line in self.record_path.read_text().splitlines():
+            ev, key, pid, *rest = line.split(" ")
+            if ev == "stamped":
+                rows.append((key, int(pid), float(rest[0])))
         return rows
 
     def keys(self, event: str) -> collections.Counter[str]:
@@ -308,7 +338,7 @@ def h(tmp_path: Path) -> Iterator[Harness]:
 @contextlib.contextmanager
 def server_harness(tmp_path: Path, backend: str) -> Iterator[Harness]:
     """A harness on the shared server ``$LMQ_TEST_…_URL`` names, under a fresh prefix."""
-    base = os.environ[SERVER_ENVS[backend]]
+    base = shared_server_url(backend)
     prefix = f"i{uuid.uuid4().hex[:8]}_"
     harness = Harness(tmp_path, backend, with_prefix(base, prefix))
     harness.on_close(lambda: drop_prefix(base, prefix))
@@ -319,9 +349,10 @@ def server_harness(tmp_path: Path, backend: str) -> Iterator[Harness]:
         harness.close()
 
 
-@pytest.fixture(params=["sqlite", *configured_servers()])
+@pytest.fixture(params=["sqlite", *SERVER_ENVS])
 def hb(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
-    """A harness once per backend: SQLite, and every server backend configured here."""
+    """A harness once per backend: SQLite, and each server backend (skipped, or failed in
+    CI, when its ``LMQ_TEST_…_URL`` is not set)."""
     backend: str = request.param
     if backend == "sqlite":
         harness = Harness(tmp_path)

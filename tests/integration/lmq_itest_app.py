@@ -20,8 +20,8 @@ queue = lmq.Queue()  # the URL comes from the worker's --url / $LMQ_URL
 NO_WAIT = lmq.Backoff(base=0.0)  # retries are ready at once (also under --burst)
 
 
-def note(event: str, key: object) -> None:
-    line = f"{event} {key} {os.getpid()}\n".encode()
+def note(event: str, key: object, *extra: object) -> None:
+    line = " ".join(map(str, (event, key, os.getpid(), *extra))).encode() + b"\n"
     fd = os.open(os.environ["LMQ_TEST_RECORD"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line)
@@ -48,6 +48,15 @@ def record(n: int) -> None:
 async def arecord(n: int) -> None:
     await asyncio.sleep(0)
     note("ran", n)
+
+
+@queue.task(timeout=60, max_attempts=20)
+async def stamped(n: int, seconds: float = 0.0) -> None:
+    """Records ``stamped KEY PID START`` (the run's start, epoch seconds) when it ends."""
+    started = time.time()
+    if seconds:
+        await asyncio.sleep(seconds)
+    note("stamped", n, f"{started:.6f}")
 
 
 @queue.task

@@ -1,0 +1,222 @@
+"""The CLI on each server backend (the shared servers ``$LMQ_TEST_…_URL`` name), for real.
+
+``python -m lmq …`` processes only: ``lmq migrate`` (idempotent), the one-line exit-2
+errors before migrating, for an unreachable or silent server, a wrong database and bad
+credentials; ``lmq enqueue`` + ``lmq worker --burst``; ``lmq status --json`` with a live
+worker.  Each test works under a fresh prefix that is dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from lmq_private_servers import free_port
+from lmq_testservers import drop_prefix
+
+from .conftest import SERVER_ENVS, Harness, shared_server_url, stderr_lines, with_prefix
+
+SERVERS = list(SERVER_ENVS)
+
+# one-shot commands give up within 5 s; the rest is the interpreter starting and importing
+GIVE_UP = 5.0
+STARTUP_ALLOWANCE = 2.5
+
+
+@pytest.fixture(params=SERVERS)
+def fresh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    """A harness on a server backend under a fresh prefix, NOT migrated."""
+    backend: str = request.param
+    base = shared_server_url(backend)
+    prefix = f"c{uuid.uuid4().hex[:8]}_"
+    harness = Harness(tmp_path, backend, with_prefix(base, prefix))
+    harness.on_close(lambda: drop_prefix(base, prefix))
+    try:
+        yield harness
+    finally:
+        harness.close()
+
+
+def one_error_line(res: subprocess.CompletedProcess[str], *needles: str) -> str:
+    """The command exited 2 with exactly one ``lmq: error:`` line and no traceback."""
+    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
+    assert "Traceback" not in res.stderr + res.stdout, res.stderr
+    lines = stderr_lines(res.stderr)
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{res.stderr}"
+    assert lines[0].startswith("lmq: error: "), lines[0]
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+    assert res.stdout == ""
+    return lines[0]
+
+
+def replace_url(url: str, *, netloc: str | None = None, path: str | None = None) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=netloc or parts.netloc, path=path or parts.path))
+
+
+def at_port(url: str, port: int) -> str:
+    """``url`` with its host and port replaced by 127.0.0.1:``port`` (user info kept)."""
+    userinfo = urlsplit(url).netloc.rpartition("@")[0]
+    return replace_url(url, netloc=f"{userinfo + '@' if userinfo else ''}127.0.0.1:{port}")
+
+
+def timed(h: Harness, *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    t0 = time.monotonic()
+    res = h.run(*args, timeout=30)
+    return res, time.monotonic() - t0
+
+
+# --- migrate ------------------------------------------------------------------------------
+
+
+def test_commands_before_migrate_name_lmq_migrate_then_migrate_is_idempotent(
+    fresh: Harness,
+) -> None:
+    h = fresh
+    for argv in (["status"], ["enqueue", "x"], ["status", "--json"], ["tasks"]):
+        res = h.run(*argv, timeout=30)
+        one_error_line(res, "lmq migrate")
+    for _ in range(2):
+        res = h.run("migrate", timeout=60)
+        assert res.returncode == 0, (res.returncode, res.stderr)
+        assert "Traceback" not in res.stderr + res.stdout
+    status = h.run_json("status", "--json")
+    assert status["counts"] == {"pending": 0, "processing": 0, "done": 0, "dead": 0}
+    res = h.run("enqueue", "x")
+    assert res.returncode == 0, res.stderr
+    assert h.counts()["pending"] == 1
+
+
+def test_concurrent_migrates_all_succeed(fresh: Harness) -> None:
+    procs = [fresh.start([sys.executable, "-m", "lmq", "migrate"], "migrate") for _ in range(4)]
+    for p in procs:
+        assert p.wait(60) == 0, p.stderr()
+        assert "Traceback" not in p.stderr()
+    assert fresh.run_json("status", "--json")["counts"]["pending"] == 0
+
+
+# --- unreachable, silent, wrong database, bad credentials ------------------------------------
+
+
+@pytest.mark.parametrize("argv", [["status"], ["enqueue", "x"], ["migrate"]])
+def test_closed_port_exits_2_at_once(fresh: Harness, argv: list[str]) -> None:
+    res, took = timed(fresh, *argv, "--url", at_port(fresh.url, free_port()))
+    one_error_line(res)
+    assert took < GIVE_UP + STARTUP_ALLOWANCE, f"gave up after {took:.1f}s"
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[int]:
+    """A port that accepts TCP connections (the kernel's backlog) and never says a word."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(64)
+        yield int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("argv", [["status"], ["enqueue", "x"]])
+def test_silent_server_gives_up_within_5s(fresh: Harness, argv: list[str]) -> None:
+    with silent_server() as port:
+        res, took = timed(fresh, *argv, "--url", at_port(fresh.url, port))
+    one_error_line(res)
+    assert took < GIVE_UP + STARTUP_ALLOWANCE, f"gave up after {took:.1f}s, not within 5 s"
+
+
+def _wrong_db(backend: str, url: str) -> tuple[str, str]:
+    if backend == "redis":
+        return replace_url(url, path="/9999"), ""
+    return replace_url(url, path="/lmq_no_such_db"), "lmq_no_such_db"
+
+
+def _bad_credentials(url: str) -> str:
+    """A user the server does not know, with a password (which must not be echoed)."""
+    host = urlsplit(url).netloc.rpartition("@")[2]
+    return replace_url(url, netloc=f"lmq_no_such_user:sekrit-pw@{host}")
+
+
+def test_wrong_database_exits_2_with_one_line(fresh: Harness) -> None:
+    url, name = _wrong_db(fresh.backend, fresh.url)
+    for argv in (["status"], ["migrate"], ["enqueue", "x"]):
+        res, took = timed(fresh, *argv, "--url", url)
+        one_error_line(res, *([name] if name else []))
+        assert took < GIVE_UP + STARTUP_ALLOWANCE
+
+
+def test_bad_credentials_exit_2_with_one_line_and_no_password(fresh: Harness) -> None:
+    url = _bad_credentials(fresh.url)
+    for argv in (["status"], ["migrate"], ["enqueue", "x"]):
+        res, took = timed(fresh, *argv, "--url", url)
+        line = one_error_line(res)
+        assert "sekrit-pw" not in line, f"the password is in the message: {line}"
+        assert took < GIVE_UP + STARTUP_ALLOWANCE
+
+
+# --- a worker through the CLI ------------------------------------------------------------
+
+
+def test_burst_worker_drains_what_lmq_enqueue_stored(fresh: Harness) -> None:
+    h = fresh
+    h.migrate()
+    keys = list(range(25))
+    for k in keys:
+        res = h.run("enqueue", "record", json.dumps({"n": k}))
+        assert res.returncode == 0, res.stderr
+    res = h.run("enqueue", "no_such_handler", "{}")
+    assert res.returncode == 0, res.stderr
+    assert h.run_json("status", "--json")["counts"]["pending"] == len(keys) + 1
+    w = h.worker("--burst", "-c", "8")
+    assert w.wait(60) == 0, w.stderr()[-3000:]
+    w.assert_clean()
+    ran = h.keys("ran")
+    assert sorted(ran) == sorted(str(k) for k in keys)
+    assert set(ran.values()) == {1}
+    counts = h.run_json("status", "--json")["counts"]
+    assert counts == {"pending": 0, "processing": 0, "done": len(keys), "dead": 1}
+    [dead] = h.run_json("dead", "list", "--json")
+    assert dead["task_name"] == "no_such_handler"
+    assert "no handler registered" in dead["error"]
+
+
+def test_status_json_shows_counts_and_the_live_worker(fresh: Harness) -> None:
+    h = fresh
+    h.migrate()
+    for k in range(3):
+        assert h.run("enqueue", "record", json.dumps({"n": k})).returncode == 0
+    w = h.worker("-c", "4")
+    h.wait_for(lambda: len(h.records("ran")) == 3, "the worker to run 3 tasks", 30, procs=[w])
+
+    def shows_worker() -> dict[str, object] | None:
+        status = h.run_json("status", "--json")
+        mine = [x for x in status["workers"] if x["pid"] == w.pid]
+        done = status["counts"]["done"] == 3
+        return status if mine and done else None
+
+    status = h.wait_for(shows_worker, "status --json to show the worker and 3 done", 30)
+    assert status["counts"] == {"pending": 0, "processing": 0, "done": 3, "dead": 0}
+    [row] = [x for x in status["workers"] if x["pid"] == w.pid]
+    assert {"id", "host", "pid", "heartbeat_age"} <= set(row)
+    assert row["host"] == socket.gethostname()
+    assert 0 <= row["heartbeat_age"] < 30
+    check = h.run("status", "--check")
+    assert check.returncode == 0, (check.stdout, check.stderr)
+
+    w.signal(signal.SIGTERM)
+    assert w.wait(30) == 0, w.stderr()[-3000:]
+    w.assert_clean()
+    assert [x for x in h.run_json("status", "--json")["workers"] if x["pid"] == w.pid] == []
+    # ready work and nobody alive: --check says so and exits 1
+    assert h.run("enqueue", "record", json.dumps({"n": 99})).returncode == 0
+    check = h.run("status", "--check")
+    assert check.returncode == 1, (check.stdout, check.stderr)
