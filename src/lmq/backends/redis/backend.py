@@ -174,6 +174,7 @@ class RedisBackend:
                 retry=Retry(NoBackoff(), 0),
                 decode_responses=True,
                 max_connections=self.max_connections,
+                client_name=f"lmq-{prefix}",  # CLIENT LIST shows whose connection it is
             )
         except ValueError as exc:
             raise ConfigError(f"invalid Redis URL {self.url!r}: {exc}") from None
@@ -410,7 +411,9 @@ class RedisBackend:
         pass
 
     def wake_source(self) -> RedisWake:
-        return RedisWake(self._path, self._k["wake"], self.connect_timeout)
+        return RedisWake(
+            self._path, self._k["wake"], self.connect_timeout, f"lmq-wake-{self.prefix}"
+        )
 
     # --- inspection --------------------------------------------------------------------
 

@@ -28,7 +28,13 @@ _POLL = 0.25  # longest blocking read, so stop() is noticed quickly
 class RedisWake:
     """``start(callback)`` calls ``callback`` (from its own thread) after publishes."""
 
-    def __init__(self, url: str, channel: str, connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        channel: str,
+        connect_timeout: float = 5.0,
+        client_name: str | None = None,
+    ) -> None:
         self.channel = channel
         self._pool = redis.ConnectionPool.from_url(
             url,
@@ -39,6 +45,7 @@ class RedisWake:
             retry=Retry(NoBackoff(), 0),
             decode_responses=True,
             max_connections=2,
+            client_name=client_name,
         )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -1,0 +1,500 @@
+"""Redis-only behaviour: key prefixes, wake-ups over pub/sub, script reloading, schema
+checks, connection errors and concurrent claims through the worker's hot path.
+
+Runs when ``LMQ_TEST_REDIS_URL`` names a server (``.ci/run`` sets it); every test works
+under a fresh prefix of its own and drops it afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+import lmq
+from lmq.models import ClaimRequest, CompleteBatch, Heartbeat, TaskId
+from lmq_testservers import drop_prefix
+
+from .helpers import burial, claim, complete, ids, retry, wait_for
+
+REDIS_URL = os.environ.get("LMQ_TEST_REDIS_URL", "")
+pytestmark = pytest.mark.skipif(not REDIS_URL, reason="set LMQ_TEST_REDIS_URL to a Redis URL")
+
+
+def _with(url: str, **options: str) -> str:
+    query = "&".join(f"{k}={v}" for k, v in options.items())
+    return f"{url}{'&' if '?' in url else '?'}{query}"
+
+
+def _base(db: int | None = None) -> str:
+    base = REDIS_URL.split("?", 1)[0]
+    if db is not None:
+        base = base.rsplit("/", 1)[0] + f"/{db}"
+    return base
+
+
+def _raw(db: int | None = None) -> Any:
+    import redis
+
+    return redis.Redis.from_url(_base(db), decode_responses=True, socket_timeout=5)
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    p = f"r{uuid.uuid4().hex[:8]}_"
+    try:
+        yield p
+    finally:
+        drop_prefix(_base(), p)
+
+
+@pytest.fixture
+def rq(prefix: str) -> Iterator[lmq.Queue]:
+    with lmq.Queue(_with(_base(), prefix=prefix)) as q:
+        q.migrate()
+        yield q
+
+
+# --- keys and prefixes ----------------------------------------------------------------------
+
+
+def _exercise(q: lmq.Queue) -> None:
+    """Touch every kind of key the backend writes."""
+    b = q.backend
+    done, retried, buried, held = q.enqueue_many([("t", {"i": i}) for i in range(4)])
+    q.enqueue("t", unique_key="u1", queue="other", priority=3)
+    q.enqueue("t", delay=3600)
+    got = ids(claim(b, "w1", limit=4, queues=("default",)))
+    assert set(got) == {done, retried, buried, held}
+    complete(b, "w1", done=[done], retries=[retry(retried, 60)], burials=[burial(buried)])
+    b.heartbeat(Heartbeat("w1", "h", 1, lmq.__version__, "*", 4, 1, 3, time.time()))
+    (dead,) = q.dead_letters()
+    q.requeue_dead([dead.id])
+    assert q.dead_letters() == []
+    q.counts()
+    q.tasks()
+    b.workers()
+
+
+def test_every_key_starts_with_the_prefix(prefix: str) -> None:
+    db = 15  # a database of its own, so the test sees only what it writes itself
+    raw = _raw(db)
+    try:
+        before = set(raw.keys("*"))
+        with lmq.Queue(_with(_base(db), prefix=prefix)) as q:
+            q.migrate()
+            _exercise(q)
+            wake = q.backend.wake_source()
+            assert wake is not None
+            wake.start(lambda: None)
+            try:
+                channels = wait_for(lambda: raw.pubsub_channels(f"*{prefix}*"), timeout=5)
+                assert channels == [f"{prefix}queue:wake"]
+            finally:
+                wake.stop()
+        new = set(raw.keys("*")) - before
+        assert new, "the backend wrote no keys"
+        assert [k for k in new if not k.startswith(prefix)] == []
+        for name in ("meta", "ids", "pending:default:0", "processing", "done", "dead_all"):
+            assert f"{prefix}queue:{name}" in new, name
+    finally:
+        drop_prefix(_base(db), prefix)
+        raw.close()
+
+
+def test_default_prefix_is_lmq() -> None:
+    with lmq.Queue(_base()) as q:
+        backend: Any = q.backend
+        assert backend.prefix == "lmq:"
+
+
+def test_two_prefixes_on_one_server_do_not_see_each_other(prefix: str) -> None:
+    other = f"r{uuid.uuid4().hex[:8]}_"
+    try:
+        with (
+            lmq.Queue(_with(_base(), prefix=prefix)) as a,
+            lmq.Queue(_with(_base(), prefix=other)) as b,
+        ):
+            a.migrate()
+            b.migrate()
+            a_ids = a.enqueue_many([("t", {}) for _ in range(3)])
+            b_id = b.enqueue("t", unique_key="same")
+            a_ids.append(a.enqueue("t", unique_key="same"))  # unique keys are per prefix too
+            assert a.counts()["pending"] == 4
+            assert b.counts()["pending"] == 1
+            assert b.get(a_ids[2]) is None  # ids restart per prefix: B has only its first
+            assert ids(claim(b.backend, limit=10)) == [b_id]
+            assert set(ids(claim(a.backend, limit=10))) == set(a_ids)
+            complete(b.backend, done=[b_id])
+            assert a.counts()["done"] == 0 and b.counts()["done"] == 1
+    finally:
+        drop_prefix(_base(), other)
+
+
+def test_bad_options_and_prefixes_are_refused() -> None:
+    with pytest.raises(lmq.ConfigError, match="bogus"):
+        lmq.Queue(_with(_base(), bogus="1")).counts()
+    with pytest.raises(lmq.ConfigError, match="prefix"):
+        lmq.Queue(_with(_base(), prefix="has space")).counts()
+    with pytest.raises(lmq.ConfigError, match="socket_timeout"):
+        lmq.Queue(_with(_base(), socket_timeout="soon")).counts()
+
+
+def test_transactional_enqueue_is_refused(rq: lmq.Queue) -> None:
+    with pytest.raises(lmq.ConfigError, match="redis"):
+        rq.enqueue("t", connection=object())
+    assert rq.counts()["pending"] == 0
+
+
+# --- schema -----------------------------------------------------------------------------------
+
+
+def test_schema_missing_names_lmq_migrate_until_migrated(prefix: str) -> None:
+    url = _with(_base(), prefix=prefix)
+    with lmq.Queue(url) as q:
+        assert q.backend.schema_version() is None
+        for call in (lambda: q.enqueue("t"), q.counts, lambda: claim(q.backend), q.tasks):
+            with pytest.raises(lmq.SchemaMissing, match="lmq migrate"):
+                call()
+    # the CLI: `lmq migrate` exits 0 on Redis (twice: idempotent)
+    for _ in range(2):
+        run = subprocess.run(
+            [sys.executable, "-m", "lmq", "migrate", "--url", url],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert run.returncode == 0, run.stderr
+    with lmq.Queue(url) as q:
+        assert q.backend.schema_version() == 1
+        assert q.migrate() == []
+        assert q.get(q.enqueue("t")) is not None
+
+
+def test_newer_schema_says_upgrade(prefix: str) -> None:
+    raw = _raw()
+    try:
+        raw.hset(f"{prefix}queue:meta", "schema_version", "99")
+        with lmq.Queue(_with(_base(), prefix=prefix)) as q:
+            with pytest.raises(lmq.SchemaMissing, match="upgrade lmq"):
+                q.counts()
+            with pytest.raises(lmq.SchemaMissing, match="upgrade lmq"):
+                q.migrate()
+    finally:
+        raw.close()
+
+
+# --- connections ------------------------------------------------------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_unreachable_server_is_backend_unavailable_quickly() -> None:
+    port = _closed_port()
+    started = time.monotonic()
+    with lmq.Queue(f"redis://127.0.0.1:{port}/0?prefix=x_") as q:
+        with pytest.raises(lmq.BackendUnavailable, match=str(port)):
+            q.counts()
+        with pytest.raises(lmq.BackendUnavailable):
+            q.enqueue("t")
+    assert time.monotonic() - started < 5
+
+
+def test_unreachable_server_cli_exits_2_with_one_line() -> None:
+    port = _closed_port()
+    run = subprocess.run(
+        [sys.executable, "-m", "lmq", "status", "--url", f"redis://127.0.0.1:{port}/0"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert run.returncode == 2
+    assert "Traceback" not in run.stderr
+
+
+def _kill_clients(name_prefix: str) -> int:
+    raw = _raw()
+    try:
+        victims = [c for c in raw.client_list() if c.get("name", "").startswith(name_prefix)]
+        for c in victims:
+            raw.client_kill_filter(_id=c["id"])
+        return len(victims)
+    finally:
+        raw.close()
+
+
+def test_killed_connections_are_replaced_on_the_next_call(rq: lmq.Queue, prefix: str) -> None:
+    task_id = rq.enqueue("t")
+    assert _kill_clients(f"lmq-{prefix}") >= 1
+    # the pool notices the closed socket when it hands the connection out, and reconnects
+    assert rq.get(task_id) is not None
+    assert ids(claim(rq.backend)) == [task_id]
+
+
+def test_scripts_are_reloaded_after_script_flush(rq: lmq.Queue) -> None:
+    """SCRIPT FLUSH is what a restart does to the script cache: EVALSHA fails with
+    NOSCRIPT, and the backend loads the script again instead of failing."""
+    first = rq.enqueue("t")
+    raw = _raw()
+    try:
+        raw.script_flush()
+    finally:
+        raw.close()
+    second = rq.enqueue("t")
+    got = ids(claim(rq.backend))
+    assert set(got) == {first, second}
+    complete(rq.backend, done=got)
+    assert rq.counts()["done"] == 2
+
+
+# --- wake-ups ---------------------------------------------------------------------------------
+
+
+def test_wake_source_fires_on_enqueue_and_survives_a_killed_connection(
+    rq: lmq.Queue, prefix: str
+) -> None:
+    wake = rq.backend.wake_source()
+    assert wake is not None
+    fired = threading.Event()
+    calls: list[float] = []
+
+    def callback() -> None:
+        calls.append(time.monotonic())
+        fired.set()
+
+    wake.start(callback)
+    try:
+        raw = _raw()
+        try:
+            wait_for(lambda: raw.pubsub_numsub(f"{prefix}queue:wake")[0][1] == 1, timeout=5)
+            rq.enqueue("t")
+            assert fired.wait(5)
+            fired.clear()
+            # delayed work wakes nobody; a retry without delay does
+            rq.enqueue("t", delay=3600)
+            time.sleep(0.3)
+            assert not fired.is_set()
+
+            # kill the subscriber's connection from another client
+            killed = [
+                c for c in raw.client_list(_type="pubsub") if c.get("name") == f"lmq-wake-{prefix}"
+            ]
+            assert len(killed) == 1
+            raw.client_kill_filter(_id=killed[0]["id"])
+            # it reconnects, subscribes again, and calls back (work may have been missed)
+            assert fired.wait(5)
+            fired.clear()
+            wait_for(lambda: raw.pubsub_numsub(f"{prefix}queue:wake")[0][1] == 1, timeout=5)
+            rq.enqueue("t")
+            assert fired.wait(5)
+        finally:
+            raw.close()
+    finally:
+        started = time.monotonic()
+        wake.stop()
+        assert time.monotonic() - started < 2
+
+
+def test_retry_now_and_release_publish_a_wake_up(rq: lmq.Queue, prefix: str) -> None:
+    a, b = rq.enqueue_many([("t", {}), ("t", {})])
+    claim(rq.backend)
+    raw = _raw()
+    pubsub = raw.pubsub(ignore_subscribe_messages=True)
+    try:
+        pubsub.subscribe(f"{prefix}queue:wake")
+        wait_for(lambda: raw.pubsub_numsub(f"{prefix}queue:wake")[0][1] == 1, timeout=5)
+
+        def messages() -> int:
+            n = 0
+            while (m := pubsub.get_message(timeout=0.5)) is not None:
+                n += m["type"] == "message"
+            return n
+
+        complete(rq.backend, retries=[retry(a, 600)])
+        assert messages() == 0
+        complete(rq.backend, released=[b])
+        assert messages() == 1
+    finally:
+        pubsub.close()
+        raw.close()
+
+
+def test_worker_picks_up_through_wake_ups(rq: lmq.Queue) -> None:
+    seen: list[float] = []
+    done = threading.Event()
+
+    @rq.task
+    def job(sent: float) -> None:
+        seen.append(time.time() - sent)
+        if len(seen) == 5:
+            done.set()
+
+    worker = lmq.Worker(
+        rq,
+        lmq.WorkerSettings(install_signal_handlers=False, idle_poll=30, loop="asyncio"),
+    )
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        wait_for(rq.workers, timeout=10)
+        time.sleep(0.3)
+        for _ in range(5):
+            job.enqueue(sent=time.time())
+            time.sleep(0.1)
+        # with a 30 s idle poll, only the pub/sub wake-up can make this quick
+        assert done.wait(10)
+        assert max(seen) < 5
+    finally:
+        worker.stop()
+        thread.join(15)
+
+
+# --- claims -----------------------------------------------------------------------------------
+
+
+def test_claim_order_over_mixed_priorities_times_and_queues(rq: lmq.Queue) -> None:
+    spec = [  # (queue, priority, seconds ago)
+        ("a", 0, 100),
+        ("b", 0, 150),
+        ("a", 5, 1),
+        ("b", 5, 10),
+        ("c", 5, 10),
+        ("a", -2, 900),
+        ("b", 1, 50),
+        ("c", 1, 50),
+        ("a", 1, 60),
+        ("c", 0, 100),
+    ]
+    queue_of: dict[TaskId, str] = {}
+
+    def fill() -> list[TaskId]:
+        """Enqueue the spec; return the ids in the order claims must take them."""
+        now = datetime.now(UTC)
+        made = []
+        for n, (qn, p, ago) in enumerate(spec):
+            at = now - timedelta(seconds=ago)
+            tid = rq.enqueue("t", {"n": n}, queue=qn, priority=p, run_at=at)
+            queue_of[tid] = qn
+            made.append((-p, -ago, int(tid), tid))
+        return [m[3] for m in sorted(made)]
+
+    rq.enqueue("t", queue="a", priority=99, delay=3600)  # not due: never claimed
+    # one claim takes them in order, and the returned list follows that order
+    expected = fill()
+    assert ids(claim(rq.backend, limit=100)) == expected
+    complete(rq.backend, done=expected)
+    # one at a time
+    expected = fill()
+    order: list[TaskId] = []
+    while got := claim(rq.backend, limit=1):
+        order.extend(ids(got))
+    assert order == expected
+    complete(rq.backend, done=expected)
+    # a queue filter over two of the queues keeps the same order among them
+    expected = fill()
+    in_ab = [tid for tid in expected if queue_of[tid] in ("a", "b")]
+    assert ids(claim(rq.backend, limit=100, queues=("b", "a"))) == in_ab
+    assert ids(claim(rq.backend, limit=100, queues=("c",))) == [
+        tid for tid in expected if queue_of[tid] == "c"
+    ]
+    assert rq.counts()["pending"] == 1
+
+
+def test_equal_times_go_by_id_across_many_ids(rq: lmq.Queue) -> None:
+    at = datetime.now(UTC) - timedelta(seconds=5)
+    made = [rq.enqueue("t", run_at=at) for _ in range(12)]  # ids 1..12: "10" < "9" as text
+    assert ids(claim(rq.backend, limit=100)) == made
+
+
+def test_threads_on_the_hot_path_never_share_a_task(rq: lmq.Queue) -> None:
+    """complete(batch, claim) from several threads and backends: each task done once."""
+    n_tasks, n_threads = 2000, 8
+    rq.enqueue_many([("t", {"i": i}) for i in range(n_tasks)])
+    url = rq.url
+    queues = [lmq.Queue(url) for _ in range(2)]
+    seen: dict[TaskId, str] = {}
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(n_threads)
+
+    def run(n: int) -> None:
+        worker = f"w{n}"
+        backend = queues[n % 2].backend
+        try:
+            barrier.wait()
+            held = backend.claim(ClaimRequest(worker, 7, 60)).tasks
+            while held:
+                with lock:
+                    for c in held:
+                        assert c.id not in seen, f"{c.id} claimed by {seen[c.id]} and {worker}"
+                        seen[c.id] = worker
+                result = backend.complete(
+                    CompleteBatch(worker, done=[c.id for c in held]),
+                    ClaimRequest(worker, 1 + n % 9, 60),
+                )
+                assert result is not None
+                held = result.tasks
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for q in queues:
+        q.close()
+    assert errors == []
+    assert len(seen) == n_tasks
+    assert rq.counts() == {"pending": 0, "processing": 0, "done": n_tasks, "dead": 0}
+    assert len({w for w in seen.values()}) > 1
+
+
+def test_lease_expiry_is_measured_on_the_server_clock(rq: lmq.Queue, prefix: str) -> None:
+    task_id = rq.enqueue("t")
+    (c,) = claim(rq.backend, lease=30)
+    raw = _raw()
+    try:
+        sec, usec = raw.time()
+        until = float(raw.hget(f"{prefix}queue:task:{task_id}", "locked_until"))
+        score = raw.zscore(f"{prefix}queue:processing", str(task_id))
+    finally:
+        raw.close()
+    server_now = sec + usec / 1e6
+    assert 28 < until - server_now <= 30
+    assert score == pytest.approx(until)
+    assert c.attempts == 1
+
+
+def test_counts_and_listing_after_a_mixed_run(rq: lmq.Queue) -> None:
+    ids_ = rq.enqueue_many([("job", {"i": i}) for i in range(6)], queue="q1")
+    rq.enqueue("other", queue="q2", delay=600)
+    got = ids(claim(rq.backend, limit=4, queues=("q1",)))
+    complete(rq.backend, done=got[:2], burials=[burial(got[2], task_name="job")])
+    stats = rq.stats()
+    assert stats.as_dict() == {"pending": 3, "processing": 1, "done": 2, "dead": 1}
+    assert stats.by_queue["q1"] == {"pending": 2, "processing": 1, "done": 2, "dead": 1}
+    assert stats.by_queue["q2"] == {"pending": 1, "processing": 0, "done": 0, "dead": 0}
+    assert (stats.ready, stats.scheduled) == (2, 1)
+    assert [t.id for t in rq.tasks(status="done")] == sorted(got[:2], key=int, reverse=True)
+    assert [t.id for t in rq.tasks(status="processing")] == [got[3]]
+    assert [t.id for t in rq.tasks(name="job", status="pending")] == [ids_[5], ids_[4]]
+    shown = rq.get(got[2])
+    assert shown is not None and shown.status == "dead"
+    assert json.loads(json.dumps(shown.to_json()))["id"] == got[2]
