@@ -1,0 +1,1008 @@
+"""The MySQL / MariaDB backend (PyMySQL), WordPress-database friendly.
+
+URL: ``mysql://user:password@host:3306/database?prefix=wp_`` (``mariadb://`` too).
+Options (anything else is refused with ConfigError):
+
+``prefix``
+    table prefix (up to 16 letters, digits, ``_``): ``wp_`` puts the tables beside
+    WordPress's as ``wp_queue_tasks``, ``wp_queue_dead_letters`` ...
+``claim``
+    ``auto`` (default): ``skip_locked`` on MySQL 8.0.1+ and MariaDB 10.6+, else ``update``.
+    ``skip_locked``: ``SELECT ... FOR UPDATE SKIP LOCKED`` then ``UPDATE ... WHERE id IN``
+    in one short transaction.  ``update``: the fallback for servers without SKIP LOCKED,
+    one atomic ``UPDATE ... ORDER BY ... LIMIT n`` then a read-back of the rows that claim
+    marked (forceable, so tests run both).
+``connect_timeout`` (default 5), ``read_timeout`` / ``write_timeout`` (default 60)
+    seconds; an unreachable server raises BackendUnavailable within connect_timeout.
+``lock_wait_timeout`` (default 10)
+    the session's ``innodb_lock_wait_timeout``; a wait that long is retried like a deadlock.
+``unix_socket``, ``ssl_ca``, ``ssl_cert``, ``ssl_key``
+    passed to PyMySQL.
+``charset``
+    only ``utf8mb4`` (the default, and what the tables use): 4-byte characters round-trip.
+
+Semantics are SQLite's (see :mod:`lmq.backends.base`); the differences are the server's:
+
+* "now" is the database server's clock (``UNIX_TIMESTAMP()`` plus the microseconds of
+  ``NOW(6)``, independent of the session time zone) in every claim, lease, retry, rescue
+  and readiness check, so workers on several hosts agree on lease expiry.
+* Sessions run at READ COMMITTED (no gap locks: producers never wait for a claim).
+  Deadlocks (1213) and lock wait timeouts (1205) re-run the whole transaction after a
+  short jittered pause, and never reach the caller.
+* One connection per thread (a thread-local), opened on first use.  A lost connection
+  (server restart, network) raises BackendUnavailable and the next call reconnects; a
+  connection found dead before anything was sent on it (an idle connection the server
+  closed) is replaced at once, transparently.
+* Tables are never created implicitly: ``lmq migrate`` does, under ``GET_LOCK``.
+* There are no notifications: :meth:`wake_source` returns None and idle workers poll
+  :meth:`has_ready`, a read of a few index entries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
+
+import pymysql  # type: ignore[import-untyped]  # no stubs shipped (types-PyMySQL not pinned)
+import pymysql.cursors  # type: ignore[import-untyped]
+from pymysql.connections import Connection  # type: ignore[import-untyped]
+from pymysql.cursors import Cursor
+
+from ...exceptions import (
+    BackendBusy,
+    BackendError,
+    BackendUnavailable,
+    ConfigError,
+    NotFound,
+    SchemaMissing,
+)
+from ...models import (
+    Claimed,
+    ClaimRequest,
+    ClaimResult,
+    CompleteBatch,
+    Counts,
+    DeadFilter,
+    DeadLetter,
+    DeadSelector,
+    Heartbeat,
+    NewTask,
+    PruneRequest,
+    RenewRequest,
+    Task,
+    TaskFilter,
+    TaskId,
+    WorkerInfo,
+)
+from ...url import QueueURL, mask
+from ..external import app_connection
+from ..sqlfile import check_prefix, load_migrations, load_queries, load_schema
+from .rows import dead_from_row, error_json, error_line, split_sql, task_from_row
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+NOW_SQL = "(UNIX_TIMESTAMP() + MICROSECOND(NOW(6)) / 1000000)"
+_OPTIONS = {
+    "prefix",
+    "claim",
+    "connect_timeout",
+    "read_timeout",
+    "write_timeout",
+    "lock_wait_timeout",
+    "unix_socket",
+    "ssl_ca",
+    "ssl_cert",
+    "ssl_key",
+    "charset",
+}
+_CLAIM_MODES = ("auto", "skip_locked", "update")
+_TABLES = ("queue_tasks", "queue_dead_letters", "queue_workers", "queue_meta")
+
+# errors worth re-running the whole transaction for
+_DEADLOCK = 1213
+_LOCK_WAIT_TIMEOUT = 1205
+_RETRYABLE = {_DEADLOCK, _LOCK_WAIT_TIMEOUT}
+_RETRY_FOR = 30.0  # seconds of deadlock retries before giving up with BackendBusy
+# the connection is gone (or going): drop it, raise BackendUnavailable, reconnect next call
+_CONNECTION_LOST = {
+    2002,  # can't connect through socket
+    2003,  # can't connect to server
+    2006,  # server has gone away
+    2013,  # lost connection during query
+    2014,  # commands out of sync
+    2045,  # can't open shared memory
+    2055,  # lost connection at reading initial communication packet
+    1053,  # server shutdown in progress
+    1077,  # normal shutdown
+    1079,  # shutdown complete
+    1152,  # aborted connection
+    1317,  # query execution was interrupted (connection killed)
+    1927,  # MariaDB: connection was killed
+    4031,  # MySQL 8: disconnected by the server for inactivity
+}
+_NO_TABLE = {1146}  # table doesn't exist
+_BAD_SCHEMA = {1054}  # unknown column: an older or damaged schema
+_INSERT_CHUNK = 2 * 1024 * 1024  # bytes of VALUES per multi-row INSERT statement
+
+
+def _errno(exc: BaseException) -> int:
+    args = getattr(exc, "args", ())
+    return args[0] if args and isinstance(args[0], int) else 0
+
+
+def _parse_version(text: str) -> tuple[str, tuple[int, ...]]:
+    flavour = "mariadb" if "mariadb" in text.lower() else "mysql"
+    m = re.match(r"(\d+)\.(\d+)\.(\d+)", text)
+    numbers = tuple(int(x) for x in m.groups()) if m else (0, 0, 0)
+    if flavour == "mariadb" and numbers[0] == 5 and "-" in text:  # "5.5.5-10.6.12-MariaDB"
+        m2 = re.search(r"-(\d+)\.(\d+)\.(\d+)-MariaDB", text, re.IGNORECASE)
+        if m2:
+            numbers = tuple(int(x) for x in m2.groups())
+    return flavour, numbers
+
+
+def supports_skip_locked(version: str) -> bool:
+    """SKIP LOCKED: MySQL 8.0.1+, MariaDB 10.6+."""
+    flavour, numbers = _parse_version(version)
+    return numbers >= ((10, 6, 0) if flavour == "mariadb" else (8, 0, 1))
+
+
+def _seconds(url: QueueURL, name: str, default: float) -> float:
+    raw = url.options.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(
+            f"invalid {name}={raw!r} in {mask(url.raw)!r}: seconds expected"
+        ) from None
+    if value <= 0:
+        raise ConfigError(f"invalid {name}={raw!r} in {mask(url.raw)!r}: must be > 0")
+    return value
+
+
+def _ids_sql(ids: Sequence[TaskId]) -> str:
+    """Ids as SQL integers (every id this backend hands out is an int)."""
+    return ",".join(str(int(i)) for i in ids)
+
+
+class MySQLBackend:
+    """See the module docstring."""
+
+    def __init__(self, url: QueueURL) -> None:
+        unknown = sorted(set(url.options) - _OPTIONS)
+        if unknown:
+            raise ConfigError(
+                f"unknown option(s) {', '.join(unknown)} in {mask(url.raw)!r}; the MySQL "
+                f"backend takes: {', '.join(sorted(_OPTIONS))}"
+            )
+        try:
+            self.prefix = check_prefix(url.prefix)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        self.url = mask(url.raw)
+        charset = url.options.get("charset", "utf8mb4").lower()
+        if charset != "utf8mb4":
+            raise ConfigError(
+                f"charset={charset!r} in {self.url!r}: lmq's MySQL tables and connections "
+                "are always utf8mb4"
+            )
+        self.claim_mode_option = url.options.get("claim", "auto").lower()
+        if self.claim_mode_option not in _CLAIM_MODES:
+            raise ConfigError(
+                f"invalid claim={self.claim_mode_option!r} in {self.url!r}: use "
+                + ", ".join(_CLAIM_MODES)
+            )
+        parts = urlsplit(url.path)
+        database = unquote(parts.path.lstrip("/"))
+        if not database or "/" in database:
+            raise ConfigError(f"no database name in {self.url!r}: use mysql://user@host/dbname")
+        try:
+            port = parts.port or 3306
+        except ValueError:
+            raise ConfigError(f"invalid port in {self.url!r}") from None
+        self.database = database
+        self.lock_wait_timeout = int(_seconds(url, "lock_wait_timeout", 10))
+        self._params: dict[str, Any] = {
+            "host": parts.hostname or "127.0.0.1",
+            "port": port,
+            "user": unquote(parts.username or "root"),
+            "password": unquote(parts.password or ""),
+            "database": database,
+            "charset": "utf8mb4",
+            "connect_timeout": _seconds(url, "connect_timeout", 5),
+            "read_timeout": _seconds(url, "read_timeout", 60),
+            "write_timeout": _seconds(url, "write_timeout", 60),
+            "autocommit": True,
+        }
+        if "unix_socket" in url.options:
+            self._params["unix_socket"] = url.options["unix_socket"]
+        ssl = {k[4:]: url.options[k] for k in ("ssl_ca", "ssl_cert", "ssl_key") if k in url.options}
+        if ssl:
+            self._params["ssl"] = ssl
+        self.q = {
+            name: sql.replace("{now}", NOW_SQL)
+            for name, sql in load_queries("lmq.backends.mysql", "queries.sql", self.prefix).items()
+        }
+        self._local = threading.local()
+        self._all_conns: list[Connection] = []
+        self._conns_lock = threading.Lock()
+        self._schema_checked = False
+        self._schema_lock = threading.Lock()
+        self._server: tuple[str, int, int] | None = None  # version, autoinc step, max packet
+        self._claim_mode: str | None = (
+            None if self.claim_mode_option == "auto" else self.claim_mode_option
+        )
+        self._claim_sql: dict[tuple[str, ...] | None, tuple[str, dict[str, str]]] = {}
+
+    # --- connections ---------------------------------------------------------------------
+
+    def _connect(self) -> Connection:
+        try:
+            conn: Connection = pymysql.connect(**self._params)
+            with conn.cursor() as cur:
+                cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                cur.execute(f"SET SESSION innodb_lock_wait_timeout = {self.lock_wait_timeout}")
+                if self._server is None:
+                    cur.execute(self.q["server_info"])
+                    version, step, packet = cur.fetchone()
+                    self._server = (str(version), int(step or 1), int(packet or 1 << 20))
+        except pymysql.err.MySQLError as exc:
+            raise BackendUnavailable(f"cannot connect to MySQL at {self.url}: {exc}") from None
+        except OSError as exc:
+            raise BackendUnavailable(f"cannot connect to MySQL at {self.url}: {exc}") from None
+        with self._conns_lock:
+            self._all_conns.append(conn)
+        return conn
+
+    def _raw_conn(self) -> tuple[Connection, bool]:
+        """This thread's connection, and whether it was opened just now."""
+        local = self._local
+        conn: Connection | None = getattr(local, "conn", None)
+        if conn is not None and local.pid == os.getpid():
+            return conn, False
+        conn = local.conn = self._connect()  # first use in this thread (or forked child)
+        local.pid = os.getpid()
+        return conn, True
+
+    def _drop(self, conn: Connection) -> None:
+        if getattr(self._local, "conn", None) is conn:
+            self._local.conn = None
+        with self._conns_lock, contextlib.suppress(ValueError):
+            self._all_conns.remove(conn)
+        with contextlib.suppress(Exception):
+            conn.close()
+
+    def close(self) -> None:
+        with self._conns_lock:
+            conns, self._all_conns = self._all_conns, []
+        for conn in conns:
+            with contextlib.suppress(Exception):  # best effort: another thread may own it
+                conn.close()
+        self._local = threading.local()
+
+    def _translate(self, exc: BaseException) -> BackendError:
+        code = _errno(exc)
+        if code in _NO_TABLE or code in _BAD_SCHEMA:
+            return SchemaMissing(
+                f"MySQL database {self.database!r} at {self.url}: {exc.args[-1]}; lmq's tables "
+                f"({self.prefix}queue_tasks ...) are missing or incomplete: run `lmq migrate`"
+            )
+        if code in _RETRYABLE:
+            return BackendBusy(f"MySQL at {self.url}: {exc.args[-1]}")
+        if code in _CONNECTION_LOST or isinstance(exc, (pymysql.err.InterfaceError, OSError)):
+            return BackendUnavailable(f"lost the connection to MySQL at {self.url}: {exc}")
+        return BackendError(f"MySQL at {self.url}: {exc}")
+
+    @staticmethod
+    def _lost(exc: BaseException) -> bool:
+        if isinstance(exc, (pymysql.err.InterfaceError, OSError)):
+            return True
+        return _errno(exc) in _CONNECTION_LOST
+
+    def _run(
+        self,
+        fn: Callable[[Any], T],
+        *,
+        tx: bool = True,
+        cursor: type[Cursor] = Cursor,
+        schema: bool = True,
+    ) -> T:
+        """Run ``fn(cursor)`` in a transaction (``tx``) or as autocommit statements.
+
+        Deadlocks and lock wait timeouts re-run ``fn`` from the start after a short
+        jittered pause.  A lost connection raises BackendUnavailable and the next call
+        reconnects; but a reused connection found dead before COMMIT was sent (an idle
+        connection the server closed, or a restart since the last call) is replaced and
+        ``fn`` re-run once at once: the server rolled the transaction back, and the
+        autocommit calls (reads, heartbeat, prune, migrate) are idempotent.
+        """
+        deadline = 0.0
+        pause = 0.002
+        replaced = False
+        while True:
+            conn, fresh = self._raw_conn()  # BackendUnavailable if it can't connect
+            if schema and not self._schema_checked:
+                self._ensure_schema(conn)
+            committing = False
+            try:
+                if tx:
+                    conn.begin()
+                with conn.cursor(cursor) as cur:
+                    result = fn(cur)
+                if tx:
+                    committing = True
+                    conn.commit()
+                return result
+            except (pymysql.err.MySQLError, OSError) as exc:
+                if self._lost(exc):
+                    self._drop(conn)
+                    if not (fresh or replaced or committing):
+                        replaced = True
+                        continue
+                    raise self._translate(exc) from None
+                self._rollback(conn)
+                if _errno(exc) in _RETRYABLE:
+                    now = time.monotonic()
+                    if not deadline:
+                        deadline = now + _RETRY_FOR
+                    if now < deadline:
+                        time.sleep(random.uniform(pause / 2, pause))  # jitter spreads waiters
+                        pause = min(pause * 2, 0.1)
+                        continue
+                raise self._translate(exc) from None
+            except BaseException:
+                self._rollback(conn)
+                raise
+
+    def _rollback(self, conn: Connection) -> None:
+        try:
+            conn.rollback()
+        except Exception:  # the connection is unusable: forget it
+            self._drop(conn)
+
+    def _read(self, fn: Callable[[Cursor], T], cursor: type[Cursor] = Cursor) -> T:
+        return self._run(fn, tx=False, cursor=cursor)
+
+    def _dict_read(self, fn: Callable[[Any], T]) -> T:
+        return self._run(fn, tx=False, cursor=pymysql.cursors.DictCursor)
+
+    # --- schema --------------------------------------------------------------------------
+
+    def _ensure_schema(self, conn: Connection) -> None:
+        with self._schema_lock:
+            if self._schema_checked:
+                return
+            try:
+                version = self._version_on(conn)
+            except pymysql.err.MySQLError as exc:
+                if self._lost(exc):
+                    self._drop(conn)
+                raise self._translate(exc) from None
+            if version is None or version < SCHEMA_VERSION:
+                found = "no lmq tables" if version is None else f"lmq schema {version}"
+                raise SchemaMissing(
+                    f"MySQL database {self.database!r} at {self.url} has {found} "
+                    f"(prefix {self.prefix!r}, this lmq needs schema {SCHEMA_VERSION}): "
+                    "run `lmq migrate`"
+                )
+            if version > SCHEMA_VERSION:
+                raise SchemaMissing(
+                    f"MySQL database {self.database!r} at {self.url} has lmq schema {version}, "
+                    f"newer than this lmq knows ({SCHEMA_VERSION}); upgrade lmq"
+                )
+            self._schema_checked = True
+
+    def _version_on(self, conn: Connection) -> int | None:
+        with conn.cursor() as cur:
+            try:
+                cur.execute(self.q["schema_version"])
+            except pymysql.err.ProgrammingError as exc:
+                if _errno(exc) in _NO_TABLE:
+                    return None
+                raise
+            row = cur.fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
+    def schema_version(self) -> int | None:
+        return self._run(lambda cur: self._version_on(cur.connection), tx=False, schema=False)
+
+    def _lock_name(self) -> str:
+        digest = hashlib.sha1(f"{self.database}\0{self.prefix}".encode()).hexdigest()[:24]
+        return f"lmq_migrate_{digest}"  # GET_LOCK names are at most 64 characters
+
+    def migrate(self) -> list[int]:
+        applied = self.run_migrations(fresh_schema=True)
+        self._schema_checked = False  # check again (cheaply) on the next call
+        return applied
+
+    def run_migrations(self, *, fresh_schema: bool = True) -> list[int]:
+        """Create or upgrade the tables under a named lock; return the migrations applied.
+
+        An empty database gets schema.sql in one go (``fresh_schema``, the default) or
+        every migration in order (``fresh_schema=False``: the test that both agree).
+        """
+
+        def work(cur: Cursor) -> list[int]:
+            cur.execute("SELECT GET_LOCK(%s, 60)", (self._lock_name(),))
+            got = cur.fetchone()
+            if not got or got[0] != 1:
+                raise BackendBusy(
+                    f"another `lmq migrate` held the migration lock on {self.url} for 60 s"
+                )
+            try:
+                return self._migrate_locked(cur, fresh_schema)
+            finally:
+                cur.execute("SELECT RELEASE_LOCK(%s)", (self._lock_name(),))
+                cur.fetchall()
+
+        return self._run(work, tx=False, schema=False)
+
+    def _migrate_locked(self, cur: Cursor, fresh_schema: bool) -> list[int]:
+        current = self._version_on(cur.connection) or 0
+        if current > SCHEMA_VERSION:
+            raise SchemaMissing(
+                f"MySQL database {self.database!r} has lmq schema {current}, newer than "
+                f"this lmq knows ({SCHEMA_VERSION}); upgrade lmq"
+            )
+        cur.execute(self.q["tables"], {"names": [self.prefix + t for t in _TABLES]})
+        present = {r[0] for r in cur.fetchall()}
+        if current and len(present) < len(_TABLES):
+            current = 0  # repair: the schema and every migration are idempotent
+        migrations = load_migrations("lmq.backends.mysql.migrations", self.prefix)
+        applied: list[int] = []
+        if current == 0 and fresh_schema:
+            for statement in split_sql(load_schema("lmq.backends.mysql", self.prefix)):
+                cur.execute(statement)
+            cur.execute(self.q["set_schema_version"], {"version": str(SCHEMA_VERSION)})
+            applied = [n for n, _name, _sql in migrations if n <= SCHEMA_VERSION]
+            current = SCHEMA_VERSION
+        for number, _name, sql in migrations:
+            if number <= current:
+                continue
+            for statement in split_sql(sql):  # DDL commits on its own: each is idempotent
+                cur.execute(statement)
+            cur.execute(self.q["set_schema_version"], {"version": str(number)})
+            applied.append(number)
+        return applied
+
+    # --- producer ------------------------------------------------------------------------
+
+    def enqueue(
+        self, tasks: Sequence[NewTask], connection: object | None = None
+    ) -> list[TaskId]:
+        if not tasks:
+            return []
+        if connection is not None:  # the application's transaction: it commits, not lmq
+            app = app_connection(connection, "mysql")
+            self._run(lambda cur: None, tx=False)  # lmq's own connection checks the tables
+            try:
+                return self._insert(app.cursor, tasks, own=False)
+            except pymysql.err.MySQLError as exc:
+                if _errno(exc) == _DEADLOCK:
+                    raise BackendBusy(
+                        f"MySQL at {self.url}: deadlock; the server rolled back the "
+                        "application's transaction: run it again"
+                    ) from None
+                raise self._translate(exc) from None
+            finally:
+                with contextlib.suppress(Exception):
+                    app.cursor.close()
+        return self._run(lambda cur: self._insert(cur, tasks, own=True))
+
+    def _insert(self, cur: Any, tasks: Sequence[NewTask], *, own: bool) -> list[TaskId]:
+        ids: list[TaskId] = []
+        head, row_sql = self.q["insert_head"], self.q["insert_row"]
+        chunks: list[tuple[int, int]] = []  # (first id, rows) of each multi-row INSERT
+        values: list[str] = []
+        size = 0
+        limit = min(_INSERT_CHUNK, max(64 * 1024, self._max_packet() // 2))
+
+        def flush() -> None:
+            nonlocal size
+            if not values:
+                return
+            cur.execute(head + "\n" + ",\n".join(values))
+            first = int(cur.lastrowid)
+            if cur.rowcount != len(values):
+                raise BackendError(f"MySQL inserted {cur.rowcount} of {len(values)} rows")
+            step = self._step()
+            ids.extend(range(first, first + len(values) * step, step))
+            chunks.append((first, len(values)))
+            values.clear()
+            size = 0
+
+        for t in tasks:
+            args = (t.task_name, t.payload_json, t.queue, t.priority, t.max_attempts, t.run_at,
+                    t.delay, t.unique_key)
+            if t.unique_key is not None:
+                flush()
+                cur.execute(self.q["insert_unique"], args)
+                ids.append(int(cur.lastrowid))
+                continue
+            row = cur.mogrify(row_sql, args)
+            values.append(row)
+            size += len(row) + 2
+            if size >= limit:
+                flush()
+        flush()
+        self._check_ids(cur, chunks, own)
+        return ids
+
+    def _check_ids(self, cur: Any, chunks: list[tuple[int, int]], own: bool) -> None:
+        """Guard the consecutive ids a multi-row INSERT is documented to get.
+
+        InnoDB gives a "simple insert" (INSERT ... VALUES with a known row count) one block
+        of consecutive values in every innodb_autoinc_lock_mode, LAST_INSERT_ID() being the
+        first; the ids are then first + k * auto_increment_increment.  Counting the rows in
+        each range checks that (rows of other transactions in a gap would be uncommitted
+        and so invisible, or make the count differ).
+        """
+        multi = [(first, n) for first, n in chunks if n > 1]
+        if not multi:
+            return
+        step = self._step()
+        parts = " + ".join(
+            f"(SELECT COUNT(*) FROM {self.prefix}queue_tasks WHERE id BETWEEN "
+            f"{first} AND {first + (n - 1) * step})"
+            for first, n in multi
+        )
+        cur.execute("SELECT " + parts)
+        got = int(cur.fetchone()[0])
+        expected = sum(n for _first, n in multi)
+        if got != expected:
+            raise BackendError(
+                f"MySQL at {self.url} did not give a multi-row INSERT consecutive ids "
+                f"({got} of {expected} rows where expected); nothing was enqueued"
+                + ("" if own else ": roll back the application's transaction")
+            )
+
+    def _step(self) -> int:
+        return self._server[1] if self._server else 1
+
+    def _max_packet(self) -> int:
+        return self._server[2] if self._server else 1 << 20
+
+    # --- worker --------------------------------------------------------------------------
+
+    def claim_mode(self) -> str:
+        """``skip_locked`` or ``update`` (resolved from the server version when ``auto``)."""
+        if self._claim_mode is None:
+            self._raw_conn()
+            assert self._server is not None
+            self._claim_mode = "skip_locked" if supports_skip_locked(self._server[0]) else "update"
+        return self._claim_mode
+
+    def _queue_params(self, queues: tuple[str, ...] | None) -> tuple[str, dict[str, str]]:
+        if not queues:
+            return "", {}
+        if len(queues) == 1:
+            return "AND queue = %(q0)s", {"q0": queues[0]}
+        names = ", ".join(f"%(q{i})s" for i in range(len(queues)))
+        return f"AND queue IN ({names})", {f"q{i}": q for i, q in enumerate(queues)}
+
+    def _claim_statement(self, queues: tuple[str, ...] | None) -> tuple[str, dict[str, str]]:
+        cached = self._claim_sql.get(queues)
+        if cached is not None:
+            return cached
+        mode = self.claim_mode()
+        qf, params = self._queue_params(queues)
+        p = self.prefix
+        one = bool(queues) and len(queues or ()) == 1
+        index = f"{p}queue_tasks_queue_ready" if one else f"{p}queue_tasks_ready"
+        if mode == "update":
+            sql = self.q["claim_update"].replace("{queue_filter}", qf).replace("{index}", index)
+        elif queues and len(queues) > 1:
+            # one ordered index read per queue, merged here: a worker of queues a,b never
+            # walks past the ready rows of other queues
+            sql = " UNION ALL ".join(
+                "(" + self.q["claim_select_sorted"].replace("{i}", str(i)) + ")"
+                for i in range(len(queues))
+            )
+        else:
+            sql = self.q["claim_select"].replace("{queue_filter}", qf).replace("{index}", index)
+        self._claim_sql[queues] = (sql, params)
+        return sql, params
+
+    def claim(self, request: ClaimRequest) -> ClaimResult:
+        return self._run(lambda cur: self._claim_in(cur, request))
+
+    def _claim_in(self, cur: Cursor, request: ClaimRequest) -> ClaimResult:
+        rescued = self._rescue(cur)
+        sql, qparams = self._claim_statement(request.queues)
+        if self.claim_mode() == "update":
+            return ClaimResult(self._claim_by_update(cur, request, sql, qparams), rescued)
+        cur.execute(sql, {"limit": request.limit, **qparams})
+        rows: list[Any] = list(cur.fetchall())
+        if request.queues and len(request.queues) > 1:
+            rows.sort(key=lambda r: (r[6], r[7], r[0]))
+            rows = [r[:6] for r in rows[: request.limit]]
+        if not rows:
+            return ClaimResult([], rescued)
+        cur.execute(
+            self.q["claim_mark"].replace("{ids}", _ids_sql([r[0] for r in rows])),
+            {"worker": request.worker_id, "lease": request.lease},
+        )
+        return ClaimResult(list(map(Claimed._make, rows)), rescued)
+
+    def _claim_by_update(
+        self, cur: Cursor, request: ClaimRequest, sql: str, qparams: dict[str, str]
+    ) -> list[Claimed]:
+        cur.execute(self.q["now"])
+        now = float(cur.fetchone()[0])
+        until = now + request.lease
+        token = {"worker": request.worker_id, "until": until, "now": now}
+        n = cur.execute(sql, {**token, "limit": request.limit, **qparams})
+        if not n:
+            return []
+        cur.execute(self.q["claim_read_back"], token)
+        return list(map(Claimed._make, cur.fetchall()))
+
+    def _rescue(self, cur: Cursor) -> int:
+        """Expired leases go back to pending with the lapse recorded as an error.
+
+        The claim that follows (this one or any other) counts another attempt; a worker
+        that claims a task whose attempts exceed its limit buries it unrun, so a task
+        that kills its worker every time ends in the dead letters, not in a crash loop.
+        """
+        return int(cur.execute(self.q["rescue"]))
+
+    def _ready_state(
+        self, queues: tuple[str, ...] | None
+    ) -> tuple[float, float | None, float | None]:
+        """(server now, earliest pending next_run, earliest lease expiry)."""
+        qf, qparams = self._queue_params(queues)
+        sql = self.q["ready_state"].replace("{queue_filter}", qf)
+
+        def read(cur: Cursor) -> tuple[float, float | None, float | None]:
+            cur.execute(sql, qparams)
+            now, due, expiry = 0.0, None, None
+            for kind, a, b in cur.fetchall():
+                if kind == 0:
+                    now = float(a)
+                    expiry = None if b is None else float(b)
+                elif a is not None and (due is None or a < due):
+                    due = float(a)
+            return now, due, expiry
+
+        return self._read(read)
+
+    def has_ready(self, queues: tuple[str, ...] | None) -> bool:
+        now, due, expiry = self._ready_state(queues)
+        return (due is not None and due <= now) or (expiry is not None and expiry <= now)
+
+    def next_due(self, queues: tuple[str, ...] | None) -> float | None:
+        now, due, expiry = self._ready_state(queues)
+        times = [t for t in (due, expiry) if t is not None]
+        return max(0.0, min(times) - now) if times else None
+
+    def complete(
+        self, batch: CompleteBatch, claim: ClaimRequest | None = None
+    ) -> ClaimResult | None:
+        if not len(batch):
+            return self.claim(claim) if claim is not None else None
+        return self._run(lambda cur: self._complete_in(cur, batch, claim))
+
+    def _complete_in(
+        self, cur: Cursor, batch: CompleteBatch, claim: ClaimRequest | None
+    ) -> ClaimResult | None:
+        worker = {"worker": batch.worker_id}
+        if batch.done:
+            cur.execute(self.q["ack_done"].replace("{ids}", _ids_sql(batch.done)), worker)
+        if batch.retries:
+            self._retry(cur, batch)
+        for b in batch.burials:
+            params = {
+                "id": int(b.id),
+                "worker": batch.worker_id,
+                "message": error_line(b.error),
+                "reason": b.reason,
+                "max_attempts": b.max_attempts,
+                "fingerprint": b.fingerprint,
+                "error": error_json(b.error),
+            }
+            if cur.execute(self.q["bury_mark"], params):  # still ours: now the record
+                cur.execute(self.q["bury_copy"], params)
+                cur.execute(self.q["bury_link"], params)
+        if batch.released:
+            cur.execute(self.q["release"].replace("{ids}", _ids_sql(batch.released)), worker)
+        return self._claim_in(cur, claim) if claim is not None else None
+
+    def _retry(self, cur: Cursor, batch: CompleteBatch) -> None:
+        """Every retry of the batch in one UPDATE (a CASE per column)."""
+        params: dict[str, Any] = {"worker": batch.worker_id}
+        delays, messages, errors = [], [], []
+        for i, r in enumerate(batch.retries):
+            task_id = int(r.id)
+            params[f"d{i}"] = float(r.delay)
+            params[f"m{i}"] = error_line(r.error)
+            params[f"e{i}"] = error_json(r.error)
+            delays.append(f"WHEN {task_id} THEN %(d{i})s")
+            messages.append(f"WHEN {task_id} THEN %(m{i})s")
+            errors.append(f"WHEN {task_id} THEN %(e{i})s")
+        sql = (
+            self.q["retry"]
+            .replace("{ids}", _ids_sql([r.id for r in batch.retries]))
+            .replace("{delay_cases}", " ".join(delays))
+            .replace("{message_cases}", " ".join(messages))
+            .replace("{error_cases}", " ".join(errors))
+        )
+        cur.execute(sql, params)
+
+    def renew(self, request: RenewRequest) -> list[TaskId]:
+        if not request.ids:
+            return []
+        ids = _ids_sql(request.ids)
+
+        def work(cur: Cursor) -> list[TaskId]:
+            params = {"worker": request.worker_id, "lease": request.lease}
+            cur.execute(self.q["renew"].replace("{ids}", ids), params)
+            cur.execute(self.q["held"].replace("{ids}", ids), params)
+            return [r[0] for r in cur.fetchall()]
+
+        return self._run(work)
+
+    def heartbeat(self, beat: Heartbeat) -> None:
+        params = {
+            "id": beat.worker_id,
+            "host": beat.host,
+            "pid": beat.pid,
+            "version": beat.version,
+            "queues": beat.queues,
+            "concurrency": beat.concurrency,
+            "running": beat.running,
+            "done": beat.done,
+            "started": beat.started,
+        }
+        self._run(lambda cur: cur.execute(self.q["heartbeat"], params), tx=False)
+
+    def remove_worker(self, worker_id: str) -> None:
+        self._run(lambda cur: cur.execute(self.q["remove_worker"], {"id": worker_id}), tx=False)
+
+    def prune(self, request: PruneRequest) -> int:
+        def newest(cur: Cursor) -> int | None:
+            cur.execute(self.q["max_id"])
+            row = cur.fetchone()
+            return None if row is None or row[0] is None else int(row[0])
+
+        removed = 0
+        below = self._read(newest)
+        if below is not None:
+            params = {"age": request.done_older_than, "below": below, "batch": request.batch}
+            while True:  # small batches, each its own short statement
+                n = self._run(lambda cur: cur.execute(self.q["prune_done"], params), tx=False)
+                removed += n
+                if n < request.batch:
+                    break
+        removed += self._run(
+            lambda cur: cur.execute(
+                self.q["prune_workers"], {"age": request.workers_stale_after}
+            ),
+            tx=False,
+        )
+        return int(removed)
+
+    def prepare_worker(self) -> None:
+        """Nothing to tune: the claim strategy is resolved on first use."""
+
+    def wake_source(self) -> None:
+        """MySQL has no notifications: idle workers poll :meth:`has_ready` (cheap)."""
+        return None
+
+    # --- inspection ----------------------------------------------------------------------
+
+    def get(self, task_id: TaskId) -> Task | None:
+        try:
+            key = int(task_id)
+        except (TypeError, ValueError):
+            return None
+
+        def read(cur: Any) -> Task | None:
+            cur.execute(self.q["get_task"], {"id": key})
+            row = cur.fetchone()
+            if row is not None:
+                return task_from_row(row)
+            cur.execute(self.q["get_dead_by_task"], {"id": key})
+            dead = cur.fetchone()
+            return dead_from_row(dead).as_task() if dead is not None else None
+
+        return self._dict_read(read)
+
+    def counts(self) -> Counts:
+        def read(cur: Cursor) -> Counts:
+            cur.execute(self.q["count_tasks"])
+            counts = Counts()
+            oldest: float | None = None
+            now: float | None = None
+            for queue, status, rows, ready, first, server_now in cur.fetchall():
+                now = float(server_now)
+                per = counts.by_queue.setdefault(
+                    queue, {"pending": 0, "processing": 0, "done": 0, "dead": 0}
+                )
+                n = int(rows)
+                if status in per:
+                    per[status] += n
+                    setattr(counts, status, getattr(counts, status) + n)
+                if status == "pending":
+                    ready_n = int(ready or 0)
+                    counts.ready += ready_n
+                    counts.scheduled += n - ready_n
+                    if first is not None and (oldest is None or first < oldest):
+                        oldest = float(first)
+            cur.execute(self.q["count_dead"])
+            for queue, n in cur.fetchall():
+                per = counts.by_queue.setdefault(
+                    queue, {"pending": 0, "processing": 0, "done": 0, "dead": 0}
+                )
+                per["dead"] += int(n)
+                counts.dead += int(n)
+            if oldest is not None and now is not None:
+                counts.oldest_ready_age = max(0.0, now - oldest)
+            return counts
+
+        return self._read(read)
+
+    def list_tasks(self, flt: TaskFilter) -> list[Task]:
+        if flt.status == "dead":
+            dead = self.dead_letters(
+                DeadFilter(task_name=flt.task_name, queue=flt.queue, limit=flt.limit)
+            )
+            return [d.as_task() for d in dead]
+        params = {
+            "status": flt.status,
+            "queue": flt.queue,
+            "name": flt.task_name,
+            "limit": flt.limit,
+        }
+
+        def read(cur: Any) -> list[Task]:
+            cur.execute(self.q["list_tasks"], params)
+            return [task_from_row(r) for r in cur.fetchall()]
+
+        return self._dict_read(read)
+
+    def workers(self) -> list[WorkerInfo]:
+        def read(cur: Cursor) -> list[WorkerInfo]:
+            cur.execute(self.q["workers"])
+            return [
+                WorkerInfo(
+                    id=r[0],
+                    host=r[1],
+                    pid=r[2],
+                    version=r[3],
+                    queues=r[4],
+                    concurrency=r[5],
+                    running=r[6],
+                    done=r[7],
+                    started=datetime.fromtimestamp(r[8], UTC),
+                    last_beat=datetime.fromtimestamp(r[9], UTC),
+                    heartbeat_age=max(0.0, float(r[10]) - r[9]),
+                )
+                for r in cur.fetchall()
+            ]
+
+        return self._read(read)
+
+    # --- dead letters --------------------------------------------------------------------
+
+    def dead_letters(self, flt: DeadFilter) -> list[DeadLetter]:
+        params = {
+            "all": bool(flt.include_all),
+            "name": flt.task_name,
+            "queue": flt.queue,
+            "text": flt.error_contains,
+            "limit": 2**62 if flt.limit is None else flt.limit,
+        }
+
+        def read(cur: Any) -> list[DeadLetter]:
+            cur.execute(self.q["list_dead"], params)
+            return [dead_from_row(r) for r in cur.fetchall()]
+
+        return self._dict_read(read)
+
+    def get_dead(self, dead_id: TaskId) -> DeadLetter | None:
+        try:
+            key = int(dead_id)
+        except (TypeError, ValueError):
+            return None
+
+        def read(cur: Any) -> DeadLetter | None:
+            cur.execute(self.q["get_dead"], {"id": key})
+            row = cur.fetchone()
+            return None if row is None else dead_from_row(row)
+
+        return self._dict_read(read)
+
+    def _select_dead(self, cur: Cursor, sel: DeadSelector) -> list[int]:
+        if sel.ids:
+            return [int(i) for i in sel.ids]
+        if not (sel.all or sel.task_name or sel.queue):
+            return []
+        cur.execute(self.q["select_dead_ids"], {"name": sel.task_name, "queue": sel.queue})
+        return [int(r[0]) for r in cur.fetchall()]
+
+    def requeue_dead(self, selector: DeadSelector) -> list[TaskId]:
+        def work(cur: Cursor) -> list[TaskId]:
+            requeued: list[TaskId] = []
+            for dead_id in self._select_dead(cur, selector):
+                cur.execute(self.q["lock_dead"], {"id": dead_id})
+                row = cur.fetchone()
+                if row is None:
+                    if selector.ids:
+                        raise NotFound(f"no dead letter {dead_id} waiting to be re-queued")
+                    continue
+                task_id, queue, name, payload, priority, max_attempts, created, errors, ukey = row
+                if ukey is not None:
+                    cur.execute(self.q["find_unique"], {"key": ukey})
+                    if cur.fetchone():
+                        ukey = None  # a live task already holds the key: this re-run goes without
+                cur.execute(self.q["mark_requeued"], {"id": dead_id})
+                params = {"task_id": task_id, "unique_key": ukey, "dead_id": dead_id}
+                if not cur.execute(self.q["revive"], params):
+                    cur.execute(self.q["task_exists"], params)
+                    if cur.fetchone() is None:  # its row is gone (deleted by hand): again
+                        cur.execute(
+                            self.q["reinsert"],
+                            {
+                                **params,
+                                "queue": queue,
+                                "task_name": name,
+                                "payload": payload,
+                                "priority": priority,
+                                "max_attempts": max_attempts,
+                                "created": created,
+                                "errors": errors,
+                            },
+                        )
+                requeued.append(task_id)
+            return requeued
+
+        return self._run(work)
+
+    def discard_dead(self, selector: DeadSelector) -> int:
+        def work(cur: Cursor) -> int:
+            n = 0
+            for dead_id in self._select_dead(cur, selector):
+                cur.execute(self.q["lock_dead_for_discard"], {"id": dead_id})
+                row = cur.fetchone()
+                if row is None:
+                    if selector.ids:
+                        raise NotFound(f"no dead letter {dead_id} waiting to be discarded")
+                    continue
+                cur.execute(self.q["mark_discarded"], {"id": dead_id})
+                cur.execute(self.q["discard_task"], {"task_id": row[0]})
+                n += 1
+            return n
+
+        return self._run(work)
+
+    def parse_id(self, text: str) -> TaskId:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"task ids are integers on MySQL, got {text!r}") from None
+
+    # --- for tests and tools -------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """A fresh connection of lmq's own settings (closed afterwards), for tools/tests."""
+        conn = self._connect()
+        try:
+            yield conn
+        finally:
+            self._drop(conn)
+
+
+__all__ = ["NOW_SQL", "SCHEMA_VERSION", "MySQLBackend", "supports_skip_locked"]

@@ -1,0 +1,91 @@
+-- lmq schema 1 for MySQL 8.0.13+ / MariaDB 10.6+ (InnoDB, utf8mb4).  Identical to
+-- schema.sql at version 1; a test checks that the two catalogs stay equal.
+--
+-- Times are epoch seconds (DOUBLE, UTC) taken from the database server's clock, except
+-- `created`, which may hold site-local time written by another program ($wpdb->insert
+-- with current_time('mysql')) and is never used for scheduling.  A bare
+--   INSERT INTO {prefix}queue_tasks (task_name, payload, status, created) VALUES (...)
+-- makes a task that is runnable at once: next_run defaults to the server's now.
+--
+-- The now expression, UNIX_TIMESTAMP() + MICROSECOND(NOW(6)) / 1e6, does not depend on
+-- the session's time_zone (UNIX_TIMESTAMP(NOW()) would, in the hour a DST change repeats).
+--
+-- InnoDB has no partial indexes, so every index the claim reads starts with `status`:
+-- finished rows sit in another part of the index and cost the claim nothing.  Descending
+-- index parts need MySQL 8 or MariaDB 10.8+, so the claim orders by `neg_priority`
+-- (a stored generated column, -priority) ascending: ORDER BY neg_priority, next_run, id
+-- reads one index in order on every supported server.  `live_key` is unique_key while
+-- the task is pending or processing and NULL otherwise; its UNIQUE index is the partial
+-- unique index MySQL lacks (NULLs never collide).
+CREATE TABLE IF NOT EXISTS {prefix}queue_tasks (
+    id             BIGINT       NOT NULL AUTO_INCREMENT,
+    queue          VARCHAR(191) NOT NULL DEFAULT 'default',
+    task_name      VARCHAR(255) NOT NULL,
+    payload        LONGTEXT     NOT NULL DEFAULT ('{}'),
+    priority       INT          NOT NULL DEFAULT 0,
+    status         VARCHAR(16)  NOT NULL DEFAULT 'pending',
+    attempts       INT          NOT NULL DEFAULT 0,
+    max_attempts   INT          NULL,
+    next_run       DOUBLE       NOT NULL DEFAULT (UNIX_TIMESTAMP() + MICROSECOND(NOW(6)) / 1000000),
+    created        DATETIME     NULL DEFAULT (UTC_TIMESTAMP()),
+    updated        DOUBLE       NULL,
+    locked_by      VARCHAR(191) NULL,
+    locked_until   DOUBLE       NULL,
+    last_error     TEXT         NULL,
+    unique_key     VARCHAR(191) NULL,
+    errors         LONGTEXT     NULL,
+    dead_letter_id BIGINT       NULL,
+    neg_priority   INT          AS (-priority) STORED,
+    live_key       VARCHAR(191)
+        AS (CASE WHEN status IN ('pending', 'processing') THEN unique_key END) STORED,
+    PRIMARY KEY (id),
+    KEY {prefix}queue_tasks_ready (status, neg_priority, next_run, id),
+    KEY {prefix}queue_tasks_queue_ready (status, queue, neg_priority, next_run, id),
+    KEY {prefix}queue_tasks_lease (status, locked_until),
+    KEY {prefix}queue_tasks_done (status, updated),
+    UNIQUE KEY {prefix}queue_tasks_unique (live_key)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+CREATE TABLE IF NOT EXISTS {prefix}queue_dead_letters (
+    id           BIGINT       NOT NULL AUTO_INCREMENT,
+    task_id      BIGINT       NOT NULL,
+    queue        VARCHAR(191) NOT NULL,
+    task_name    VARCHAR(255) NOT NULL,
+    payload      LONGTEXT     NULL,
+    priority     INT          NOT NULL DEFAULT 0,
+    attempts     INT          NOT NULL DEFAULT 0,
+    max_attempts INT          NULL,
+    error        TEXT         NULL,
+    reason       TEXT         NULL,
+    fingerprint  VARCHAR(191) NULL,
+    created      DATETIME     NULL,
+    died_at      DOUBLE       NOT NULL,
+    errors       LONGTEXT     NULL,
+    unique_key   VARCHAR(191) NULL,
+    status       VARCHAR(16)  NOT NULL DEFAULT 'dead',
+    requeued_at  DOUBLE       NULL,
+    discarded_at DOUBLE       NULL,
+    PRIMARY KEY (id),
+    KEY {prefix}queue_dead_letters_status (status, died_at),
+    KEY {prefix}queue_dead_letters_task (task_id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+CREATE TABLE IF NOT EXISTS {prefix}queue_workers (
+    id          VARCHAR(191) NOT NULL,
+    host        VARCHAR(255) NOT NULL,
+    pid         INT          NOT NULL,
+    version     VARCHAR(64)  NOT NULL,
+    queues      TEXT         NOT NULL,
+    concurrency INT          NOT NULL,
+    running     INT          NOT NULL DEFAULT 0,
+    done        BIGINT       NOT NULL DEFAULT 0,
+    started     DOUBLE       NOT NULL,
+    last_beat   DOUBLE       NOT NULL,
+    PRIMARY KEY (id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+CREATE TABLE IF NOT EXISTS {prefix}queue_meta (
+    `key`   VARCHAR(191) NOT NULL,
+    `value` TEXT         NULL,
+    PRIMARY KEY (`key`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;

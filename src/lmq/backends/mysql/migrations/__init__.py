@@ -1,0 +1,1 @@
+"""MySQL/MariaDB migrations: ``NNNN_name.sql``, applied in order by ``lmq migrate``."""
