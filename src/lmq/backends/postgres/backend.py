@@ -1,0 +1,698 @@
+"""The PostgreSQL backend (``lmq[postgres]``: psycopg 3 and psycopg_pool).
+
+URL: ``postgresql://user:password@host:port/dbname?prefix=P&…`` (``postgres://`` works
+too).  Options, besides libpq's own connection parameters (``sslmode``, ``sslrootcert``,
+``sslcert``, ``sslkey``, ``application_name``, ``target_session_attrs``, ``keepalives*``,
+``tcp_user_timeout``, ``service``, ``passfile``, ``options`` …, passed through):
+
+``prefix``
+    table prefix (up to 16 letters, digits, underscores): ``P`` + ``queue_tasks`` …
+``pool_size`` (10)
+    most connections one backend object opens (the worker uses two at a time, plus one
+    per producer thread enqueuing at that moment).
+``pool_timeout`` (10)
+    seconds a call waits for a free connection (BackendBusy after that).
+``connect_timeout`` (5)
+    seconds one connection attempt may take; an unreachable server raises
+    BackendUnavailable within that (at once for a refused connection).
+``pgbouncer`` (false)
+    ``true`` behind PgBouncer in transaction mode: no LISTEN (workers poll), no
+    server-side prepared statements, no session state.
+``pipeline`` (true)
+    send a transaction's statements in one round trip (libpq pipeline mode).
+
+Every statement takes "now" from the server (``{prefix}queue_now()``), so workers on
+several hosts agree on leases.  The claim is one ``UPDATE … FROM (SELECT … ORDER BY
+priority DESC, next_run, id LIMIT n FOR UPDATE SKIP LOCKED) RETURNING``; expired leases
+are rescued in the same transaction (SKIP LOCKED too).  Tables are created by ``lmq
+migrate`` only; other calls on a database without them (or with an older schema) raise
+SchemaMissing naming it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+from psycopg.rows import dict_row, tuple_row
+
+from ...exceptions import BackendError, ConfigError, NotFound, SchemaMissing
+from ...models import (
+    Claimed,
+    ClaimRequest,
+    ClaimResult,
+    CompleteBatch,
+    Counts,
+    DeadFilter,
+    DeadLetter,
+    DeadSelector,
+    Heartbeat,
+    NewTask,
+    PruneRequest,
+    RenewRequest,
+    Task,
+    TaskFilter,
+    TaskId,
+    WorkerInfo,
+)
+from ...url import QueueURL, mask
+from ..external import app_connection
+from ..sqlfile import check_prefix, load_migrations, load_queries
+from .connection import Pool, translate
+from .rows import dead_from_row, error_line, task_from_row
+from .wake import ListenWakeSource
+
+SCHEMA_VERSION = 1
+_PACKAGE = "lmq.backends.postgres"
+_CHUNK = 50_000  # rows per INSERT statement in a bulk enqueue (one transaction for all)
+
+_LIBPQ = frozenset(
+    {
+        "host", "hostaddr", "port", "dbname", "user", "password", "passfile",
+        "channel_binding", "options", "application_name", "fallback_application_name",
+        "keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count",
+        "tcp_user_timeout", "sslmode", "sslcompression", "sslcert", "sslkey",
+        "sslpassword", "sslrootcert", "sslcrl", "sslcrldir", "sslsni", "sslcertmode",
+        "requirepeer", "ssl_min_protocol_version", "ssl_max_protocol_version",
+        "gssencmode", "krbsrvname", "gsslib", "service", "target_session_attrs",
+        "load_balance_hosts", "require_auth", "client_encoding",
+    }
+)  # fmt: skip
+_OWN = frozenset(
+    {"prefix", "pool_size", "pool_timeout", "connect_timeout", "pgbouncer", "pipeline"}
+)
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _flag(url: QueueURL, name: str, default: bool) -> bool:
+    value = url.options.get(name)
+    if value is None or value == "":
+        return default
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise ConfigError(f"invalid {name}={value!r} in {mask(url.raw)!r}: use true or false")
+
+
+def _number(url: QueueURL, name: str, default: float, low: float) -> float:
+    value = url.options.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = low - 1
+    if number < low:
+        raise ConfigError(f"invalid {name}={value!r} in {mask(url.raw)!r}: a number >= {low:g}")
+    return number
+
+
+class PostgresBackend:
+    """See the module docstring."""
+
+    def __init__(self, url: QueueURL) -> None:
+        try:
+            self.prefix = check_prefix(url.prefix)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        self.url = mask(url.raw)
+        unknown = sorted(set(url.options) - _OWN - _LIBPQ)
+        if unknown:
+            raise ConfigError(
+                f"unknown option(s) {', '.join(unknown)} in {self.url!r}; the PostgreSQL "
+                f"backend takes {', '.join(sorted(_OWN))} and libpq's connection parameters"
+            )
+        self.pgbouncer = _flag(url, "pgbouncer", False)
+        self.pipeline = _flag(url, "pipeline", True)
+        self.connect_timeout = _number(url, "connect_timeout", 5, 1)
+        size = int(_number(url, "pool_size", 10, 1))
+        timeout = _number(url, "pool_timeout", 10, 0.1)
+        base = url.path
+        scheme, rest = base.split("://", 1)
+        if scheme.split("+", 1)[0].lower() not in {"postgres", "postgresql"}:
+            raise ConfigError(f"not a PostgreSQL URL: {self.url!r}")
+        libpq = {k: v for k, v in url.options.items() if k in _LIBPQ}
+        libpq.setdefault("application_name", "lmq")
+        for key, value in (
+            ("keepalives", "1"),
+            ("keepalives_idle", "30"),
+            ("keepalives_interval", "10"),
+            ("keepalives_count", "3"),
+        ):
+            libpq.setdefault(key, value)
+        try:
+            self.conninfo = make_conninfo("postgresql://" + rest, **libpq)
+        except psycopg.ProgrammingError as exc:
+            raise ConfigError(f"invalid PostgreSQL URL {self.url!r}: {exc}") from None
+        self.channel = f"{self.prefix}queue_tasks"
+        self._listen_kwargs: dict[str, Any] = {"connect_timeout": round(self.connect_timeout)}
+        kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "connect_timeout": round(self.connect_timeout),
+            "prepare_threshold": None if self.pgbouncer else 5,
+        }
+        self.pool = Pool(
+            self.conninfo,
+            kwargs,
+            size=size,
+            timeout=timeout,
+            connect_timeout=self.connect_timeout,
+            where=self.url,
+        )
+        self.q = load_queries(_PACKAGE, "queries.sql", self.prefix)
+        self._schema_checked = False
+        self._schema_lock = threading.Lock()
+        self._sql: dict[tuple[str, tuple[str, ...] | None], str] = {}
+
+    # --- connections ---------------------------------------------------------------
+
+    @contextmanager
+    def _conn(self, check_schema: bool = True) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled autocommit connection; psycopg errors leave as lmq's exceptions."""
+        with self.pool.connection() as conn:
+            try:
+                if check_schema and not self._schema_checked:
+                    self._ensure_schema(conn)
+                yield conn
+            except psycopg.Error as exc:
+                raise self._translate(exc, conn) from None
+
+    def _translate(self, exc: psycopg.Error, conn: psycopg.Connection[Any] | None) -> BackendError:
+        error = translate(exc, self.url, conn, self.pool)
+        if isinstance(error, SchemaMissing):
+            self._schema_checked = False
+        return error
+
+    @contextmanager
+    def _tx(self, conn: psycopg.Connection[Any]) -> Iterator[None]:
+        """One transaction, its statements pipelined (one round trip) unless disabled."""
+        if self.pipeline:
+            with conn.pipeline(), conn.transaction():
+                yield
+        else:
+            with conn.transaction():
+                yield
+
+    def close(self) -> None:
+        self.pool.close()
+
+    # --- schema --------------------------------------------------------------------
+
+    def _version(self, conn: psycopg.Connection[Any]) -> int | None:
+        exists = conn.execute(self.q["table_exists"], {"name": f"{self.prefix}queue_meta"})
+        row = exists.fetchone()
+        if not row or not row[0]:
+            return None
+        got = conn.execute(self.q["schema_version"]).fetchone()
+        return int(got[0]) if got else 0
+
+    def _ensure_schema(self, conn: psycopg.Connection[Any]) -> None:
+        with self._schema_lock:
+            if self._schema_checked:
+                return
+            version = self._version(conn)
+            if version is None:
+                raise SchemaMissing(
+                    f"PostgreSQL {self.url} has no lmq tables ({self.prefix}queue_tasks): "
+                    "run `lmq migrate` first"
+                )
+            if version < SCHEMA_VERSION:
+                raise SchemaMissing(
+                    f"PostgreSQL {self.url} has lmq schema {version}, older than this lmq "
+                    f"({SCHEMA_VERSION}): run `lmq migrate`"
+                )
+            if version > SCHEMA_VERSION:
+                raise SchemaMissing(
+                    f"PostgreSQL {self.url} has lmq schema {version}, newer than this lmq "
+                    f"knows ({SCHEMA_VERSION}); upgrade lmq"
+                )
+            self._schema_checked = True
+
+    def schema_sql(self) -> str:
+        """The current schema (``schema.sql``) for this prefix."""
+        text = resources.files(_PACKAGE).joinpath("schema.sql").read_text(encoding="utf-8")
+        return text.replace("{prefix}", self.prefix)
+
+    def migrate(self) -> list[int]:
+        """Create or upgrade the tables (idempotent; safe from several hosts at once)."""
+        migrations = load_migrations(f"{_PACKAGE}.migrations", self.prefix)
+        applied: list[int] = []
+        with self._conn(check_schema=False) as conn, conn.transaction():
+            conn.execute(self.q["migrate_lock"], {"prefix": self.prefix})
+            current = self._version(conn) or 0
+            if current > SCHEMA_VERSION:
+                raise SchemaMissing(
+                    f"PostgreSQL {self.url} has lmq schema {current}, newer than this lmq "
+                    f"knows ({SCHEMA_VERSION}); upgrade lmq"
+                )
+            tasks = conn.execute(self.q["table_exists"], {"name": f"{self.prefix}queue_tasks"})
+            row = tasks.fetchone()
+            if not current and not (row and row[0]):
+                conn.execute(self.schema_sql().encode())
+                applied = [number for number, _name, _sql in migrations]
+            else:  # upgrade (or repair a partial schema: migrations are idempotent)
+                for number, _name, sql in migrations:
+                    if number > current:
+                        conn.execute(sql.encode())
+                        applied.append(number)
+            if applied:
+                conn.execute(self.q["set_schema_version"], {"version": str(max(applied))})
+        self._schema_checked = True
+        return applied
+
+    def schema_version(self) -> int | None:
+        with self._conn(check_schema=False) as conn:
+            return self._version(conn)
+
+    # --- producer ------------------------------------------------------------------
+
+    def enqueue(self, tasks: Sequence[NewTask], connection: object | None = None) -> list[TaskId]:
+        if not tasks:
+            return []
+        if connection is not None:  # the application's transaction: it commits, not lmq
+            app = app_connection(connection, "postgresql")
+            with self._conn():
+                pass  # lmq's own connection checks the tables first
+            cursor = app.cursor
+            if isinstance(cursor, psycopg.Cursor):
+                cursor.row_factory = tuple_row  # whatever the application's default is
+            try:
+                return self._insert(cursor, tasks)
+            except psycopg.Error as exc:
+                raise self._translate(exc, None) from None
+            finally:
+                with contextlib.suppress(Exception):
+                    cursor.close()
+        with self._conn() as conn:
+            if len(tasks) == 1 and tasks[0].unique_key is None:
+                return self._insert(conn.cursor(), tasks)  # one statement: atomic as it is
+            with conn.transaction():
+                return self._insert(conn.cursor(), tasks)
+
+    def _insert(self, cur: Any, tasks: Sequence[NewTask]) -> list[TaskId]:
+        if len(tasks) == 1 and tasks[0].unique_key is None:
+            t = tasks[0]
+            cur.execute(
+                self.q["insert_one"],
+                {
+                    "task_name": t.task_name,
+                    "payload": t.payload_json,
+                    "queue": t.queue,
+                    "priority": t.priority,
+                    "max_attempts": t.max_attempts,
+                    "run_at": t.run_at,
+                    "delay": t.delay,
+                },
+            )
+            return [cur.fetchone()[0]]
+        ids: list[TaskId] = []
+        for start in range(0, len(tasks), _CHUNK):
+            ids.extend(self._insert_chunk(cur, tasks[start : start + _CHUNK]))
+        return ids
+
+    def _insert_chunk(self, cur: Any, tasks: Sequence[NewTask]) -> list[TaskId]:
+        columns = list(zip(*tasks, strict=True))
+        names = ("task_name", "payload", "queue", "priority", "max_attempts", "run_at", "delay")
+        params = {name: json.dumps(col) for name, col in zip(names, columns, strict=False)}
+        keys = columns[7]
+        params["unique_key"] = json.dumps(keys)
+        if all(k is None for k in keys):
+            cur.execute(self.q["insert_many"], params)
+            # ids are handed out in insertion order, which is the order of the rows
+            return sorted(r[0] for r in cur.fetchall())
+        cur.execute(self.q["insert_many_unique"], params)
+        inserted = sorted((r[0], r[1]) for r in cur.fetchall())
+        inserted_keys = {k for _, k in inserted if k is not None}
+        made = iter(inserted)
+        slots: list[TaskId | str] = []  # an id, or the unique key whose id it is
+        by_key: dict[str, TaskId] = {}
+        for t in tasks:
+            key = t.unique_key
+            if key is None:
+                slots.append(next(made)[0])
+                continue
+            if key not in by_key and key in inserted_keys:
+                task_id, got = next(made)
+                assert got == key, (got, key)
+                by_key[key] = task_id
+            slots.append(key)
+        missing = sorted({k for k in keys if k is not None and k not in by_key})
+        if missing:
+            cur.execute(self.q["find_unique"], {"keys": missing})
+            by_key.update({k: i for k, i in cur.fetchall()})
+        ids: list[TaskId] = []
+        for t, slot in zip(tasks, slots, strict=True):
+            ids.append(by_key[slot] if t.unique_key is not None else slot)  # type: ignore[index]
+        return ids
+
+    # --- worker --------------------------------------------------------------------
+
+    def _queries(self, name: str, queues: tuple[str, ...] | None) -> str:
+        key = (name, queues)
+        sql = self._sql.get(key)
+        if sql is None:
+            text = self.q[name]
+            qf = "AND queue = ANY(%(queues)s)" if queues else ""
+            sql = self._sql[key] = text.replace("{queue_filter}", qf)
+        return sql
+
+    def claim(self, request: ClaimRequest) -> ClaimResult:
+        with self._conn() as conn:
+            with self._tx(conn):
+                pending = self._claim_in(conn, request)
+            return pending()
+
+    def _claim_in(
+        self, conn: psycopg.Connection[Any], request: ClaimRequest
+    ) -> Callable[[], ClaimResult]:
+        """Queue the rescue and the claim; return a function reading their results."""
+        rescue = conn.cursor()
+        rescue.execute(self.q["rescue"])
+        cur = conn.cursor()
+        if request.queues:
+            cur.execute(
+                self.q["claim_queues"],
+                {
+                    "worker": request.worker_id,
+                    "lease": request.lease,
+                    "limit": request.limit,
+                    "queues": list(request.queues),
+                },
+            )
+        else:
+            cur.execute(
+                self.q["claim"],
+                {"worker": request.worker_id, "lease": request.lease, "limit": request.limit},
+            )
+
+        def result() -> ClaimResult:
+            rows = cur.fetchall()
+            return ClaimResult(list(map(Claimed._make, rows)), max(rescue.rowcount, 0))
+
+        return result
+
+    def _due(self, queues: tuple[str, ...] | None) -> tuple[float | None, float | None, float]:
+        sql = self._queries("due", queues)
+        with self._conn() as conn:
+            row = conn.execute(sql, {"queues": list(queues or ())}).fetchone()
+        assert row is not None
+        return row[0], row[1], row[2]
+
+    def has_ready(self, queues: tuple[str, ...] | None) -> bool:
+        due, expiry, now = self._due(queues)
+        return (due is not None and due <= now) or (expiry is not None and expiry <= now)
+
+    def next_due(self, queues: tuple[str, ...] | None) -> float | None:
+        due, expiry, now = self._due(queues)
+        times = [t for t in (due, expiry) if t is not None]
+        return max(0.0, min(times) - now) if times else None
+
+    def complete(
+        self, batch: CompleteBatch, claim: ClaimRequest | None = None
+    ) -> ClaimResult | None:
+        if not len(batch):
+            return self.claim(claim) if claim is not None else None
+        worker = batch.worker_id
+        pending: Callable[[], ClaimResult] | None = None
+        with self._conn() as conn:
+            with self._tx(conn):
+                cur = conn.cursor()
+                if batch.done:
+                    cur.execute(self.q["ack_done"], {"ids": list(batch.done), "worker": worker})
+                if batch.retries:
+                    cur.execute(
+                        self.q["retry"],
+                        {
+                            "worker": worker,
+                            "ids": [r.id for r in batch.retries],
+                            "delays": [r.delay for r in batch.retries],
+                            "messages": [error_line(r.error) for r in batch.retries],
+                            "errors": [json.dumps(r.error.to_json()) for r in batch.retries],
+                        },
+                    )
+                if batch.burials:
+                    b = batch.burials
+                    cur.execute(
+                        self.q["bury"],
+                        {
+                            "worker": worker,
+                            "ids": [x.id for x in b],
+                            "messages": [error_line(x.error) for x in b],
+                            "reasons": [x.reason for x in b],
+                            "fingerprints": [x.fingerprint for x in b],
+                            "max_attempts": [x.max_attempts for x in b],
+                            "errors": [json.dumps(x.error.to_json()) for x in b],
+                        },
+                    )
+                if batch.released:
+                    cur.execute(self.q["release"], {"ids": list(batch.released), "worker": worker})
+                if batch.released or any(r.delay <= 0 for r in batch.retries):
+                    cur.execute(self.q["notify"])  # ready again at once: wake other workers
+                if claim is not None:
+                    pending = self._claim_in(conn, claim)
+            return pending() if pending is not None else None
+
+    def renew(self, request: RenewRequest) -> list[TaskId]:
+        if not request.ids:
+            return []
+        with self._conn() as conn:
+            rows = conn.execute(
+                self.q["renew"],
+                {"ids": list(request.ids), "worker": request.worker_id, "lease": request.lease},
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def heartbeat(self, beat: Heartbeat) -> None:
+        with self._conn() as conn:
+            conn.execute(
+                self.q["heartbeat"],
+                {
+                    "id": beat.worker_id,
+                    "host": beat.host,
+                    "pid": beat.pid,
+                    "version": beat.version,
+                    "queues": beat.queues,
+                    "concurrency": beat.concurrency,
+                    "running": beat.running,
+                    "done": beat.done,
+                    "started": beat.started,
+                },
+            )
+
+    def remove_worker(self, worker_id: str) -> None:
+        with self._conn() as conn:
+            conn.execute(self.q["remove_worker"], {"id": worker_id})
+
+    def prune(self, request: PruneRequest) -> int:
+        removed = 0
+        with self._conn() as conn:
+            while True:  # small batches, each its own transaction: locks held briefly
+                n = conn.execute(
+                    self.q["prune_done"],
+                    {"age": request.done_older_than, "batch": request.batch},
+                ).rowcount
+                removed += max(n, 0)
+                if n < request.batch:
+                    break
+            n = conn.execute(self.q["prune_workers"], {"age": request.workers_stale_after}).rowcount
+            removed += max(n, 0)
+        return removed
+
+    def prepare_worker(self) -> None:
+        pass
+
+    def wake_source(self) -> ListenWakeSource | None:
+        if self.pgbouncer:  # transaction pooling: LISTEN would not survive; poll instead
+            return None
+        return ListenWakeSource(self.conninfo, self._listen_kwargs, self.channel)
+
+    # --- inspection ----------------------------------------------------------------
+
+    def get(self, task_id: TaskId) -> Task | None:
+        with self._conn() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            row = cur.execute(self.q["get_task"], {"id": task_id}).fetchone()
+            if row is not None:
+                return task_from_row(row)
+            dead = cur.execute(self.q["get_dead_by_task"], {"id": task_id}).fetchone()
+        return dead_from_row(dead).as_task() if dead is not None else None
+
+    def counts(self) -> Counts:
+        counts = Counts()
+        oldest: float | None = None
+        now: float | None = None
+        with self._conn() as conn:
+            tasks = conn.execute(self.q["count_tasks"]).fetchall()
+            dead = conn.execute(self.q["count_dead"]).fetchall()
+        for queue, status, n, ready, first, at in tasks:
+            now = at
+            per = counts.by_queue.setdefault(
+                queue, {"pending": 0, "processing": 0, "done": 0, "dead": 0}
+            )
+            per[status] += n
+            setattr(counts, status, getattr(counts, status) + n)
+            if status == "pending":
+                counts.ready += ready or 0
+                counts.scheduled += n - (ready or 0)
+                if first is not None and (oldest is None or first < oldest):
+                    oldest = first
+        for queue, n in dead:
+            per = counts.by_queue.setdefault(
+                queue, {"pending": 0, "processing": 0, "done": 0, "dead": 0}
+            )
+            per["dead"] += n
+            counts.dead += n
+        if oldest is not None and now is not None:
+            counts.oldest_ready_age = max(0.0, now - oldest)
+        return counts
+
+    def list_tasks(self, flt: TaskFilter) -> list[Task]:
+        if flt.status == "dead":
+            dead = self.dead_letters(
+                DeadFilter(task_name=flt.task_name, queue=flt.queue, limit=flt.limit)
+            )
+            return [d.as_task() for d in dead]
+        where = ["status = %(status)s" if flt.status else
+                 "status IN ('pending', 'processing', 'done')"]  # fmt: skip
+        if flt.queue is not None:
+            where.append("queue = %(queue)s")
+        if flt.task_name is not None:
+            where.append("task_name = %(name)s")
+        sql = self.q["list_tasks"].replace("{where}", " AND ".join(where))
+        params = {"status": flt.status, "queue": flt.queue, "name": flt.task_name}
+        with self._conn() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            rows = cur.execute(sql, {**params, "limit": flt.limit}).fetchall()
+        return [task_from_row(r) for r in rows]
+
+    def workers(self) -> list[WorkerInfo]:
+        with self._conn() as conn:
+            rows = conn.execute(self.q["workers"]).fetchall()
+        return [
+            WorkerInfo(
+                id=r[0],
+                host=r[1],
+                pid=r[2],
+                version=r[3],
+                queues=r[4],
+                concurrency=r[5],
+                running=r[6],
+                done=r[7],
+                started=datetime.fromtimestamp(r[8], UTC),
+                last_beat=datetime.fromtimestamp(r[9], UTC),
+                heartbeat_age=max(0.0, r[10]),
+            )
+            for r in rows
+        ]
+
+    # --- dead letters --------------------------------------------------------------
+
+    def dead_letters(self, flt: DeadFilter) -> list[DeadLetter]:
+        where = ["TRUE" if flt.include_all else "status = 'dead'"]
+        if flt.task_name is not None:
+            where.append("task_name = %(name)s")
+        if flt.queue is not None:
+            where.append("queue = %(queue)s")
+        if flt.error_contains is not None:
+            where.append("strpos(lower(error), lower(%(text)s)) > 0")
+        sql = self.q["list_dead"].replace("{where}", " AND ".join(where))
+        params = {
+            "name": flt.task_name,
+            "queue": flt.queue,
+            "text": flt.error_contains,
+            "limit": flt.limit,
+        }
+        with self._conn() as conn:
+            rows = conn.cursor(row_factory=dict_row).execute(sql, params).fetchall()
+        return [dead_from_row(r) for r in rows]
+
+    def get_dead(self, dead_id: TaskId) -> DeadLetter | None:
+        with self._conn() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            row = cur.execute(self.q["get_dead"], {"id": dead_id}).fetchone()
+        return None if row is None else dead_from_row(row)
+
+    def _select_dead(self, conn: psycopg.Connection[Any], sel: DeadSelector) -> list[TaskId]:
+        if sel.ids:
+            return list(sel.ids)
+        if not (sel.all or sel.task_name or sel.queue):
+            return []
+        where = ""
+        if sel.task_name is not None:
+            where += " AND task_name = %(name)s"
+        if sel.queue is not None:
+            where += " AND queue = %(queue)s"
+        sql = self.q["select_dead_ids"].replace("{where}", where)
+        rows = conn.execute(sql, {"name": sel.task_name, "queue": sel.queue}).fetchall()
+        return [r[0] for r in rows]
+
+    def requeue_dead(self, selector: DeadSelector) -> list[TaskId]:
+        requeued: list[TaskId] = []
+        with self._conn() as conn, conn.transaction():
+            for dead_id in self._select_dead(conn, selector):
+                row = conn.execute(self.q["mark_requeued"], {"id": dead_id}).fetchone()
+                if row is None:
+                    if selector.ids:
+                        raise NotFound(f"no dead letter {dead_id} waiting to be re-queued")
+                    continue
+                task_id, queue, name, payload, priority, max_attempts, created, errors, ukey = row
+                if (
+                    ukey is not None
+                    and conn.execute(self.q["find_unique"], {"keys": [ukey]}).fetchone()
+                ):
+                    ukey = None  # a live task already holds the key; this re-run goes without
+                revived = conn.execute(
+                    self.q["revive"], {"task_id": task_id, "unique_key": ukey, "dead_id": dead_id}
+                ).rowcount
+                if not revived:  # its row is gone (deleted by hand): insert it again
+                    conn.execute(
+                        self.q["reinsert"],
+                        {
+                            "task_id": task_id,
+                            "queue": queue,
+                            "task_name": name,
+                            "payload": payload,
+                            "priority": priority,
+                            "max_attempts": max_attempts,
+                            "created": created,
+                            "errors": None if errors is None else json.dumps(errors),
+                            "unique_key": ukey,
+                            "dead_id": dead_id,
+                        },
+                    )
+                requeued.append(task_id)
+            if requeued:
+                conn.execute(self.q["notify"])
+        return requeued
+
+    def discard_dead(self, selector: DeadSelector) -> int:
+        n = 0
+        with self._conn() as conn, conn.transaction():
+            for dead_id in self._select_dead(conn, selector):
+                row = conn.execute(self.q["mark_discarded"], {"id": dead_id}).fetchone()
+                if row is None:
+                    if selector.ids:
+                        raise NotFound(f"no dead letter {dead_id} waiting to be discarded")
+                    continue
+                conn.execute(self.q["discard_task"], {"task_id": row[0]})
+                n += 1
+        return n
+
+    def parse_id(self, text: str) -> TaskId:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"task ids are integers on PostgreSQL, got {text!r}") from None
+
+
+__all__ = ["SCHEMA_VERSION", "PostgresBackend"]

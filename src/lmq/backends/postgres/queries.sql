@@ -1,0 +1,304 @@
+-- lmq's statements for PostgreSQL, loaded by name (lmq.backends.sqlfile.load_queries).
+-- {prefix} is the table prefix; parameters are psycopg's %(name)s.  Every "now" is the
+-- server's clock: {prefix}queue_now() (epoch seconds, constant within a statement).
+
+-- name: schema_version
+SELECT value FROM {prefix}queue_meta WHERE key = 'schema_version'
+
+-- name: set_schema_version
+INSERT INTO {prefix}queue_meta (key, value) VALUES ('schema_version', %(version)s)
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
+
+-- name: table_exists
+SELECT to_regclass(%(name)s) IS NOT NULL
+
+-- name: migrate_lock
+-- one migrator at a time per prefix and database, whichever host it runs on
+SELECT pg_advisory_xact_lock(hashtextextended('lmq migrate ' || %(prefix)s, 0))
+
+-- name: insert_one
+INSERT INTO {prefix}queue_tasks
+    (task_name, payload, queue, priority, max_attempts, next_run, updated, unique_key)
+VALUES (%(task_name)s, %(payload)s, %(queue)s, %(priority)s, %(max_attempts)s,
+        COALESCE(%(run_at)s, {prefix}queue_now()) + %(delay)s, {prefix}queue_now(), NULL)
+RETURNING id
+
+-- name: insert_many
+-- the columns arrive as JSON arrays (encoding them is C code on both sides, unlike a list
+-- of Python strings as text[]), zipped back into rows by ROWS FROM; the ids come back in
+-- insertion order, which is the order of the arrays
+INSERT INTO {prefix}queue_tasks
+    (task_name, payload, queue, priority, max_attempts, next_run, updated, unique_key)
+SELECT u.task_name, u.payload, u.queue, u.priority::integer, u.max_attempts::integer,
+       COALESCE(u.run_at::double precision, n.t) + u.delay::double precision, n.t,
+       u.unique_key
+  FROM ROWS FROM (json_array_elements_text(%(task_name)s::json),
+                  json_array_elements_text(%(payload)s::json),
+                  json_array_elements_text(%(queue)s::json),
+                  json_array_elements_text(%(priority)s::json),
+                  json_array_elements_text(%(max_attempts)s::json),
+                  json_array_elements_text(%(run_at)s::json),
+                  json_array_elements_text(%(delay)s::json),
+                  json_array_elements_text(%(unique_key)s::json))
+       WITH ORDINALITY
+       AS u(task_name, payload, queue, priority, max_attempts, run_at, delay, unique_key, ord),
+       (SELECT {prefix}queue_now() AS t) n
+ ORDER BY u.ord
+RETURNING id
+
+-- name: insert_many_unique
+-- the same with unique keys: a key already pending or processing (or earlier in the same
+-- batch) inserts nothing; the caller looks those ids up (find_unique)
+INSERT INTO {prefix}queue_tasks
+    (task_name, payload, queue, priority, max_attempts, next_run, updated, unique_key)
+SELECT u.task_name, u.payload, u.queue, u.priority::integer, u.max_attempts::integer,
+       COALESCE(u.run_at::double precision, n.t) + u.delay::double precision, n.t,
+       u.unique_key
+  FROM ROWS FROM (json_array_elements_text(%(task_name)s::json),
+                  json_array_elements_text(%(payload)s::json),
+                  json_array_elements_text(%(queue)s::json),
+                  json_array_elements_text(%(priority)s::json),
+                  json_array_elements_text(%(max_attempts)s::json),
+                  json_array_elements_text(%(run_at)s::json),
+                  json_array_elements_text(%(delay)s::json),
+                  json_array_elements_text(%(unique_key)s::json))
+       WITH ORDINALITY
+       AS u(task_name, payload, queue, priority, max_attempts, run_at, delay, unique_key, ord),
+       (SELECT {prefix}queue_now() AS t) n
+ ORDER BY u.ord
+ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('pending', 'processing')
+DO NOTHING
+RETURNING id, unique_key
+
+-- name: find_unique
+SELECT unique_key, id FROM {prefix}queue_tasks
+ WHERE unique_key = ANY(%(keys)s) AND status IN ('pending', 'processing')
+
+-- name: rescue
+-- expired leases go back to pending with the lapse recorded as an error; SKIP LOCKED: a
+-- row another transaction holds is that transaction's business
+UPDATE {prefix}queue_tasks t
+   SET status = 'pending', locked_by = NULL, locked_until = NULL,
+       next_run = {prefix}queue_now(), updated = {prefix}queue_now(),
+       last_error = 'lease expired: worker ' || COALESCE(t.locked_by, '?')
+                    || ' stopped renewing it (died or hung)',
+       errors = COALESCE(t.errors, '[]'::jsonb) || jsonb_build_array(jsonb_build_object(
+           'attempt', t.attempts,
+           'at', to_char(statement_timestamp() AT TIME ZONE 'UTC',
+                         'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
+           'type', 'LeaseExpired',
+           'message', 'lease expired: worker ' || COALESCE(t.locked_by, '?')
+                      || ' stopped renewing it (died or hung)',
+           'traceback', NULL))
+  FROM (SELECT id FROM {prefix}queue_tasks
+         WHERE status = 'processing' AND locked_until <= {prefix}queue_now()
+         FOR UPDATE SKIP LOCKED) x
+ WHERE t.id = x.id
+
+-- name: claim
+UPDATE {prefix}queue_tasks t
+   SET status = 'processing',
+       attempts = t.attempts + 1,
+       locked_by = %(worker)s,
+       locked_until = {prefix}queue_now() + %(lease)s,
+       updated = {prefix}queue_now()
+  FROM (SELECT id FROM {prefix}queue_tasks
+         WHERE status = 'pending' AND next_run <= {prefix}queue_now()
+         ORDER BY priority DESC, next_run, id
+         LIMIT %(limit)s
+         FOR UPDATE SKIP LOCKED) c
+ WHERE t.id = c.id
+RETURNING t.id, t.queue, t.task_name, t.payload, t.attempts, t.max_attempts
+
+-- name: claim_queues
+UPDATE {prefix}queue_tasks t
+   SET status = 'processing',
+       attempts = t.attempts + 1,
+       locked_by = %(worker)s,
+       locked_until = {prefix}queue_now() + %(lease)s,
+       updated = {prefix}queue_now()
+  FROM (SELECT id FROM {prefix}queue_tasks
+         WHERE status = 'pending' AND next_run <= {prefix}queue_now()
+           AND queue = ANY(%(queues)s)
+         ORDER BY priority DESC, next_run, id
+         LIMIT %(limit)s
+         FOR UPDATE SKIP LOCKED) c
+ WHERE t.id = c.id
+RETURNING t.id, t.queue, t.task_name, t.payload, t.attempts, t.max_attempts
+
+-- name: due
+-- the earliest next_run among pending tasks (one index probe per distinct priority, a
+-- loose index scan), the earliest lease expiry, and the server's now
+WITH RECURSIVE p(priority) AS (
+    (SELECT priority FROM {prefix}queue_tasks
+      WHERE status = 'pending' {queue_filter}
+      ORDER BY priority DESC LIMIT 1)
+  UNION ALL
+    SELECT (SELECT priority FROM {prefix}queue_tasks
+             WHERE status = 'pending' AND priority < p.priority {queue_filter}
+             ORDER BY priority DESC LIMIT 1)
+      FROM p WHERE p.priority IS NOT NULL
+)
+SELECT min((SELECT next_run FROM {prefix}queue_tasks
+             WHERE status = 'pending' AND priority = p.priority {queue_filter}
+             ORDER BY priority DESC, next_run LIMIT 1)),
+       (SELECT min(locked_until) FROM {prefix}queue_tasks WHERE status = 'processing'),
+       {prefix}queue_now()
+  FROM p WHERE p.priority IS NOT NULL
+
+-- name: ack_done
+UPDATE {prefix}queue_tasks
+   SET status = 'done', locked_by = NULL, locked_until = NULL, updated = {prefix}queue_now()
+ WHERE id = ANY(%(ids)s) AND locked_by = %(worker)s AND status = 'processing'
+
+-- name: retry
+UPDATE {prefix}queue_tasks t
+   SET status = 'pending', locked_by = NULL, locked_until = NULL,
+       next_run = {prefix}queue_now() + r.delay, updated = {prefix}queue_now(),
+       last_error = r.message,
+       errors = COALESCE(t.errors, '[]'::jsonb) || jsonb_build_array(r.error::jsonb)
+  FROM unnest(%(ids)s::bigint[], %(delays)s::double precision[], %(messages)s::text[],
+              %(errors)s::text[]) AS r(id, delay, message, error)
+ WHERE t.id = r.id AND t.locked_by = %(worker)s AND t.status = 'processing'
+
+-- name: release
+UPDATE {prefix}queue_tasks
+   SET status = 'pending', locked_by = NULL, locked_until = NULL,
+       attempts = greatest(attempts - 1, 0), next_run = {prefix}queue_now(),
+       updated = {prefix}queue_now()
+ WHERE id = ANY(%(ids)s) AND locked_by = %(worker)s AND status = 'processing'
+
+-- name: bury
+-- copy each task to the dead letters with its history, then mark the task row 'dead'
+-- (it stays as the record, linked to its dead letter); only rows the worker still holds
+WITH b AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(messages)s::text[], %(reasons)s::text[],
+                         %(fingerprints)s::text[], %(max_attempts)s::integer[],
+                         %(errors)s::text[])
+           AS b(id, message, reason, fingerprint, max_attempts, error)
+), victims AS (
+    SELECT t.id, t.queue, t.task_name, t.payload, t.priority, t.attempts,
+           COALESCE(t.max_attempts, b.max_attempts) AS max_attempts, b.message, b.reason,
+           b.fingerprint, t.created, t.unique_key,
+           COALESCE(t.errors, '[]'::jsonb) || jsonb_build_array(b.error::jsonb) AS errors
+      FROM {prefix}queue_tasks t JOIN b ON t.id = b.id
+     WHERE t.status = 'processing' AND t.locked_by = %(worker)s
+       FOR UPDATE OF t
+), dl AS (
+    INSERT INTO {prefix}queue_dead_letters
+        (task_id, queue, task_name, payload, priority, attempts, max_attempts, error, reason,
+         fingerprint, created, died_at, errors, unique_key)
+    SELECT id, queue, task_name, payload, priority, attempts, max_attempts, message, reason,
+           fingerprint, created, {prefix}queue_now(), errors, unique_key
+      FROM victims
+    RETURNING id, task_id, error, errors
+)
+UPDATE {prefix}queue_tasks t
+   SET status = 'dead', locked_by = NULL, locked_until = NULL,
+       updated = {prefix}queue_now(), last_error = dl.error, errors = dl.errors,
+       dead_letter_id = dl.id
+  FROM dl
+ WHERE t.id = dl.task_id
+
+-- name: notify
+SELECT pg_notify('{prefix}queue_tasks', '')
+
+-- name: renew
+UPDATE {prefix}queue_tasks
+   SET locked_until = {prefix}queue_now() + %(lease)s
+ WHERE id = ANY(%(ids)s) AND locked_by = %(worker)s AND status = 'processing'
+RETURNING id
+
+-- name: heartbeat
+INSERT INTO {prefix}queue_workers
+    (id, host, pid, version, queues, concurrency, running, done, started, last_beat)
+VALUES (%(id)s, %(host)s, %(pid)s, %(version)s, %(queues)s, %(concurrency)s, %(running)s,
+        %(done)s, %(started)s, {prefix}queue_now())
+ON CONFLICT (id) DO UPDATE SET
+    running = EXCLUDED.running, done = EXCLUDED.done, last_beat = EXCLUDED.last_beat
+
+-- name: remove_worker
+DELETE FROM {prefix}queue_workers WHERE id = %(id)s
+
+-- name: workers
+SELECT id, host, pid, version, queues, concurrency, running, done, started, last_beat,
+       {prefix}queue_now() - last_beat AS age
+  FROM {prefix}queue_workers ORDER BY started, id
+
+-- name: prune_done
+-- small batches, each its own transaction; never the newest row (like SQLite, whose
+-- rowid would hand its id out again: here the sequence never would, but one rule for all)
+DELETE FROM {prefix}queue_tasks
+ WHERE id IN (SELECT id FROM {prefix}queue_tasks
+               WHERE status = 'done' AND updated < {prefix}queue_now() - %(age)s
+                 AND id < (SELECT max(id) FROM {prefix}queue_tasks)
+               LIMIT %(batch)s
+               FOR UPDATE SKIP LOCKED)
+
+-- name: prune_workers
+DELETE FROM {prefix}queue_workers WHERE last_beat < {prefix}queue_now() - %(age)s
+
+-- name: get_task
+SELECT * FROM {prefix}queue_tasks WHERE id = %(id)s
+
+-- name: get_dead_by_task
+SELECT * FROM {prefix}queue_dead_letters WHERE task_id = %(id)s ORDER BY id DESC LIMIT 1
+
+-- name: get_dead
+SELECT * FROM {prefix}queue_dead_letters WHERE id = %(id)s
+
+-- name: count_tasks
+SELECT queue, status, count(*) AS n,
+       count(*) FILTER (WHERE status = 'pending' AND next_run <= {prefix}queue_now()) AS ready,
+       min(next_run) FILTER (WHERE status = 'pending' AND next_run <= {prefix}queue_now())
+           AS oldest,
+       {prefix}queue_now() AS now
+  FROM {prefix}queue_tasks
+ WHERE status IN ('pending', 'processing', 'done')
+ GROUP BY queue, status
+
+-- name: count_dead
+SELECT queue, count(*) AS n FROM {prefix}queue_dead_letters
+ WHERE status = 'dead' GROUP BY queue
+
+-- name: list_tasks
+-- {where} is built from the filter (dead-lettered rows are listed through the dead letters)
+SELECT * FROM {prefix}queue_tasks WHERE {where} ORDER BY id DESC LIMIT %(limit)s
+
+-- name: list_dead
+SELECT * FROM {prefix}queue_dead_letters WHERE {where}
+ ORDER BY died_at DESC, id DESC LIMIT %(limit)s
+
+-- name: select_dead_ids
+SELECT id FROM {prefix}queue_dead_letters WHERE status = 'dead' {where} ORDER BY id
+
+-- name: mark_requeued
+UPDATE {prefix}queue_dead_letters SET status = 'requeued', requeued_at = {prefix}queue_now()
+ WHERE id = %(id)s AND status = 'dead'
+RETURNING task_id, queue, task_name, payload, priority, max_attempts, created, errors,
+          unique_key
+
+-- name: revive
+UPDATE {prefix}queue_tasks
+   SET status = 'pending', attempts = 0, next_run = {prefix}queue_now(),
+       updated = {prefix}queue_now(), locked_by = NULL, locked_until = NULL,
+       unique_key = %(unique_key)s, dead_letter_id = %(dead_id)s
+ WHERE id = %(task_id)s AND status IN ('dead', 'discarded')
+
+-- name: reinsert
+INSERT INTO {prefix}queue_tasks
+    (id, queue, task_name, payload, priority, status, attempts, max_attempts, next_run,
+     created, updated, errors, unique_key, dead_letter_id)
+VALUES (%(task_id)s, %(queue)s, %(task_name)s, %(payload)s, %(priority)s, 'pending', 0,
+        %(max_attempts)s, {prefix}queue_now(), %(created)s, {prefix}queue_now(), %(errors)s::jsonb,
+        %(unique_key)s, %(dead_id)s)
+
+-- name: mark_discarded
+UPDATE {prefix}queue_dead_letters
+   SET status = 'discarded', discarded_at = {prefix}queue_now()
+ WHERE id = %(id)s AND status = 'dead'
+RETURNING task_id
+
+-- name: discard_task
+UPDATE {prefix}queue_tasks SET status = 'discarded', updated = {prefix}queue_now()
+ WHERE id = %(task_id)s AND status = 'dead'
