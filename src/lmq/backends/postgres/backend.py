@@ -20,6 +20,13 @@ too).  Options, besides libpq's own connection parameters (``sslmode``, ``sslroo
     server-side prepared statements, no session state.
 ``pipeline`` (true)
     send a transaction's statements in one round trip (libpq pipeline mode).
+``async_ack`` (true)
+    claims and acknowledgements commit without waiting for the WAL flush
+    (``synchronous_commit=off`` for those transactions only; a flush costs a few
+    milliseconds on an ordinary disk).  A server *crash* may then forget the last fraction
+    of a second of them, so those tasks run again: at-least-once still holds and nothing
+    enqueued is lost (enqueues, dead-letter changes and migrations always wait for the
+    flush; a clean server restart flushes everything).  ``false`` waits for every commit.
 
 Every statement takes "now" from the server (``{prefix}queue_now()``), so workers on
 several hosts agree on leases.  The claim is one ``UPDATE … FROM (SELECT … ORDER BY
@@ -87,7 +94,15 @@ _LIBPQ = frozenset(
     }
 )  # fmt: skip
 _OWN = frozenset(
-    {"prefix", "pool_size", "pool_timeout", "connect_timeout", "pgbouncer", "pipeline"}
+    {
+        "prefix",
+        "pool_size",
+        "pool_timeout",
+        "connect_timeout",
+        "pgbouncer",
+        "pipeline",
+        "async_ack",
+    }
 )
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -134,6 +149,7 @@ class PostgresBackend:
             )
         self.pgbouncer = _flag(url, "pgbouncer", False)
         self.pipeline = _flag(url, "pipeline", True)
+        self.async_ack = _flag(url, "async_ack", True)
         self.connect_timeout = _number(url, "connect_timeout", 5, 1)
         size = int(_number(url, "pool_size", 10, 1))
         timeout = _number(url, "pool_timeout", 10, 0.1)
@@ -194,14 +210,20 @@ class PostgresBackend:
         return error
 
     @contextmanager
-    def _tx(self, conn: psycopg.Connection[Any]) -> Iterator[None]:
-        """One transaction, its statements pipelined (one round trip) unless disabled."""
-        if self.pipeline:
-            with conn.pipeline(), conn.transaction():
-                yield
-        else:
-            with conn.transaction():
-                yield
+    def _tx(self, conn: psycopg.Connection[Any], worker: bool = False) -> Iterator[None]:
+        """One transaction, its statements pipelined (one round trip) unless disabled.
+
+        ``worker``: a claim or acknowledgement (see ``async_commit`` in queries.sql), whose
+        plans walk the ready index (``plan_by_index``).
+        """
+        with contextlib.ExitStack() as stack:
+            if self.pipeline:
+                stack.enter_context(conn.pipeline())
+            stack.enter_context(conn.transaction())
+            conn.execute(self.q["plan_by_index"])
+            if worker and self.async_ack:
+                conn.execute(self.q["async_commit"])
+            yield
 
     def close(self) -> None:
         self.pool.close()
@@ -368,7 +390,7 @@ class PostgresBackend:
 
     def claim(self, request: ClaimRequest) -> ClaimResult:
         with self._conn() as conn:
-            with self._tx(conn):
+            with self._tx(conn, worker=True):
                 pending = self._claim_in(conn, request)
             return pending()
 
@@ -404,7 +426,9 @@ class PostgresBackend:
     def _due(self, queues: tuple[str, ...] | None) -> tuple[float | None, float | None, float]:
         sql = self._queries("due", queues)
         with self._conn() as conn:
-            row = conn.execute(sql, {"queues": list(queues or ())}).fetchone()
+            with self._tx(conn):
+                cur = conn.execute(sql, {"queues": list(queues or ())})
+            row = cur.fetchone()
         assert row is not None
         return row[0], row[1], row[2]
 
@@ -425,7 +449,7 @@ class PostgresBackend:
         worker = batch.worker_id
         pending: Callable[[], ClaimResult] | None = None
         with self._conn() as conn:
-            with self._tx(conn):
+            with self._tx(conn, worker=True):
                 cur = conn.cursor()
                 if batch.done:
                     cur.execute(self.q["ack_done"], {"ids": list(batch.done), "worker": worker})

@@ -95,6 +95,19 @@ UPDATE {prefix}queue_tasks t
          FOR UPDATE SKIP LOCKED) x
  WHERE t.id = x.id
 
+-- name: plan_by_index
+-- inside the claim's (and the due check's) transaction: walk the ready index in order
+-- rather than sort.  Without fresh statistics (right after a bulk enqueue, or on a server
+-- without autovacuum) the planner takes the pending rows for a handful and sorts all of
+-- them; with this the claim's cost does not grow with the backlog whatever it believes.
+SELECT set_config('enable_sort', 'off', true)
+
+-- name: async_commit
+-- claims and acknowledgements (only those) commit without waiting for the WAL flush: a
+-- server crash may forget the last fraction of a second of them, which only makes those
+-- tasks run again (at-least-once holds: nothing enqueued is lost); ?async_ack=false waits
+SELECT set_config('synchronous_commit', 'off', true)
+
 -- name: claim
 UPDATE {prefix}queue_tasks t
    SET status = 'processing',
