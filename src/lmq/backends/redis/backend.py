@@ -97,6 +97,7 @@ from ...models import (
 )
 from ...url import QueueURL, mask
 from ..external import refuse_connection
+from .connection import pool_from_url
 from .rows import dead_from_hash, error_line, task_from_hash
 from .wake import RedisWake
 
@@ -134,6 +135,10 @@ def _number(url: QueueURL, name: str, default: float) -> float:
     return value
 
 
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_loads = json.loads
+
+
 def _queues(queues: tuple[str, ...] | None) -> list[str]:
     return ["0"] if not queues else [str(len(queues)), *queues]
 
@@ -164,7 +169,7 @@ class RedisBackend:
         except ValueError:
             raise ConfigError(f"invalid max_connections={max_conn!r}: an integer") from None
         try:
-            self._pool = redis.ConnectionPool.from_url(
+            self._pool = pool_from_url(
                 url.path,
                 socket_connect_timeout=self.connect_timeout,
                 socket_timeout=self.socket_timeout,
@@ -284,46 +289,24 @@ class RedisBackend:
         if not tasks:
             return []
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
-        args: list[Any] = [created, str(len(tasks))]
-        extend = args.extend
-        for t in tasks:
-            extend(
-                (
-                    t.task_name,
-                    t.payload_json,
-                    t.queue,
-                    str(int(t.priority)),
-                    "" if t.max_attempts is None else str(int(t.max_attempts)),
-                    "" if t.run_at is None else repr(float(t.run_at)),
-                    repr(float(t.delay)),
-                    "" if t.unique_key is None else "+" + t.unique_key,
-                )
-            )
-        ids: list[TaskId] = self._run("enqueue", args)
-        return ids
+        # NewTask is a tuple: the C encoder turns the whole batch into one JSON argument
+        reply: str = self._run("enqueue", [created, _dumps(list(tasks))])
+        return list(reply.split(","))
 
     # --- worker ------------------------------------------------------------------------
 
     @staticmethod
-    def _claim_args(request: ClaimRequest) -> list[Any]:
-        return [
-            request.worker_id,
-            str(int(request.limit)),
-            repr(float(request.lease)),
-            *_queues(request.queues),
-        ]
+    def _claim_req(request: ClaimRequest) -> list[Any]:
+        return [int(request.limit), float(request.lease), request.queues or None]
 
     @staticmethod
-    def _claimed(reply: list[Any]) -> ClaimResult:
-        it = iter(reply[1:])
-        tasks = [
-            Claimed(i, q, name, payload, int(att), int(m) if m else None)
-            for i, q, name, payload, att, m in zip(it, it, it, it, it, it, strict=True)
-        ]
-        return ClaimResult(tasks, int(reply[0]))
+    def _claimed(reply: str) -> ClaimResult:
+        rescued, rows = _loads(reply)
+        return ClaimResult(list(map(Claimed._make, rows)), rescued)
 
     def claim(self, request: ClaimRequest) -> ClaimResult:
-        return self._claimed(self._run("claim", self._claim_args(request)))
+        req = [request.worker_id, *self._claim_req(request)]
+        return self._claimed(self._run("claim", [_dumps(req)]))
 
     def has_ready(self, queues: tuple[str, ...] | None) -> bool:
         return bool(self._run("has_ready", _queues(queues)))
@@ -337,40 +320,29 @@ class RedisBackend:
     ) -> ClaimResult | None:
         if not len(batch):
             return self.claim(claim) if claim is not None else None
-        done = batch.done
-        args: list[Any] = [batch.worker_id, str(len(done)), *map(str, done)]
-        extend = args.extend
-        args.append(str(len(batch.retries)))
-        for r in batch.retries:
-            extend(
-                (
-                    str(r.id),
-                    repr(float(r.delay)),
-                    error_line(r.error),
-                    json.dumps(r.error.to_json()),
-                )
-            )
-        args.append(str(len(batch.burials)))
-        for b in batch.burials:
-            extend(
-                (
+        req = [
+            batch.worker_id,
+            list(map(str, batch.done)),
+            [
+                [str(r.id), float(r.delay), error_line(r.error), _dumps(r.error.to_json())]
+                for r in batch.retries
+            ],
+            [
+                [
                     str(b.id),
                     b.reason,
                     error_line(b.error),
                     b.fingerprint,
-                    str(int(b.max_attempts)),
-                    json.dumps(b.error.to_json()),
-                )
-            )
-        args.append(str(len(batch.released)))
-        extend(map(str, batch.released))
-        if claim is None:
-            args.append("0")
-            self._run("complete", args)
-            return None
-        args.append("1")
-        extend(self._claim_args(claim)[1:])
-        return self._claimed(self._run("complete", args))
+                    int(b.max_attempts),
+                    _dumps(b.error.to_json()),
+                ]
+                for b in batch.burials
+            ],
+            list(map(str, batch.released)),
+            None if claim is None else self._claim_req(claim),
+        ]
+        reply = self._run("complete", [_dumps(req)])
+        return None if claim is None else self._claimed(reply)
 
     def renew(self, request: RenewRequest) -> list[TaskId]:
         if not request.ids:

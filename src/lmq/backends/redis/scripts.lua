@@ -3,6 +3,11 @@
 -- ARGV[1] is always the key prefix P: every key and channel the scripts touch starts
 -- with it (see backend.py for the layout).  Time is the server's (redis.call('TIME')).
 -- "Empty string" stands for NULL in task hashes for locked_by, locked_until.
+-- The hot scripts (enqueue, claim, complete) take their request as one JSON argument and
+-- answer with one JSON string: cjson (C) on both ends instead of thousands of RESP items.
+-- Invariant: Pqueue:leases has a field for a task exactly while its status is
+-- 'processing'; the value is worker .. NUL .. ('1' if it has a unique key else '0') ..
+-- queue, so acknowledging a batch reads every lease with one HMGET.
 
 -- name: common
 local P = ARGV[1]
@@ -12,6 +17,8 @@ local K_QUEUES = P .. 'queue:queues'
 local K_PROC = P .. 'queue:processing'
 local K_DONE = P .. 'queue:done'
 local K_UNIQUE = P .. 'queue:unique'
+local K_LEASES = P .. 'queue:leases'
+local NULL = cjson.null
 local K_NPROC = P .. 'queue:n:processing'
 local K_NDONE = P .. 'queue:n:done'
 local K_NDEAD = P .. 'queue:n:dead'
@@ -53,6 +60,20 @@ local function bulk(cmd, key, args)
   end
 end
 
+-- HMGET of many fields, in chunks; the answer lines up with `fields`
+local function hmget_many(key, fields)
+  local out = {}
+  local n = #fields
+  local i = 1
+  while i <= n do
+    local j = math.min(i + 3999, n)
+    local r = redis.call('HMGET', key, unpack(fields, i, j))
+    for x = 1, #r do out[i + x - 1] = r[x] end
+    i = j + 1
+  end
+  return out
+end
+
 local function add_count(tbl, q, n) tbl[q] = (tbl[q] or 0) + n end
 local function flush_counts(key, tbl)
   for q, n in pairs(tbl) do
@@ -91,6 +112,7 @@ local function rescue(now, nowf)
     local r = redis.call('HMGET', k, 'status', 'attempts', 'locked_by', 'queue', 'priority',
       'errors')
     redis.call('ZREM', K_PROC, id)
+    redis.call('HDEL', K_LEASES, id)
     if r[1] == 'processing' then
       local msg = 'lease expired: worker ' .. (r[3] or '?') ..
         ' stopped renewing it (died or hung)'
@@ -109,8 +131,8 @@ local function rescue(now, nowf)
 end
 
 -- claim up to `limit` ready tasks of `queues` (nil: every queue with pending work) in
--- priority DESC, next_run, id order; returns {rescued, id, queue, name, payload,
--- attempts, max_attempts or '', ...}
+-- priority DESC, next_run, id order; returns {rescued, {{id, queue, name, payload,
+-- attempts, max_attempts or null}, ...}}
 local function claim(worker, limit, lease, queues, now, nowf)
   local out = {rescue(now, nowf)}
   if limit <= 0 then return out end
@@ -168,33 +190,40 @@ local function claim(worker, limit, lease, queues, now, nowf)
       end
     end
   end
-  if #taken == 0 then return out end
+  if #taken == 0 then return {out[1], {}} end
   local untilf = fmt(now + lease)
-  local zargs = {}
+  local zargs, largs, rows = {}, {}, {}
   local nproc = {}
   for _, id in ipairs(taken) do
     local k = tkey(id)
     local r = redis.call('HMGET', k, 'queue', 'task_name', 'payload', 'attempts',
-      'max_attempts')
+      'max_attempts', 'unique_key')
     if r[1] then
       local att = tonumber(r[4] or '0') + 1
       redis.call('HSET', k, 'status', 'processing', 'attempts', att, 'locked_by', worker,
         'locked_until', untilf, 'updated', nowf)
       zargs[#zargs + 1] = untilf
       zargs[#zargs + 1] = id
+      largs[#largs + 1] = id
+      largs[#largs + 1] = worker .. '\0' .. (r[6] and '1' or '0') .. r[1]
       add_count(nproc, r[1], 1)
-      local n = #out
-      out[n + 1] = id
-      out[n + 2] = r[1]
-      out[n + 3] = r[2]
-      out[n + 4] = r[3] or '{}'
-      out[n + 5] = att
-      out[n + 6] = r[5] or ''
+      rows[#rows + 1] = {id, r[1], r[2], r[3] or '{}', att, r[5] and tonumber(r[5]) or NULL}
     end
   end
-  if #zargs > 0 then bulk('ZADD', K_PROC, zargs) end
+  if #zargs > 0 then
+    bulk('ZADD', K_PROC, zargs)
+    bulk('HSET', K_LEASES, largs)
+  end
   flush_counts(K_NPROC, nproc)
-  return out
+  return {out[1], rows}
+end
+
+-- a lease value (see the header) -> its worker matches?, has a unique key?, queue
+local function lease_of(v, worker)
+  if not v then return false end
+  local n = #worker
+  if string.sub(v, 1, n + 1) ~= worker .. '\0' then return false end
+  return true, string.sub(v, n + 2, n + 2) == '1', string.sub(v, n + 3)
 end
 
 -- parse "nq, q1..qn" at ARGV[i]; returns queues (nil when nq = 0) and the next index
@@ -207,42 +236,38 @@ local function read_queues(i)
 end
 
 -- name: enqueue
--- ARGV: P, created, n, then per task: name, payload, queue, priority, max_attempts ('' =
--- none), run_at ('' = now), delay, unique key ('' = none, else '+' .. key)
+-- ARGV: P, created, JSON list of models.NewTask tuples: [name, payload, queue, priority,
+-- max_attempts|null, run_at|null (epoch), delay, unique_key|null] -> "id,id,..."
 local now = server_now()
 local nowf = fmt(now)
 local created = ARGV[2]
-local n = tonumber(ARGV[3])
+local tasks = cjson.decode(ARGV[3])
+local n = #tasks
 local last = redis.call('INCRBY', K_IDS, n)
 local base = last - n
 local out = {}
 local zadds = {}
 local ready = false
 for i = 1, n do
-  local o = 3 + (i - 1) * 8
-  local name, payload, q, prio = ARGV[o + 1], ARGV[o + 2], ARGV[o + 3], ARGV[o + 4]
-  local maxa, run_at, delay, ukey = ARGV[o + 5], ARGV[o + 6], ARGV[o + 7], ARGV[o + 8]
+  local t = tasks[i]
+  local q, ukey = t[3], t[8]
   local existing = false
-  if ukey ~= '' then
-    ukey = string.sub(ukey, 2)
-    existing = redis.call('HGET', K_UNIQUE, ukey)
-  else
-    ukey = false
-  end
+  if ukey ~= NULL then existing = redis.call('HGET', K_UNIQUE, ukey) else ukey = false end
   if existing then
     out[i] = existing
   else
     local id = string.format('%d', base + i)
+    local prio = string.format('%d', t[4])
     local nr = now
-    if run_at ~= '' then nr = tonumber(run_at) end
-    nr = nr + tonumber(delay)
+    if t[6] ~= NULL then nr = t[6] end
+    nr = nr + t[7]
     local nrs = fmt(nr)
     if nr <= now then ready = true end
     local k = tkey(id)
-    redis.call('HSET', k, 'id', id, 'queue', q, 'task_name', name, 'payload', payload,
+    redis.call('HSET', k, 'id', id, 'queue', q, 'task_name', t[1], 'payload', t[2],
       'priority', prio, 'status', 'pending', 'attempts', '0', 'next_run', nrs,
       'created', created, 'updated', nowf)
-    if maxa ~= '' then redis.call('HSET', k, 'max_attempts', maxa) end
+    if t[5] ~= NULL then redis.call('HSET', k, 'max_attempts', string.format('%d', t[5])) end
     if ukey then
       redis.call('HSET', k, 'unique_key', ukey)
       redis.call('HSET', K_UNIQUE, ukey, id)
@@ -263,48 +288,51 @@ for i = 1, n do
 end
 for pk, z in pairs(zadds) do bulk('ZADD', pk, z) end
 if ready then redis.call('PUBLISH', CHANNEL, '1') end
-return out
+return table.concat(out, ',')
 
 -- name: claim
--- ARGV: P, worker, limit, lease, nq, queues...
+-- ARGV: P, JSON [worker, limit, lease, queues|null] -> JSON {rescued, rows} (see claim())
 local now = server_now()
-local queues = read_queues(5)
-return claim(ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), queues, now, fmt(now))
+local req = cjson.decode(ARGV[2])
+local queues = req[4]
+if queues == NULL or #queues == 0 then queues = nil end
+return cjson.encode(claim(req[1], req[2], req[3], queues, now, fmt(now)))
 
 -- name: complete
--- ARGV: P, worker, ndone, ids..., nretry, (id, delay, message, error json)...,
--- nbury, (id, reason, message, fingerprint, max_attempts, error json)..., nrel, ids...,
--- then 0 (no claim) or 1, limit, lease, nq, queues...
+-- ARGV: P, JSON [worker, done ids, retries [[id, delay, message, error json]],
+-- burials [[id, reason, message, fingerprint, max_attempts, error json]], released ids,
+-- claim [limit, lease, queues|null] or null] -> JSON claim result, or "null"
 local now = server_now()
 local nowf = fmt(now)
-local worker = ARGV[2]
-local i = 3
+local req = cjson.decode(ARGV[2])
+local worker = req[1]
 local wake = false
 local nproc, ndone, ndead = {}, {}, {}
+local rem = {}
 
-local nd = tonumber(ARGV[i])
-local rem, dz = {}, {}
-for j = 1, nd do
-  local id = ARGV[i + j]
-  local k = tkey(id)
-  local r = redis.call('HMGET', k, 'status', 'locked_by', 'queue', 'unique_key')
-  if r[1] == 'processing' and r[2] == worker then
-    redis.call('HSET', k, 'status', 'done', 'locked_by', '', 'locked_until', '',
-      'updated', nowf)
-    rem[#rem + 1] = id
-    dz[#dz + 1] = nowf
-    dz[#dz + 1] = id
-    if r[4] then release_unique(r[4], id) end
-    add_count(nproc, r[3], -1)
-    add_count(ndone, r[3], 1)
+local done = req[2]
+if #done > 0 then
+  local leases = hmget_many(K_LEASES, done)
+  local dz = {}
+  for j, id in ipairs(done) do
+    local mine, has_ukey, q = lease_of(leases[j], worker)
+    if mine then
+      local k = tkey(id)
+      redis.call('HSET', k, 'status', 'done', 'locked_by', '', 'locked_until', '',
+        'updated', nowf)
+      rem[#rem + 1] = id
+      dz[#dz + 1] = nowf
+      dz[#dz + 1] = id
+      if has_ukey then release_unique(redis.call('HGET', k, 'unique_key'), id) end
+      add_count(nproc, q, -1)
+      add_count(ndone, q, 1)
+    end
   end
+  if #dz > 0 then bulk('ZADD', K_DONE, dz) end
 end
-i = i + nd + 1
 
-local nr = tonumber(ARGV[i])
-for j = 0, nr - 1 do
-  local o = i + j * 4
-  local id, delay, msg, err = ARGV[o + 1], tonumber(ARGV[o + 2]), ARGV[o + 3], ARGV[o + 4]
+for _, rt in ipairs(req[3]) do
+  local id, delay, msg, err = rt[1], rt[2], rt[3], rt[4]
   local k = tkey(id)
   local r = redis.call('HMGET', k, 'status', 'locked_by', 'queue', 'priority', 'errors')
   if r[1] == 'processing' and r[2] == worker then
@@ -317,13 +345,9 @@ for j = 0, nr - 1 do
     if delay <= 0 then wake = true end
   end
 end
-i = i + nr * 4 + 1
 
-local nb = tonumber(ARGV[i])
-for j = 0, nb - 1 do
-  local o = i + j * 6
-  local id, reason, msg, fp = ARGV[o + 1], ARGV[o + 2], ARGV[o + 3], ARGV[o + 4]
-  local maxa, err = ARGV[o + 5], ARGV[o + 6]
+for _, b in ipairs(req[4]) do
+  local id, reason, msg, fp, maxa, err = b[1], b[2], b[3], b[4], b[5], b[6]
   local k = tkey(id)
   local r = redis.call('HMGET', k, 'status', 'locked_by', 'queue', 'task_name', 'payload',
     'priority', 'attempts', 'max_attempts', 'created', 'errors', 'unique_key')
@@ -333,8 +357,9 @@ for j = 0, nb - 1 do
     local dk = dkey(dlid)
     redis.call('HSET', dk, 'id', dlid, 'task_id', id, 'queue', r[3], 'task_name', r[4],
       'payload', r[5] or '{}', 'priority', r[6] or '0', 'attempts', r[7] or '0',
-      'max_attempts', r[8] or maxa, 'error', msg, 'reason', reason, 'fingerprint', fp,
-      'created', r[9] or '', 'died_at', nowf, 'errors', errors, 'status', 'dead')
+      'max_attempts', r[8] or string.format('%d', maxa), 'error', msg, 'reason', reason,
+      'fingerprint', fp, 'created', r[9] or '', 'died_at', nowf, 'errors', errors,
+      'status', 'dead')
     if r[11] then redis.call('HSET', dk, 'unique_key', r[11]) end
     redis.call('HSET', k, 'status', 'dead', 'locked_by', '', 'locked_until', '',
       'updated', nowf, 'last_error', msg, 'errors', errors, 'dead_letter_id', dlid)
@@ -346,11 +371,8 @@ for j = 0, nb - 1 do
     add_count(ndead, r[3], 1)
   end
 end
-i = i + nb * 6 + 1
 
-local nl = tonumber(ARGV[i])
-for j = 1, nl do
-  local id = ARGV[i + j]
+for _, id in ipairs(req[5]) do
   local k = tkey(id)
   local r = redis.call('HMGET', k, 'status', 'locked_by', 'queue', 'priority', 'attempts')
   if r[1] == 'processing' and r[2] == worker then
@@ -363,17 +385,20 @@ for j = 1, nl do
     wake = true
   end
 end
-i = i + nl + 1
 
-if #rem > 0 then bulk('ZREM', K_PROC, rem) end
-if #dz > 0 then bulk('ZADD', K_DONE, dz) end
+if #rem > 0 then
+  bulk('ZREM', K_PROC, rem)
+  bulk('HDEL', K_LEASES, rem)
+end
 flush_counts(K_NPROC, nproc)
 flush_counts(K_NDONE, ndone)
 flush_counts(K_NDEAD, ndead)
-local result = {}
-if ARGV[i] == '1' then
-  local queues = read_queues(i + 3)
-  result = claim(worker, tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), queues, now, nowf)
+local result = 'null'
+local c = req[6]
+if c ~= NULL then
+  local queues = c[3]
+  if queues == NULL or #queues == 0 then queues = nil end
+  result = cjson.encode(claim(worker, c[1], c[2], queues, now, nowf))
 end
 if wake then redis.call('PUBLISH', CHANNEL, '1') end
 return result
@@ -383,13 +408,12 @@ return result
 local now = server_now()
 local worker = ARGV[2]
 local untilf = fmt(now + tonumber(ARGV[3]))
-local held, z = {}, {}
-for j = 4, #ARGV do
-  local id = ARGV[j]
-  local k = tkey(id)
-  local r = redis.call('HMGET', k, 'status', 'locked_by')
-  if r[1] == 'processing' and r[2] == worker then
-    redis.call('HSET', k, 'locked_until', untilf)
+local held, z, ids = {}, {}, {}
+for j = 4, #ARGV do ids[#ids + 1] = ARGV[j] end
+local leases = hmget_many(K_LEASES, ids)
+for j, id in ipairs(ids) do
+  if lease_of(leases[j], worker) then
+    redis.call('HSET', tkey(id), 'locked_until', untilf)
     held[#held + 1] = id
     z[#z + 1] = untilf
     z[#z + 1] = id
@@ -512,7 +536,7 @@ for _, id in ipairs(ids) do
   end
 end
 if #rems > 0 then bulk('ZREM', K_DONE, rems) end
-if #dels > 0 then redis.call('DEL', unpack(dels)) end
+for _, k in ipairs(dels) do redis.call('DEL', k) end
 flush_counts(K_NDONE, ndone)
 return n
 

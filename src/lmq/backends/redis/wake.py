@@ -20,6 +20,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from .connection import pool_from_url
+
 log = logging.getLogger("lmq.backends.redis")
 
 _POLL = 0.25  # longest blocking read, so stop() is noticed quickly
@@ -36,7 +38,7 @@ class RedisWake:
         client_name: str | None = None,
     ) -> None:
         self.channel = channel
-        self._pool = redis.ConnectionPool.from_url(
+        self._pool = pool_from_url(
             url,
             socket_connect_timeout=connect_timeout,
             socket_timeout=15.0,
