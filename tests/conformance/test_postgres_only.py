@@ -1,0 +1,593 @@
+"""PostgreSQL-only behaviour: the schema (fresh == migrated), the seed's bare INSERT, the
+NOTIFY trigger and the LISTEN wake source (also across a killed connection), PgBouncer in
+transaction mode, schema and connection errors, concurrent migrates and claims.
+
+Runs when ``LMQ_TEST_POSTGRES_URL`` names a server (``.ci/run`` sets it); every test
+works under a fresh prefix of its own and drops it afterwards.  The PgBouncer test starts
+a private ``pgbouncer`` (Debian package ``pgbouncer``) on a port of its own, in front of
+that server.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import lmq
+from lmq.backends.postgres import PostgresBackend
+from lmq.backends.postgres.backend import SCHEMA_VERSION
+from lmq.backends.sqlfile import load_migrations
+from lmq.models import ClaimRequest, CompleteBatch, TaskId
+from lmq.url import parse_url
+from lmq_testservers import drop_prefix
+
+from .helpers import claim, complete, ids, run_burst, wait_for
+
+PG_URL = os.environ.get("LMQ_TEST_POSTGRES_URL", "")
+pytestmark = pytest.mark.skipif(not PG_URL, reason="set LMQ_TEST_POSTGRES_URL to a PostgreSQL URL")
+
+
+def _base() -> str:
+    return PG_URL.split("?", 1)[0]
+
+
+def _with(url: str, **options: str) -> str:
+    query = "&".join(f"{k}={v}" for k, v in options.items())
+    return f"{url}{'&' if '?' in url else '?'}{query}"
+
+
+def _raw() -> Any:
+    import psycopg
+
+    return psycopg.connect(_base(), autocommit=True, connect_timeout=5)
+
+
+def _new_prefix() -> str:
+    return f"p{uuid.uuid4().hex[:8]}_"
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    p = _new_prefix()
+    try:
+        yield p
+    finally:
+        drop_prefix(_base(), p)
+
+
+@pytest.fixture
+def pq(prefix: str) -> Iterator[lmq.Queue]:
+    with lmq.Queue(_with(_base(), prefix=prefix)) as q:
+        q.migrate()
+        yield q
+
+
+# --- the schema ------------------------------------------------------------------------------
+
+
+def _catalog(conn: Any, prefix: str) -> dict[str, set[tuple[Any, ...]]]:
+    """Everything lmq creates under ``prefix``, with the prefix written as {prefix}."""
+    like = prefix.replace("_", r"\_") + "%"
+
+    def norm(value: Any) -> Any:
+        return value.replace(prefix, "{prefix}") if isinstance(value, str) else value
+
+    def rows(sql: str) -> set[tuple[Any, ...]]:
+        return {tuple(norm(v) for v in r) for r in conn.execute(sql, (like,)).fetchall()}
+
+    return {
+        "columns": rows(
+            "SELECT table_name, column_name, data_type, column_default, is_nullable,"
+            " is_identity, identity_generation, character_maximum_length"
+            " FROM information_schema.columns WHERE table_name LIKE %s"
+        ),
+        "indexes": rows(
+            "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE tablename LIKE %s"
+        ),
+        "constraints": rows(
+            "SELECT c.conrelid::regclass::text, c.conname, pg_get_constraintdef(c.oid)"
+            " FROM pg_constraint c WHERE c.conrelid::regclass::text LIKE %s"
+        ),
+        "triggers": rows(
+            "SELECT event_object_table, trigger_name, event_manipulation, action_timing,"
+            " action_orientation, action_statement"
+            " FROM information_schema.triggers WHERE event_object_table LIKE %s"
+        ),
+        "functions": rows(
+            "SELECT p.proname, pg_get_functiondef(p.oid) FROM pg_proc p WHERE p.proname LIKE %s"
+        ),
+        "tables": rows("SELECT tablename, '' FROM pg_tables WHERE tablename LIKE %s"),
+    }
+
+
+def test_fresh_schema_equals_the_migrations_applied_in_order() -> None:
+    fresh, migrated = _new_prefix(), _new_prefix()
+    try:
+        backend = PostgresBackend(parse_url(_with(_base(), prefix=fresh)))
+        with _raw() as conn:
+            conn.execute(backend.schema_sql().encode())
+            migrations = load_migrations("lmq.backends.postgres.migrations", migrated)
+            assert [m[0] for m in migrations] == list(range(1, SCHEMA_VERSION + 1))
+            for _number, _name, sql in migrations:
+                conn.execute(sql.encode())
+            a, b = _catalog(conn, fresh), _catalog(conn, migrated)
+        backend.close()
+        assert len(a["tables"]) == 4 and len(a["indexes"]) >= 8 and a["triggers"]
+        assert {f[0] for f in a["functions"]} == {"{prefix}queue_now", "{prefix}queue_notify"}
+        for kind in a:
+            assert a[kind] == b[kind], kind
+    finally:
+        drop_prefix(_base(), fresh)
+        drop_prefix(_base(), migrated)
+
+
+def test_migrate_creates_every_object_under_the_prefix(prefix: str) -> None:
+    with lmq.Queue(_with(_base(), prefix=prefix)) as q:
+        assert q.migrate() == list(range(1, SCHEMA_VERSION + 1))
+        assert q.migrate() == []
+        assert q.backend.schema_version() == SCHEMA_VERSION
+    with _raw() as conn:
+        cat = _catalog(conn, prefix)
+    assert {t[0] for t in cat["tables"]} == {
+        "{prefix}queue_tasks",
+        "{prefix}queue_dead_letters",
+        "{prefix}queue_workers",
+        "{prefix}queue_meta",
+    }
+    assert all(i[1].startswith("{prefix}") for i in cat["indexes"])
+    assert all(t[1].startswith("{prefix}") for t in cat["triggers"])
+
+
+def test_concurrent_migrates_apply_the_schema_once(prefix: str) -> None:
+    url = _with(_base(), prefix=prefix)
+    barrier = threading.Barrier(4)
+    results: list[list[int]] = []
+    errors: list[BaseException] = []
+
+    def migrate() -> None:
+        try:
+            with lmq.Queue(url) as q:
+                barrier.wait()
+                results.append(q.migrate())
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=migrate) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert sorted(results) == [[], [], [], list(range(1, SCHEMA_VERSION + 1))]
+
+
+def test_a_long_prefix_works() -> None:
+    p = "p" + uuid.uuid4().hex[:14] + "_"  # 16 characters, the most a prefix may have
+    try:
+        with lmq.Queue(_with(_base(), prefix=p)) as q:
+            q.migrate()
+            task_id = q.enqueue("t", unique_key="k")
+            assert ids(claim(q.backend)) == [task_id]
+    finally:
+        drop_prefix(_base(), p)
+
+
+# --- the seed's bare INSERT ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("created", ["2024-06-01 14:03:00", "garbage"])
+def test_the_seeds_bare_insert_makes_a_runnable_task(
+    pq: lmq.Queue, prefix: str, created: str
+) -> None:
+    seen: list[tuple[int, str]] = []
+
+    @pq.task
+    def import_row(row: int, sku: str) -> None:
+        seen.append((row, sku))
+
+    with _raw() as conn:
+        (task_id,) = conn.execute(
+            f"INSERT INTO {prefix}queue_tasks (task_name, payload, status, created)"
+            " VALUES (%s, %s, 'pending', %s) RETURNING id",
+            ("import_row", '{"row": 7, "sku": "A-1"}', created),
+        ).fetchone()
+    task = pq.get(task_id)
+    assert task is not None
+    assert (task.status, task.attempts, task.queue, task.priority, task.created) == (
+        "pending",
+        0,
+        "default",
+        0,
+        created,
+    )
+    assert pq.backend.has_ready(None)
+    assert run_burst(pq) == 0
+    assert seen == [(7, "A-1")]
+    done = pq.get(task_id)
+    assert done is not None and done.status == "done"
+
+
+# --- wake-ups --------------------------------------------------------------------------------
+
+
+class _Calls:
+    def __init__(self) -> None:
+        self.n = 0
+        self.lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self.lock:
+            self.n += 1
+
+
+def _settled(calls: _Calls, quiet: float = 0.3) -> int:
+    """The count once no call came for ``quiet`` seconds."""
+    last, since = calls.n, time.monotonic()
+    while time.monotonic() - since < quiet:
+        time.sleep(0.02)
+        if calls.n != last:
+            last, since = calls.n, time.monotonic()
+    return last
+
+
+def test_inserts_from_anyone_reach_the_wake_source(pq: lmq.Queue, prefix: str) -> None:
+    wake = pq.backend.wake_source()
+    assert wake is not None
+    calls = _Calls()
+    wake.start(calls)
+    try:
+        assert wake.connected.wait(10)
+        base = _settled(calls)
+        # another program's bare INSERT, committed: one wake-up
+        with _raw() as conn:
+            conn.execute(
+                f"INSERT INTO {prefix}queue_tasks (task_name, payload, status, created)"
+                " VALUES ('t', '{}', 'pending', 'now')"
+            )
+        wait_for(lambda: calls.n > base, timeout=5)
+        assert _settled(calls) == base + 1
+        # a bulk enqueue: one statement, one notification
+        base = calls.n
+        pq.enqueue_many([("t", {"i": i}) for i in range(2000)])
+        wait_for(lambda: calls.n > base, timeout=5)
+        assert _settled(calls) == base + 1
+        # an uncommitted insert wakes nobody; its commit does
+        base = calls.n
+        with _raw() as conn, conn.transaction():
+            conn.execute(f"INSERT INTO {prefix}queue_tasks (task_name) VALUES ('t')")
+            conn.execute(f"INSERT INTO {prefix}queue_tasks (task_name) VALUES ('t')")
+            time.sleep(0.3)
+            assert calls.n == base
+        wait_for(lambda: calls.n > base, timeout=5)
+        assert _settled(calls) == base + 1  # identical notifications fold into one
+        # a task released (ready again at once) wakes the others too
+        base = calls.n
+        got = claim(pq.backend, "w1", limit=1)
+        complete(pq.backend, "w1", released=ids(got))
+        wait_for(lambda: calls.n > base, timeout=5)
+    finally:
+        wake.stop()
+
+
+def test_the_wake_source_survives_its_connection_being_killed(pq: lmq.Queue, prefix: str) -> None:
+    wake = pq.backend.wake_source()
+    assert wake is not None
+    calls = _Calls()
+    wake.start(calls)
+    try:
+        assert wake.connected.wait(10)
+        assert wake._conn is not None
+        pid = wake._conn.info.backend_pid
+        with _raw() as conn:
+            assert conn.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]
+        wait_for(lambda: wake.reconnects >= 1 and wake.connected.is_set(), timeout=10)
+        assert wake._conn is not None and wake._conn.info.backend_pid != pid
+        base = _settled(calls)
+        pq.enqueue("t")
+        wait_for(lambda: calls.n > base, timeout=5)
+    finally:
+        started = time.monotonic()
+        wake.stop()
+        assert time.monotonic() - started < 2
+    assert wake._thread is None
+
+
+def test_a_worker_wakes_on_an_insert_from_another_program(pq: lmq.Queue, prefix: str) -> None:
+    ran = threading.Event()
+
+    @pq.task
+    def job() -> None:
+        ran.set()
+
+    # idle_poll far longer than the test: only the notification can wake the worker
+    worker = lmq.Worker(
+        pq, lmq.WorkerSettings(install_signal_handlers=False, idle_poll=30, loop="asyncio")
+    )
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        wait_for(pq.workers, timeout=10)
+        time.sleep(0.5)  # idle, waiting on its wake source
+        with _raw() as conn:
+            conn.execute(
+                f"INSERT INTO {prefix}queue_tasks (task_name, payload, status, created)"
+                " VALUES ('job', '{}', 'pending', 'now')"
+            )
+        assert ran.wait(10)
+    finally:
+        worker.stop()
+        thread.join(20)
+
+
+# --- schema and connection errors ------------------------------------------------------------
+
+
+def test_tables_missing_names_lmq_migrate(prefix: str) -> None:
+    with lmq.Queue(_with(_base(), prefix=prefix)) as q:
+        for call in (lambda: q.enqueue("t"), q.counts, lambda: claim(q.backend)):
+            with pytest.raises(lmq.SchemaMissing, match="lmq migrate"):
+                call()
+        assert q.backend.schema_version() is None
+        q.migrate()
+        assert q.enqueue("t")
+
+
+@pytest.mark.parametrize(("version", "says"), [("0", "lmq migrate"), ("99", "upgrade lmq")])
+def test_an_older_or_newer_schema_is_refused(prefix: str, version: str, says: str) -> None:
+    url = _with(_base(), prefix=prefix)
+    with lmq.Queue(url) as q:
+        q.migrate()
+    with _raw() as conn:
+        conn.execute(
+            f"UPDATE {prefix}queue_meta SET value = %s WHERE key = 'schema_version'", (version,)
+        )
+    with lmq.Queue(url) as q:
+        with pytest.raises(lmq.SchemaMissing, match=says):
+            q.counts()
+        if version == "0":
+            assert q.migrate() == list(range(1, SCHEMA_VERSION + 1))  # idempotent upgrade
+            assert q.counts() == {"pending": 0, "processing": 0, "done": 0, "dead": 0}
+        else:
+            with pytest.raises(lmq.SchemaMissing, match="upgrade lmq"):
+                q.migrate()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def test_a_closed_port_is_unavailable_within_five_seconds() -> None:
+    url = f"postgresql://root@127.0.0.1:{_free_port()}/test?prefix=x_"
+    with lmq.Queue(url) as q:
+        for _ in range(2):  # and again: the second call fails fast too
+            started = time.monotonic()
+            with pytest.raises(lmq.BackendUnavailable, match=r"127\.0\.0\.1"):
+                q.counts()
+            assert time.monotonic() - started < 5
+
+
+def test_the_password_never_shows(prefix: str) -> None:
+    url = f"postgresql://root:s3cret@127.0.0.1:{_free_port()}/test?prefix={prefix}"
+    with lmq.Queue(url) as q:
+        assert "s3cret" not in q.backend.url
+        with pytest.raises(lmq.BackendUnavailable) as info:
+            q.counts()
+    assert "s3cret" not in str(info.value)
+
+
+def test_unknown_options_are_refused() -> None:
+    with pytest.raises(lmq.ConfigError, match="pool_sise"):
+        PostgresBackend(parse_url(_with(_base(), prefix="x_", pool_sise="3")))
+    with pytest.raises(lmq.ConfigError, match="pgbouncer"):
+        PostgresBackend(parse_url(_with(_base(), pgbouncer="maybe")))
+
+
+def test_killed_connections_are_replaced(prefix: str) -> None:
+    app = f"lmqtest{uuid.uuid4().hex[:8]}"
+    with lmq.Queue(_with(_base(), prefix=prefix, application_name=app)) as q:
+        q.migrate()
+        task_id = q.enqueue("t")
+        with _raw() as conn:  # what a server restart does to every connection
+            killed = conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = %s",
+                (app,),
+            ).fetchone()[0]
+        assert killed >= 1
+        failures = 0
+        for _ in range(3):
+            try:
+                assert q.get(task_id) is not None
+                break
+            except lmq.BackendUnavailable:
+                failures += 1  # the call that met the dead connection
+        assert failures <= 1
+        assert q.counts()["pending"] == 1
+
+
+# --- claims ----------------------------------------------------------------------------------
+
+
+def test_skip_locked_claims_from_several_threads_never_share_a_task(prefix: str) -> None:
+    """Workers in threads, each with its own Queue, on the hot path (ack + claim)."""
+    url = _with(_base(), prefix=prefix)
+    with lmq.Queue(url) as q:
+        q.migrate()
+        made = set(q.enqueue_many([("t", {"i": i}) for i in range(3000)]))
+    threads_n = 6
+    got: dict[str, list[TaskId]] = {f"w{n}": [] for n in range(threads_n)}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(threads_n)
+
+    def work(n: int) -> None:
+        worker = f"w{n}"
+        try:
+            with lmq.Queue(url) as mine:
+                b = mine.backend
+                barrier.wait()
+                req = ClaimRequest(worker, 7 + n * 5, 60)
+                held = b.claim(req).tasks
+                while held:
+                    got[worker].extend(t.id for t in held)
+                    result = b.complete(CompleteBatch(worker, done=[t.id for t in held]), req)
+                    assert result is not None
+                    held = result.tasks
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(threads_n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    claimed = Counter(i for mine in got.values() for i in mine)
+    assert set(claimed) == made
+    assert set(claimed.values()) == {1}
+    with lmq.Queue(url) as q:
+        assert q.counts() == {"pending": 0, "processing": 0, "done": 3000, "dead": 0}
+        assert sum(1 for w in got.values() if w) > 1  # the work really was shared
+
+
+def test_claim_with_several_queues_keeps_the_order(pq: lmq.Queue) -> None:
+    low = pq.enqueue("t", queue="a")
+    high = pq.enqueue("t", queue="b", priority=5)
+    pq.enqueue("t", queue="c", priority=9)
+    assert ids(claim(pq.backend, queues=("a", "b"), limit=1)) == [high]
+    assert ids(claim(pq.backend, queues=("a", "b"))) == [low]
+
+
+# --- PgBouncer in transaction mode -----------------------------------------------------------
+
+
+def _pgbouncer() -> str:
+    found = shutil.which("pgbouncer") or (
+        "/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer") else None
+    )
+    if found is None:
+        pytest.fail(
+            "pgbouncer is not installed: apt-get install -y pgbouncer (Debian package), "
+            "which .ci/run installs"
+        )
+    return found
+
+
+@pytest.fixture
+def bouncer() -> Iterator[str]:
+    """A private PgBouncer (transaction pooling) in front of the test server: its URL."""
+    from urllib.parse import urlsplit
+
+    binary = _pgbouncer()
+    server = urlsplit(_base())
+    port = _free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="lmq-pgbouncer-"))
+    as_root = os.geteuid() == 0  # pgbouncer refuses to run as root
+    user = server.username or "root"
+    (workdir / "userlist.txt").write_text(f'"{user}" ""\n')
+    (workdir / "pgbouncer.ini").write_text(
+        "[databases]\n"
+        f"* = host={server.hostname or '127.0.0.1'} port={server.port or 5432}\n"
+        "[pgbouncer]\n"
+        "listen_addr = 127.0.0.1\n"
+        f"listen_port = {port}\n"
+        "unix_socket_dir =\n"
+        "auth_type = trust\n"
+        f"auth_file = {workdir / 'userlist.txt'}\n"
+        "pool_mode = transaction\n"
+        "default_pool_size = 4\n"
+        "max_client_conn = 200\n"
+        f"logfile = {workdir / 'pgbouncer.log'}\n"
+        f"pidfile = {workdir / 'pgbouncer.pid'}\n"
+        "ignore_startup_parameters = extra_float_digits\n"
+    )
+    cmd = [binary, str(workdir / "pgbouncer.ini")]
+    if as_root:
+        shutil.chown(workdir, "postgres")
+        for f in workdir.iterdir():
+            shutil.chown(f, "postgres")
+        cmd = ["runuser", "-u", "postgres", "--", *cmd]
+    out = workdir / "pgbouncer.log"
+    with open(os.devnull, "wb") as devnull:
+        proc = subprocess.Popen(cmd, stdout=devnull, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            if proc.poll() is not None:
+                log = out.read_text() if out.exists() else "(no log)"
+                pytest.fail(f"pgbouncer exited {proc.returncode}: {log}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if time.monotonic() > deadline:
+                pytest.fail("pgbouncer did not listen within 10 s")
+            time.sleep(0.05)
+        path = server.path or "/test"
+        yield f"postgresql://{user}@127.0.0.1:{port}{path}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_behind_pgbouncer_in_transaction_mode(bouncer: str, prefix: str) -> None:
+    url = _with(bouncer, prefix=prefix, pgbouncer="true")
+    with lmq.Queue(url) as q:
+        assert q.migrate() == list(range(1, SCHEMA_VERSION + 1))
+        assert q.backend.wake_source() is None  # no LISTEN through a transaction pooler
+        a = q.enqueue("t", {"n": 1})
+        assert q.enqueue("t", unique_key="k") == q.enqueue("t", unique_key="k")
+        many = q.enqueue_many([("t", {"i": i}) for i in range(500)])
+        assert len(set(many)) == 500
+        (first,) = claim(q.backend, "w1", limit=1)
+        assert first.id == a
+        complete(q.backend, "w1", done=[a])
+
+        # many threads, many repetitions of each statement (a server-side prepared
+        # statement would be missing on the next server connection PgBouncer hands out)
+        errors: list[BaseException] = []
+
+        def hammer(n: int) -> None:
+            try:
+                with lmq.Queue(url) as mine:
+                    for _ in range(15):
+                        got = claim(mine.backend, f"h{n}", limit=3)
+                        complete(mine.backend, f"h{n}", released=ids(got))
+                        mine.counts()
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=hammer, args=(n,)) for n in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert errors == []
+
+        ran: list[int] = []
+
+        @q.task
+        def t(n: int = 0, i: int = -1) -> None:
+            ran.append(i)
+
+        assert run_burst(q, concurrency=20) == 0
+        assert len(ran) == 501  # the unique one and the 500
+        assert q.counts() == {"pending": 0, "processing": 0, "done": 502, "dead": 0}
