@@ -80,6 +80,9 @@ from .wake import ListenWakeSource
 SCHEMA_VERSION = 1
 _PACKAGE = "lmq.backends.postgres"
 _CHUNK = 50_000  # rows per INSERT statement in a bulk enqueue (one transaction for all)
+# the fields of a NewTask, in order, as the insert statements name their parameters
+_FIELDS = ("task_name", "payload", "queue", "priority", "max_attempts", "run_at", "delay",
+           "unique_key")  # fmt: skip
 
 _LIBPQ = frozenset(
     {
@@ -344,10 +347,17 @@ class PostgresBackend:
 
     def _insert_chunk(self, cur: Any, tasks: Sequence[NewTask]) -> list[TaskId]:
         columns = list(zip(*tasks, strict=True))
-        names = ("task_name", "payload", "queue", "priority", "max_attempts", "run_at", "delay")
-        params = {name: json.dumps(col) for name, col in zip(names, columns, strict=False)}
         keys = columns[7]
-        params["unique_key"] = json.dumps(keys)
+        first = tasks[0]
+        if all(k is None for k in keys) and all(
+            t[2:7] == first[2:7] for t in tasks
+        ):  # one enqueue_many call: only names and payloads differ
+            params: dict[str, Any] = dict(zip(_FIELDS[2:7], first[2:7], strict=True))
+            params["task_name"] = json.dumps(columns[0])
+            params["payload"] = json.dumps(columns[1])
+            cur.execute(self.q["insert_uniform"], params)
+            return sorted(r[0] for r in cur.fetchall())
+        params = {name: json.dumps(col) for name, col in zip(_FIELDS, columns, strict=True)}
         if all(k is None for k in keys):
             cur.execute(self.q["insert_many"], params)
             # ids are handed out in insertion order, which is the order of the rows

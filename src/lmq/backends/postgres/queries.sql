@@ -46,6 +46,20 @@ SELECT u.task_name, u.payload, u.queue, u.priority::integer, u.max_attempts::int
  ORDER BY u.ord
 RETURNING id
 
+-- name: insert_uniform
+-- the common bulk case: every row shares everything but its name and payload (one
+-- enqueue_many call), so only those two travel as arrays
+INSERT INTO {prefix}queue_tasks
+    (task_name, payload, queue, priority, max_attempts, next_run, updated)
+SELECT u.task_name, u.payload, %(queue)s, %(priority)s, %(max_attempts)s,
+       COALESCE(%(run_at)s, n.t) + %(delay)s, n.t
+  FROM ROWS FROM (json_array_elements_text(%(task_name)s::json),
+                  json_array_elements_text(%(payload)s::json))
+       WITH ORDINALITY AS u(task_name, payload, ord),
+       (SELECT {prefix}queue_now() AS t) n
+ ORDER BY u.ord
+RETURNING id
+
 -- name: insert_many_unique
 -- the same with unique keys: a key already pending or processing (or earlier in the same
 -- batch) inserts nothing; the caller looks those ids up (find_unique)
