@@ -662,25 +662,38 @@ class MySQLBackend:
         self, queues: tuple[str, ...] | None
     ) -> tuple[float, float | None, float | None]:
         """(server now, earliest pending next_run, earliest lease expiry)."""
-        qf, qparams = self._queue_params(queues)
-        sql = self.q["ready_state"].replace("{queue_filter}", qf)
+        if queues:
+            qf, qparams = self._queue_params(queues)
+            sql = self.q["ready_state_queues"].replace("{queue_filter}", qf)
+        else:
+            sql, qparams = self.q["ready_state"], {}
 
         def read(cur: Cursor) -> tuple[float, float | None, float | None]:
             cur.execute(sql, qparams)
-            now, due, expiry = 0.0, None, None
-            for kind, a, b in cur.fetchall():
-                if kind == 0:
-                    now = float(a)
-                    expiry = None if b is None else float(b)
-                elif a is not None and (due is None or a < due):
-                    due = float(a)
-            return now, due, expiry
+            now, due, expiry = cur.fetchone()
+            return (
+                float(now),
+                None if due is None else float(due),
+                None if expiry is None else float(expiry),
+            )
 
         return self._read(read)
 
     def has_ready(self, queues: tuple[str, ...] | None) -> bool:
-        now, due, expiry = self._ready_state(queues)
-        return (due is not None and due <= now) or (expiry is not None and expiry <= now)
+        if not queues:
+            now, due, expiry = self._ready_state(queues)
+            return (due is not None and due <= now) or (expiry is not None and expiry <= now)
+        _qf, qparams = self._queue_params(queues)
+        probes = " ".join(
+            self.q["has_ready_probe"].replace("{i}", str(i)) for i in range(len(queues))
+        )
+        sql = self.q["has_ready_queues"].replace("{probes}", probes)
+
+        def read(cur: Cursor) -> bool:
+            cur.execute(sql, qparams)
+            return bool(cur.fetchone()[0])
+
+        return self._read(read)
 
     def next_due(self, queues: tuple[str, ...] | None) -> float | None:
         now, due, expiry = self._ready_state(queues)

@@ -58,7 +58,7 @@ UPDATE {prefix}queue_tasks
                              ' stopped renewing it (died or hung)'),
            'traceback', NULL)),
        locked_by = NULL, locked_until = NULL, next_run = {now}, updated = {now}
- WHERE status = 'processing' AND locked_until <= {now}
+ WHERE status = 'processing' AND next_run <= {now}
 
 -- name: claim_select
 -- SKIP LOCKED: rows another claim holds are passed over, never waited for
@@ -81,43 +81,59 @@ SELECT id, queue, task_name, payload, attempts + 1, max_attempts, neg_priority, 
 -- name: claim_mark
 UPDATE {prefix}queue_tasks
    SET status = 'processing', attempts = attempts + 1, locked_by = %(worker)s,
-       locked_until = {now} + %(lease)s, updated = {now}
+       locked_until = {now} + %(lease)s, next_run = {now} + %(lease)s, updated = {now}
  WHERE id IN ({ids})
 
 -- name: claim_update
 -- the fallback for servers without SKIP LOCKED: one atomic UPDATE ... ORDER BY ... LIMIT;
--- (locked_by, locked_until, updated) = (worker, until, now) is this claim's token
+-- (locked_by, next_run, updated) = (worker, until, now) is this claim's token
 UPDATE {prefix}queue_tasks FORCE INDEX ({index})
    SET status = 'processing', attempts = attempts + 1, locked_by = %(worker)s,
-       locked_until = %(until)s, updated = %(now)s
+       locked_until = %(until)s, next_run = %(until)s, updated = %(now)s
  WHERE status = 'pending' AND next_run <= %(now)s {queue_filter}
  ORDER BY neg_priority, next_run, id
  LIMIT %(limit)s
 
 -- name: claim_read_back
 SELECT id, queue, task_name, payload, attempts, max_attempts
-  FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_lease)
- WHERE status = 'processing' AND locked_until = %(until)s
+  FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_due)
+ WHERE status = 'processing' AND next_run = %(until)s
    AND locked_by = %(worker)s AND updated = %(now)s
 
 -- name: ready_state
--- one round trip: the server's now and the earliest lease expiry, then the earliest
--- pending next_run per (queue, priority) group (a loose index scan of queue_ready: one
--- probe per group, however many rows are pending)
-SELECT 0, {now}, MIN(locked_until) FROM {prefix}queue_tasks WHERE status = 'processing'
-UNION ALL
-SELECT 1, MIN(next_run), NULL
-  FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_queue_ready)
- WHERE status = 'pending' {queue_filter}
- GROUP BY queue, neg_priority
+-- the server's now, the earliest pending next_run and the earliest lease expiry: two
+-- probes of the due index
+SELECT {now},
+       (SELECT MIN(next_run) FROM {prefix}queue_tasks WHERE status = 'pending'),
+       (SELECT MIN(next_run) FROM {prefix}queue_tasks WHERE status = 'processing')
+
+-- name: ready_state_queues
+-- with a --queues filter: the earliest pending next_run of those queues reads their part
+-- of queue_ready (index only, but every pending row of those queues: next_due is an
+-- idle-time call; has_ready_queues is the cheap one)
+SELECT {now},
+       (SELECT MIN(next_run) FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_queue_ready)
+         WHERE status = 'pending' {queue_filter}),
+       (SELECT MIN(next_run) FROM {prefix}queue_tasks WHERE status = 'processing')
+
+-- name: has_ready_queues
+-- a due task in one of the queues (the first due row of each, a short index read while
+-- work is ready), or an expired lease in any queue; one has_ready_probe per queue follows
+SELECT EXISTS (SELECT 1 FROM {prefix}queue_tasks WHERE status = 'processing'
+                AND next_run <= {now}) {probes}
+
+-- name: has_ready_probe
+OR EXISTS (SELECT 1 FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_queue_ready)
+            WHERE status = 'pending' AND queue = %(q{i})s AND next_run <= {now})
 
 -- name: ack_done
 UPDATE {prefix}queue_tasks
-   SET status = 'done', locked_by = NULL, locked_until = NULL, updated = {now}
+   SET status = 'done', locked_by = NULL, locked_until = NULL, next_run = {now},
+       updated = {now}
  WHERE id IN ({ids}) AND locked_by = %(worker)s AND status = 'processing'
 
 -- name: retry
--- {cases} is one "WHEN id THEN value" list per column, built by the backend
+-- a "WHEN id THEN value" list per column, built by the backend
 UPDATE {prefix}queue_tasks
    SET status = 'pending', locked_by = NULL, locked_until = NULL,
        next_run = {now} + CASE id {delay_cases} END,
@@ -137,6 +153,7 @@ UPDATE {prefix}queue_tasks
 -- the task row stays as the record (status 'dead'); the dead letter is copied from it
 UPDATE {prefix}queue_tasks
    SET status = 'dead', locked_by = NULL, locked_until = NULL, updated = {now},
+       next_run = {now},
        last_error = %(message)s,
        errors = JSON_ARRAY_APPEND(COALESCE(errors, '[]'), '$', JSON_EXTRACT(%(error)s, '$')),
        dead_letter_id = NULL
@@ -157,7 +174,7 @@ UPDATE {prefix}queue_tasks SET dead_letter_id = LAST_INSERT_ID() WHERE id = %(id
 
 -- name: renew
 UPDATE {prefix}queue_tasks
-   SET locked_until = {now} + %(lease)s
+   SET locked_until = {now} + %(lease)s, next_run = {now} + %(lease)s
  WHERE id IN ({ids}) AND locked_by = %(worker)s AND status = 'processing'
 
 -- name: held
@@ -185,7 +202,7 @@ SELECT MAX(id) FROM {prefix}queue_tasks
 -- never the newest row (%(below)s is max(id)): ids are never handed out twice, even on
 -- servers that reset AUTO_INCREMENT to max(id) + 1 on restart (MySQL before 8.0)
 DELETE FROM {prefix}queue_tasks
- WHERE status = 'done' AND updated < {now} - %(age)s AND id < %(below)s
+ WHERE status = 'done' AND next_run < {now} - %(age)s AND id < %(below)s
  LIMIT %(batch)s
 
 -- name: prune_workers
@@ -208,7 +225,7 @@ SELECT queue, status, COUNT(*),
        {now}
   FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_queue_ready)
  WHERE status IN ('pending', 'processing', 'done')
- GROUP BY queue, status
+ GROUP BY status, queue
 
 -- name: count_dead
 SELECT queue, COUNT(*) FROM {prefix}queue_dead_letters
