@@ -79,6 +79,7 @@ from .wake import ListenWakeSource
 
 SCHEMA_VERSION = 1
 _PACKAGE = "lmq.backends.postgres"
+_VACUUM_AFTER = 10_000  # dead rows in the task table (only when autovacuum is off)
 _CHUNK = 50_000  # rows per INSERT statement in a bulk enqueue (one transaction for all)
 # the fields of a NewTask, in order, as the insert statements name their parameters
 _FIELDS = ("task_name", "payload", "queue", "priority", "max_attempts", "run_at", "delay",
@@ -540,7 +541,17 @@ class PostgresBackend:
                     break
             n = conn.execute(self.q["prune_workers"], {"age": request.workers_stale_after}).rowcount
             removed += max(n, 0)
+            self._vacuum(conn)
         return removed
+
+    def _vacuum(self, conn: psycopg.Connection[Any]) -> None:
+        """Without autovacuum, vacuum the task table once enough dead rows piled up."""
+        try:
+            row = conn.execute(self.q["dead_rows"]).fetchone()
+            if row is not None and (row[0] or 0) >= _VACUUM_AFTER:
+                conn.execute(self.q["vacuum"])
+        except psycopg.errors.InsufficientPrivilege:
+            pass  # not the table's owner: the server's administrator vacuums
 
     def prepare_worker(self) -> None:
         pass

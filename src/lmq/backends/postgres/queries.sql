@@ -265,6 +265,20 @@ DELETE FROM {prefix}queue_tasks
 -- name: prune_workers
 DELETE FROM {prefix}queue_workers WHERE last_beat < {prefix}queue_now() - %(age)s
 
+-- name: dead_rows
+-- on a server running without autovacuum, nothing would ever clean out the dead row
+-- versions every claim and acknowledgement leaves (and the ready index's dead entries,
+-- which each claim walks past): the pruner vacuums the task table itself when this says so
+SELECT n_dead_tup
+  FROM pg_stat_user_tables
+ WHERE relid = to_regclass('{prefix}queue_tasks')
+   AND (current_setting('autovacuum') = 'off'
+        OR EXISTS (SELECT 1 FROM pg_class c, unnest(c.reloptions) o
+                    WHERE c.oid = relid AND o = 'autovacuum_enabled=false'))
+
+-- name: vacuum
+VACUUM (SKIP_LOCKED) {prefix}queue_tasks
+
 -- name: get_task
 SELECT * FROM {prefix}queue_tasks WHERE id = %(id)s
 
