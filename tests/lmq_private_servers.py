@@ -25,6 +25,7 @@ left of the server's processes.
 from __future__ import annotations
 
 import contextlib
+import gc
 import glob
 import os
 import shutil
@@ -33,6 +34,7 @@ import socket
 import stat
 import subprocess
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -166,18 +168,22 @@ def _wait(
     alive: Callable[[], bool] | None = None,
 ) -> None:
     deadline = time.monotonic() + timeout
-    last: BaseException | None = None
+    last = "none"
     while time.monotonic() < deadline:
         try:
             if ready():
                 return
-        except Exception as exc:  # not up yet
-            last = exc
+        except Exception as exc:  # not up yet; keep no reference to the failed connection
+            last = repr(exc)
+        if last != "none":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ResourceWarning)
+                gc.collect()  # a driver's half-open socket from a failed attempt
         if alive is not None and not alive():
             raise ServerError(f"{what}: the server exited while starting:\n{_tail(log)}")
         time.sleep(0.1)
     raise ServerError(
-        f"{what}: not ready after {timeout:g}s (last error: {last!r}); log:\n{_tail(log)}"
+        f"{what}: not ready after {timeout:g}s (last error: {last}); log:\n{_tail(log)}"
     )
 
 
@@ -425,6 +431,8 @@ class MariaDBServer(PrivateServer):
     def _ready(self) -> bool:
         import pymysql
 
+        if not (self.sock.exists() and _port_open("127.0.0.1", self.port)):
+            return False
         conn = pymysql.connect(
             unix_socket=str(self.sock), user="root", connect_timeout=2, autocommit=True
         )

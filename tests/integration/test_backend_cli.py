@@ -31,7 +31,7 @@ SERVERS = list(SERVER_ENVS)
 
 # one-shot commands give up within 5 s; the rest is the interpreter starting and importing
 GIVE_UP = 5.0
-STARTUP_ALLOWANCE = 2.5
+STARTUP_ALLOWANCE = 3.0
 
 
 @pytest.fixture(params=SERVERS)
@@ -128,10 +128,13 @@ def silent_server() -> Iterator[int]:
 
 @pytest.mark.parametrize("argv", [["status"], ["enqueue", "x"]])
 def test_silent_server_gives_up_within_5s(fresh: Harness, argv: list[str]) -> None:
+    # the same command against a closed port: what starting up and failing costs here
+    _, baseline = timed(fresh, *argv, "--url", at_port(fresh.url, free_port()))
     with silent_server() as port:
         res, took = timed(fresh, *argv, "--url", at_port(fresh.url, port))
     one_error_line(res)
-    assert took < GIVE_UP + STARTUP_ALLOWANCE, f"gave up after {took:.1f}s, not within 5 s"
+    waited = took - baseline
+    assert waited < GIVE_UP + 0.75, f"waited {waited:.1f}s for a silent server, not within 5 s"
 
 
 def _wrong_db(backend: str, url: str) -> tuple[str, str]:

@@ -211,7 +211,7 @@ def _run(h: Harness, server: PrivateServer, links: list[Link]) -> None:
     per_pid = collections.Counter(pid for _, pid, _ in h.stamped())
     assert set(per_pid) == {p.pid for p in procs}, f"runs per pid: {per_pid}"
     assert all(per_pid[p.pid] > 0 for p in procs)
-    print(f"\n{kind}: runs per namespace worker: {dict(per_pid)}")
+    print(f"\n{server.kind}: runs per namespace worker: {dict(per_pid)}")
 
     for p in procs:
         p.signal(signal.SIGTERM)
