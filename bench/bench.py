@@ -1,6 +1,9 @@
-"""lmq on SQLite against huey's SqliteHuey, on the same workloads, in one run.
+"""lmq on SQLite against huey's SqliteHuey, on the same workloads, in one run; with
+--backend, lmq on a database server against that server's Python peers (servers.py).
 
     bench/run.sh [--quick] [--only lmq|huey] [--workloads bulk,single,...] [--out FILE]
+    bench/run.sh --backend postgresql|redis|mysql|all [--quick] [--only lmq|peers]
+                 [--workloads drain,pickup,bulk,claim] [--json FILE] [--docs FILE]
 
 Workloads: bulk (enqueue_many), single (enqueue latency, idle and while a worker drains),
 drain (no-op drain rate, async and def handlers, 1 and 2 processes, and the worker's
@@ -28,6 +31,7 @@ from pathlib import Path
 
 import huey_side
 import lmq_side
+import servers
 from common import QUICK, Ctx, Sizes, rmtree, say
 from procs import BENCH_DIR, cleanup_on_exit
 from report import Results, notes, table
@@ -142,29 +146,78 @@ def markdown(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="--backend sqlite (the default) is the SQLite comparison; postgresql, redis "
+        "and mysql measure lmq and that server's peers (pgqueuer, procrastinate and a bare "
+        "psycopg loop; SAQ, huey's RedisHuey and Dramatiq; MariaDB: lmq alone) on the "
+        "shared servers; all runs the three servers and then SQLite. Server workloads: "
+        f"{','.join(servers.WORKLOADS)}. Server URLs default to $LMQ_TEST_POSTGRES_URL, "
+        "$LMQ_TEST_REDIS_URL, $LMQ_TEST_MYSQL_URL, else the machine's shared servers. "
+        "Isolation: see docs/benchmarks.md (own databases lmqbench_*, Redis db 12 with a "
+        "fresh key prefix for lmq, db 13 flushed for the peers).",
+    )
+    ap.add_argument("--backend", default="sqlite",
+                    choices=["sqlite", "postgresql", "redis", "mysql", "all"],
+                    help="what to measure [default: sqlite]")  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="smaller counts, for a smoke run")
-    ap.add_argument("--only", choices=["lmq", "huey"], help="run one system only")
+    ap.add_argument("--only", choices=["lmq", "huey", "peers"],
+                    help="run one side only (huey: SQLite's peer; peers: a server's)")
     ap.add_argument(
         "--workloads",
-        default=",".join(WORKLOADS),
-        help=f"comma-separated subset of {','.join(WORKLOADS)} [default: all]",
+        help=f"comma-separated subset of {','.join(WORKLOADS)} (SQLite) or "
+        f"{','.join(servers.WORKLOADS)} (servers) [default: all]",
     )
-    ap.add_argument("--out", type=Path, help="also write the results as Markdown here")
+    ap.add_argument("--out", type=Path, help="SQLite: also write the results as Markdown here "
+                    "(a server section already in that file is kept)")  # fmt: skip
+    ap.add_argument("--json", type=Path, help="servers: the results file [default: "
+                    "bench/results/servers-<time>.json]")  # fmt: skip
+    ap.add_argument("--docs", type=Path, help="servers: rewrite the measured backends' "
+                    "figures in this file's server section (e.g. docs/benchmarks.md)")
+    ap.add_argument("--postgresql-url", help="PostgreSQL server to use (its database only "
+                    "names the server: the bench makes its own)")  # fmt: skip
+    ap.add_argument("--redis-url", help="Redis server to use (lmq: db 12, peers: db 13)")
+    ap.add_argument("--mysql-url", help="MariaDB/MySQL server to use")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (its path is "
                     "printed) to look at databases and worker logs")  # fmt: skip
     args = ap.parse_args(argv)
-    args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
-    unknown = set(args.workloads) - set(WORKLOADS)
+    known = set(WORKLOADS) | set(servers.WORKLOADS)
+    given = args.workloads or ",".join(known)
+    args.workloads = [w.strip() for w in given.split(",") if w.strip()]
+    unknown = set(args.workloads) - known
     if unknown:
         ap.error(f"unknown workload(s): {', '.join(sorted(unknown))}")
+    if args.backend == "sqlite" and args.only == "peers":
+        ap.error("--only peers is for the server backends (SQLite's peer is huey)")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    rc = 0
+    if args.backend != "sqlite":
+        tmp = Path(tempfile.mkdtemp(prefix="lmq-bench-servers-"))
+        try:
+            with cleanup_on_exit():
+                rc = servers.main(args, tmp, command_line())
+        except KeyboardInterrupt:
+            say("interrupted: child processes stopped")
+            return 130
+        finally:
+            if args.keep_tmp or rc:
+                say(f"temp dir kept (worker logs): {tmp}")
+            else:
+                rmtree(tmp)
+        if args.backend != "all":
+            return rc
+    return main_sqlite(args) or rc
+
+
+def main_sqlite(args: argparse.Namespace) -> int:
     sizes = QUICK if args.quick else Sizes()
-    systems = [args.only] if args.only else ["lmq", "huey"]
+    systems = [args.only] if args.only in ("lmq", "huey") else ["lmq", "huey"]
+    args.workloads = [w for w in args.workloads if w in WORKLOADS]
     results = Results()
     errors: list[str] = []
     started = datetime.now(UTC)
@@ -209,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         say(f"FAILED: {e}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(markdown(results, info, started, load, command_line(), errors))
+        md = markdown(results, info, started, load, command_line(), errors)
+        args.out.write_text(servers.keep_server_section(args.out, md))
         say(f"wrote {args.out}")
     return 1 if errors else 0
 

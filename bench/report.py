@@ -123,3 +123,164 @@ def notes(results: Results) -> str:
             lines += [f"- {m.label.strip().replace('same, ', '')}: {note}" for m, note in items]
             lines.append("")
     return "\n".join(lines).rstrip()
+
+
+# --- server backends (bench --backend postgresql|redis|mysql) -------------------------------
+
+SERVER_METRICS = [
+    Metric("drain", "no-op drain, 1 worker process", "tasks/s", True),
+    Metric("drain_run", "  same, first task to last", "tasks/s", True),
+    Metric("pickup_p50", "pickup latency p50 (idle worker, trickle)", "ms", False, digits=2),
+    Metric("pickup_p99", "pickup latency p99 (idle worker, trickle)", "ms", False, digits=2),
+    Metric("bulk", "bulk enqueue (batch API)", "tasks/s", True),
+    Metric("enqueue_loop", "enqueue, one call per task", "tasks/s", True),
+    Metric("claim_1k", "claim(250), 1,000 pending", "ms", False, digits=2),
+    Metric("claim_1m", "claim(250), 1,000,000 pending", "ms", False, digits=2),
+    Metric("claim_ratio", "  claim cost at 1,000,000 / at 1,000", "x", False, digits=2),
+]
+SERVER_METRIC = {m.key: m for m in SERVER_METRICS}
+
+
+@dataclass(frozen=True)
+class Target:
+    """lmq's figure ``key`` >= / <= ``value`` (by the metric's direction), or, with
+    ``peers``, at least ``value`` times better than the best of those peers."""
+
+    key: str
+    value: float
+    peers: tuple[str, ...] = ()
+
+    def text(self) -> str:
+        m = SERVER_METRIC[self.key]
+        if self.peers:
+            who = self.peers[0] if len(self.peers) == 1 else "the fastest of " + ", ".join(
+                self.peers
+            )
+            return f">= {self.value:g}x {who}"
+        return f"{'>=' if m.higher_is_better else '<='} {self.value:,g}"
+
+    def judge(self, values: dict[str, dict[str, float]]) -> tuple[str, str]:
+        """('met'|'MISSED'|'not measured', detail)."""
+        m = SERVER_METRIC[self.key]
+        mine = values.get("lmq", {}).get(self.key)
+        if mine is None or math.isnan(mine):
+            return "not measured", ""
+        if not self.peers:
+            ok = mine >= self.value if m.higher_is_better else mine <= self.value
+            return ("met" if ok else "MISSED"), _fmt(mine, m.digits)
+        theirs = {p: values.get(p, {}).get(self.key) for p in self.peers}
+        known = {p: v for p, v in theirs.items() if v}
+        if not known:
+            return "not measured", "no peer figure"
+        best = max(known, key=lambda p: known[p]) if m.higher_is_better else min(
+            known, key=lambda p: known[p]
+        )
+        ratio = mine / known[best] if m.higher_is_better else known[best] / mine
+        return ("met" if ratio >= self.value else "MISSED"), f"{ratio:.2f}x {best}"
+
+
+SERVER_TARGETS: dict[str, list[Target]] = {
+    "postgresql": [
+        Target("drain", 15_000),
+        Target("drain", 3, ("pgqueuer",)),
+        Target("pickup_p50", 3),
+        Target("bulk", 100_000),
+        Target("claim_ratio", 1.5),
+    ],
+    "redis": [
+        Target("drain", 20_000),
+        Target("drain", 5, ("saq", "huey", "dramatiq")),
+        Target("pickup_p50", 3),
+        Target("claim_ratio", 1.5),
+    ],
+    "mysql": [
+        Target("drain", 10_000),
+        Target("claim_ratio", 1.5),
+    ],
+}
+
+
+def server_table(backend: str, values: dict[str, dict[str, float]], systems: list[str]) -> str:
+    """One backend's figures, a column per system, and lmq's targets per row."""
+    targets = SERVER_TARGETS.get(backend, [])
+    head = "| figure | unit | " + " | ".join(systems) + " | target for lmq |"
+    rows = [head, "| --- | --- | " + " | ".join("---:" for _ in systems) + " | --- |"]
+    for m in SERVER_METRICS:
+        cells = [values.get(s, {}).get(m.key) for s in systems]
+        if all(c is None for c in cells):
+            continue
+        verdicts = []
+        for t in (t for t in targets if t.key == m.key):
+            verdict, detail = t.judge(values)
+            verdicts.append(f"{verdict} ({t.text()}{': ' + detail if detail else ''})")
+        label = "↳ " + m.label.strip() if m.label.startswith("  ") else m.label
+        rows.append(
+            f"| {label} | {m.unit} | " + " | ".join(_fmt(c, m.digits) for c in cells)
+            + f" | {'; '.join(verdicts)} |"
+        )
+    return "\n".join(rows)
+
+
+def server_targets(backend: str, values: dict[str, dict[str, float]]) -> str:
+    """The issue's targets for this backend, one row each: met, MISSED or not measured."""
+    rows = ["| target (issue 3) | lmq | verdict |", "| --- | ---: | --- |"]
+    for t in SERVER_TARGETS.get(backend, []):
+        m = SERVER_METRIC[t.key]
+        verdict, detail = t.judge(values)
+        mine = values.get("lmq", {}).get(t.key)
+        shown = detail if t.peers else _fmt(mine, m.digits)
+        rows.append(f"| {m.label.strip()} {t.text()} {m.unit if not t.peers else ''} "
+                    f"| {shown or '—'} | {verdict} |")  # fmt: skip
+    return "\n".join(rows)
+
+
+def render_backend(doc: dict, backend: str) -> str:  # type: ignore[type-arg]
+    """Markdown for one backend of a results JSON written by ``bench --backend ...``."""
+    data = doc["backends"][backend]
+    lines = [
+        f"### {data['title']}",
+        "",
+        f"Produced on {doc['started']} UTC by:",
+        "",
+        "```",
+        doc["command"],
+        "```",
+        "",
+        "Machine: " + "; ".join(f"{k} {v}" for k, v in doc["machine"].items())
+        + f"; load average at start {doc['load'][0]}, at end {doc['load'][1]}.",
+        "",
+        data["server"],
+        "",
+        server_table(backend, data["values"], data["systems"]),
+        "",
+        server_targets(backend, data["values"]),
+        "",
+    ]
+    for system in data["systems"]:
+        notes = data["notes"].get(system, {})
+        items = [
+            (SERVER_METRIC[k].label.strip().replace("same, ", ""), n)
+            for k, n in notes.items()
+            if k in SERVER_METRIC
+        ]
+        if items or notes.get("about"):
+            lines += [f"{system}:", ""]
+            if notes.get("about"):
+                lines.append(f"- {notes['about']}")
+            lines += [f"- {label}: {note}" for label, note in items]
+            lines.append("")
+    for e in data.get("errors", []):
+        lines.append(f"- FAILED: {e}")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def render_servers(doc: dict) -> str:  # type: ignore[type-arg]
+    return "\n".join(render_backend(doc, b) for b in doc["backends"])
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    with open(sys.argv[1]) as f:
+        print(render_servers(json.load(f)), end="")

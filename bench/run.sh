@@ -3,6 +3,7 @@
 # (editable) plus bench/requirements.txt from PyPI, then runs bench.py with the arguments.
 #   bench/run.sh --quick
 #   bench/run.sh --out docs/benchmarks.md
+#   bench/run.sh --backend postgresql --docs docs/benchmarks.md   (see --help)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 venv="$here/.venv"
@@ -14,7 +15,8 @@ stamp="$venv/.installed"
 if [ ! -f "$stamp" ] || [ "$here/requirements.txt" -nt "$stamp" ] \
         || [ "$here/../pyproject.toml" -nt "$stamp" ]; then
     "$venv/bin/python" -m pip install --quiet --upgrade pip
-    "$venv/bin/python" -m pip install --quiet -e "$here/.." -r "$here/requirements.txt"
+    "$venv/bin/python" -m pip install --quiet -e "$here/..[postgres,mysql,redis]" \
+        -r "$here/requirements.txt"
     touch "$stamp"
 fi
 export BENCH_CMD="bench/run.sh${*:+ $*}"

@@ -1,0 +1,178 @@
+"""lmq's side of the server-backend benchmark (bench --backend postgresql|redis|mysql).
+
+Every measurement gets a fresh place (see serverdb.py): on PostgreSQL and MariaDB the
+database ``lmqbench_lmq`` dropped and created again plus a fresh ``?prefix=``; on Redis a
+fresh key prefix in db 12, whose keys are deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import lmq
+import serverdb
+from common import latency_figures, read_latencies, read_spans, say, trickle, wait_until
+from lmq.models import ClaimRequest, CompleteBatch
+from procs import BenchError, child_env, python_cmd, spawn, stop, wait
+
+DB = "lmqbench_lmq"
+
+
+@contextmanager
+def place(backend: str, server_url: str) -> Iterator[str]:
+    """A fresh, empty queue URL on ``server_url``'s server; removed afterwards."""
+    prefix = serverdb.fresh_prefix()
+    if backend == "postgresql":
+        url = serverdb.pg_fresh_db(server_url, DB) + f"?prefix={prefix}"
+    elif backend == "mysql":
+        url = serverdb.my_fresh_db(server_url, DB) + f"?prefix={prefix}"
+    elif backend == "redis":
+        url = serverdb.redis_db_url(server_url, serverdb.LMQ_REDIS_DB) + f"?prefix={prefix}"
+    else:
+        raise ValueError(backend)
+    try:
+        yield url
+    finally:
+        if backend == "postgresql":
+            serverdb.pg_drop_db(server_url, DB)
+        elif backend == "mysql":
+            serverdb.my_drop_db(server_url, DB)
+        else:
+            serverdb.redis_drop_prefix(url, prefix)
+
+
+def _queue(url: str) -> lmq.Queue:
+    q = lmq.Queue(url)
+    q.migrate()
+    return q
+
+
+def _fill(q: lmq.Queue, n: int, chunk: int, task: str = "noop_async") -> float:
+    t = time.perf_counter()
+    for start in range(0, n, chunk):
+        q.enqueue_many([(task, {"n": i}) for i in range(start, min(start + chunk, n))])
+    return time.perf_counter() - t
+
+
+def _worker(d: Path, url: str, concurrency: int, burst: bool) -> Any:
+    cmd = python_cmd("-m", "lmq", "worker", "--app", "benchapp", "--url", url,
+                     "-c", str(concurrency), "-p", "1", "-q")  # fmt: skip
+    if burst:
+        cmd.append("--burst")
+    return spawn(cmd, log=d / "worker.log", env=child_env(BENCH_STATS_DIR=str(d)), cwd=d)
+
+
+def drain(backend: str, server_url: str, d: Path, n: int, chunk: int, concurrency: int,
+          timeout: float) -> dict[str, float]:  # fmt: skip
+    with place(backend, server_url) as url:
+        q = _queue(url)
+        fill = _fill(q, n, chunk)
+        if q.counts()["pending"] != n:
+            raise BenchError(f"lmq stored {q.counts()} instead of {n} pending")
+        t0 = time.time()
+        proc = _worker(d, url, concurrency, burst=True)
+        try:
+            rc = wait(proc, timeout, "lmq worker --burst", d / "worker.log")
+        finally:
+            stop(proc)
+        wall = time.time() - t0
+        counts = q.counts()
+        q.close()
+    if rc != 0:
+        raise BenchError(f"lmq worker exited {rc}; see {d / 'worker.log'}")
+    if counts["done"] != n:
+        raise BenchError(f"after the drain: {counts}, expected {n} done; see {d}")
+    first, last = read_spans(d)
+    out = {
+        "drain": n / wall,
+        "drain_run": n / (last - first) if last > first else float("nan"),
+        "fill": n / fill,
+        "startup": first - t0,
+        "exit": t0 + wall - last,
+    }
+    say(f"  lmq drain -c {concurrency}: {out['drain']:,.0f}/s spawn to exit ({wall:.2f} s), "
+        f"{out['drain_run']:,.0f}/s first to last task")  # fmt: skip
+    return out
+
+
+def pickup(backend: str, server_url: str, d: Path, samples: int, interval: float,
+           warm: int = 5) -> tuple[float, float]:  # fmt: skip
+    with place(backend, server_url) as url:
+        q = _queue(url)
+        proc = _worker(d, url, 10, burst=False)
+        try:
+            wait_until(lambda: bool(q.workers()), 30, "the worker's heartbeat", proc)
+            time.sleep(1.0)
+            for _ in range(warm):
+                q.enqueue("pickup", {"t": time.time()})
+                time.sleep(0.1)
+            wait_until(lambda: q.counts()["done"] >= warm, 30, "the warm-up tasks", proc)
+            trickle(samples, interval, lambda t: q.enqueue("pickup", {"t": t}))
+            wait_until(lambda: q.counts()["done"] >= warm + samples, 60, "the trickle", proc)
+        finally:
+            stop(proc)
+            q.close()
+    lat = read_latencies(d)
+    if len(lat) != warm + samples:
+        raise BenchError(f"{len(lat)} pickup latencies recorded, expected {warm + samples}")
+    p50, p99 = latency_figures(lat[warm:])
+    say(f"  lmq pickup: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+    return p50, p99
+
+
+def bulk(backend: str, server_url: str, n: int, chunk: int) -> float:
+    with place(backend, server_url) as url:
+        q = _queue(url)
+        secs = _fill(q, n, chunk)
+        pending = q.counts()["pending"]
+        q.close()
+    if pending != n:
+        raise BenchError(f"bulk enqueue stored {pending} pending instead of {n}")
+    say(f"  lmq bulk enqueue: {n / secs:,.0f}/s ({n:,} in calls of {chunk:,})")
+    return n / secs
+
+
+def enqueue_loop(backend: str, server_url: str, n: int) -> float:
+    with place(backend, server_url) as url:
+        q = _queue(url)
+        for i in range(20):
+            q.enqueue("noop_async", {"n": -i})
+        t = time.perf_counter()
+        for i in range(n):
+            q.enqueue("noop_async", {"n": i})
+        secs = time.perf_counter() - t
+        q.close()
+    say(f"  lmq single enqueues: {n / secs:,.0f}/s")
+    return n / secs
+
+
+def claim_cost(backend: str, server_url: str, pending: int, chunk: int, limit: int,
+               repeats: int) -> float:  # fmt: skip
+    """Median ms of ``claim(limit)`` with ``pending`` ready tasks; each claim's tasks are
+    released straight away (not timed), so the backlog stays at ``pending``."""
+    with place(backend, server_url) as url:
+        q = _queue(url)
+        t = time.perf_counter()
+        _fill(q, pending, chunk)
+        say(f"  filled {pending:,} in {time.perf_counter() - t:.1f} s")
+        b = q.backend
+        req = ClaimRequest(worker_id="bench-claim", limit=limit, lease=60.0)
+        samples = []
+        for i in range(repeats + 2):
+            t = time.perf_counter()
+            got = b.claim(req)
+            ms = (time.perf_counter() - t) * 1000
+            if len(got.tasks) != min(limit, pending):
+                raise BenchError(f"claim returned {len(got.tasks)} tasks, expected {limit}")
+            b.complete(CompleteBatch("bench-claim", released=[c.id for c in got.tasks]))
+            if i >= 2:  # two warm-ups
+                samples.append(ms)
+        q.close()
+    med = statistics.median(samples)
+    say(f"  lmq claim({limit}) with {pending:,} pending: {med:.2f} ms (median of {repeats})")
+    return med
