@@ -110,7 +110,25 @@ _OPTIONS = {"prefix", "socket_timeout", "connect_timeout", "max_connections"}
 _NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 _SCAN_CHUNK = 500
 _STATUSES = ("pending", "processing", "done")
-_HEAD_FIELDS = ("status", "queue", "task_name")
+# the task columns, in the order the "rows" script answers (see scripts.lua)
+COLUMNS = (
+    "queue",
+    "task_name",
+    "payload",
+    "priority",
+    "status",
+    "attempts",
+    "max_attempts",
+    "next_run",
+    "created",
+    "updated",
+    "locked_by",
+    "locked_until",
+    "last_error",
+    "unique_key",
+    "errors",
+    "dead_letter_id",
+)
 
 
 def load_scripts() -> dict[str, str]:
@@ -389,10 +407,16 @@ class RedisBackend:
 
     # --- inspection --------------------------------------------------------------------
 
+    def _rows(self, ids: Sequence[str]) -> list[Task]:
+        """The tasks of ``ids`` that exist, in that order."""
+        if not ids:
+            return []
+        rows = _loads(self._run("rows", list(ids)))
+        return [task_from_hash(r[0], dict(zip(COLUMNS, r[1:], strict=True))) for r in rows]
+
     def get(self, task_id: TaskId) -> Task | None:
-        tid = str(task_id)
-        h: dict[str, str] = self._pipe(lambda p: p.hgetall(self._tkey(tid)))[0]
-        return task_from_hash(tid, h) if h else None
+        found = self._rows([str(task_id)])
+        return found[0] if found else None
 
     def counts(self) -> Counts:
         nowf, pend, nproc, ndone, ndead = self._run("counts", [])
@@ -450,22 +474,15 @@ class RedisBackend:
             )
         out: list[Task] = []
         for ids in chunks:
-
-            def build(p: Any, ids: list[str] = ids) -> None:
-                for i in ids:
-                    p.hmget(self._tkey(i), _HEAD_FIELDS)
-
-            heads = self._pipe(build) if ids else []
+            heads = _loads(self._run("heads", ids)) if ids else []
             wanted = [
                 i
-                for i, (status, queue, name) in zip(ids, heads, strict=True)
+                for i, status, queue, name in heads
                 if status in statuses
                 and (flt.queue is None or queue == flt.queue)
                 and (flt.task_name is None or name == flt.task_name)
             ][: flt.limit - len(out)]
-            for i, h in zip(wanted, self._hashes([self._tkey(i) for i in wanted]), strict=True):
-                if h:
-                    out.append(task_from_hash(i, h))
+            out.extend(self._rows(wanted))
             if len(out) >= flt.limit:
                 break
         return out

@@ -2,12 +2,14 @@
 -- Blocks start with "-- name: NAME"; the "common" block is prepended to every other one.
 -- ARGV[1] is always the key prefix P: every key and channel the scripts touch starts
 -- with it (see backend.py for the layout).  Time is the server's (redis.call('TIME')).
--- "Empty string" stands for NULL in task hashes for locked_by, locked_until.
--- The hot scripts (enqueue, claim, complete) take their request as one JSON argument and
--- answer with one JSON string: cjson (C) on both ends instead of thousands of RESP items.
--- Invariant: Pqueue:leases has a field for a task exactly while its status is
--- 'processing'; the value is worker .. NUL .. ('1' if it has a unique key else '0') ..
--- queue, so acknowledging a batch reads every lease with one HMGET.
+--
+-- Tasks are stored by column, like the SQL table: one hash per column
+-- (P queue:tasks:<column>, field = task id), so a batch of n tasks is read or written
+-- with one HMGET / HSET per column instead of one command per task.  locked_by counts
+-- only while the status is 'processing' (it is not cleared afterwards), and the lease
+-- expiry lives only in the processing zset (its score): fewer writes per transition.  The hot scripts (enqueue, claim,
+-- complete) take their request as one JSON argument and answer with one JSON string:
+-- cjson (C) on both ends instead of thousands of RESP items.
 
 -- name: common
 local P = ARGV[1]
@@ -17,8 +19,6 @@ local K_QUEUES = P .. 'queue:queues'
 local K_PROC = P .. 'queue:processing'
 local K_DONE = P .. 'queue:done'
 local K_UNIQUE = P .. 'queue:unique'
-local K_LEASES = P .. 'queue:leases'
-local NULL = cjson.null
 local K_NPROC = P .. 'queue:n:processing'
 local K_NDONE = P .. 'queue:n:done'
 local K_NDEAD = P .. 'queue:n:dead'
@@ -29,8 +29,12 @@ local K_WORKERS = P .. 'queue:workers'
 local K_BEATS = P .. 'queue:beats'
 local K_META = P .. 'queue:meta'
 local CHANNEL = P .. 'queue:wake'
+local NULL = cjson.null
+local COLUMNS = {'queue', 'task_name', 'payload', 'priority', 'status', 'attempts',
+  'max_attempts', 'next_run', 'created', 'updated', 'locked_by', 'locked_until',
+  'last_error', 'unique_key', 'errors', 'dead_letter_id'}
 
-local function tkey(id) return P .. 'queue:task:' .. id end
+local function col(name) return P .. 'queue:tasks:' .. name end
 local function dkey(id) return P .. 'queue:dead:' .. id end
 local function prio_key(q) return P .. 'queue:prio:' .. q end
 local function pend_key(q, prio) return P .. 'queue:pending:' .. q .. ':' .. prio end
@@ -49,7 +53,7 @@ local function append_error(old, err)
   return string.sub(old, 1, -2) .. ',' .. err .. ']'
 end
 
--- ZADD/ZREM/... with many arguments, in chunks (Lua's unpack has a stack limit)
+-- a command with many arguments after `key`, in chunks (Lua's unpack has a stack limit)
 local function bulk(cmd, key, args)
   local n = #args
   local i = 1
@@ -74,6 +78,33 @@ local function hmget_many(key, fields)
   return out
 end
 
+-- read columns for a list of ids: get(ids, 'status', 'queue') -> {status = {...}, ...}
+local function get(ids, ...)
+  local out = {}
+  if #ids == 0 then
+    for _, c in ipairs({...}) do out[c] = {} end
+    return out
+  end
+  for _, c in ipairs({...}) do out[c] = hmget_many(col(c), ids) end
+  return out
+end
+
+-- buffered column writes: set(id, column, value) ... flush() (one HSET per column)
+local W = {}
+local function set(id, c, value)
+  local t = W[c]
+  if not t then
+    t = {}
+    W[c] = t
+  end
+  t[#t + 1] = id
+  t[#t + 1] = value
+end
+local function flush()
+  for c, t in pairs(W) do bulk('HSET', col(c), t) end
+  W = {}
+end
+
 local function add_count(tbl, q, n) tbl[q] = (tbl[q] or 0) + n end
 local function flush_counts(key, tbl)
   for q, n in pairs(tbl) do
@@ -81,10 +112,23 @@ local function flush_counts(key, tbl)
   end
 end
 
+-- pending-set additions, buffered per (queue, priority) zset
+local PEND = {}
 local function make_pending(id, q, prio, nr)
-  redis.call('ZADD', pend_key(q, prio), nr, pad(id))
-  redis.call('ZADD', prio_key(q), prio, prio)
-  redis.call('SADD', K_ACTIVE, q)
+  local k = pend_key(q, prio)
+  local z = PEND[k]
+  if not z then
+    z = {}
+    PEND[k] = z
+    redis.call('ZADD', prio_key(q), prio, prio)
+    redis.call('SADD', K_ACTIVE, q)
+  end
+  z[#z + 1] = nr
+  z[#z + 1] = pad(id)
+end
+local function flush_pending()
+  for k, z in pairs(PEND) do bulk('ZADD', k, z) end
+  PEND = {}
 end
 
 local function release_unique(ukey, id)
@@ -105,27 +149,30 @@ end
 -- expired leases go back to pending (next_run = now) with the lapse recorded
 local function rescue(now, nowf)
   local expired = redis.call('ZRANGEBYSCORE', K_PROC, '-inf', nowf, 'LIMIT', 0, 1000)
+  if #expired == 0 then return 0 end
+  redis.call('ZREM', K_PROC, unpack(expired))
+  local r = get(expired, 'status', 'attempts', 'locked_by', 'queue', 'priority', 'errors')
   local n = 0
   local nproc = {}
-  for _, id in ipairs(expired) do
-    local k = tkey(id)
-    local r = redis.call('HMGET', k, 'status', 'attempts', 'locked_by', 'queue', 'priority',
-      'errors')
-    redis.call('ZREM', K_PROC, id)
-    redis.call('HDEL', K_LEASES, id)
-    if r[1] == 'processing' then
-      local msg = 'lease expired: worker ' .. (r[3] or '?') ..
+  for j, id in ipairs(expired) do
+    if r.status[j] == 'processing' then
+      local q = r.queue[j]
+      local msg = 'lease expired: worker ' .. (r.locked_by[j] or '?') ..
         ' stopped renewing it (died or hung)'
-      local err = '{"attempt":' .. (r[2] or '0') .. ',"at":' .. nowf ..
+      local err = '{"attempt":' .. (r.attempts[j] or '0') .. ',"at":' .. nowf ..
         ',"type":"LeaseExpired","message":' .. cjson.encode(msg) .. ',"traceback":null}'
-      redis.call('HSET', k, 'status', 'pending', 'locked_by', '', 'locked_until', '',
-        'next_run', nowf, 'updated', nowf, 'last_error', msg,
-        'errors', append_error(r[6], err))
-      make_pending(id, r[4], r[5], nowf)
-      add_count(nproc, r[4], -1)
+      set(id, 'status', 'pending')
+      set(id, 'next_run', nowf)
+      set(id, 'updated', nowf)
+      set(id, 'last_error', msg)
+      set(id, 'errors', append_error(r.errors[j], err))
+      make_pending(id, q, r.priority[j], nowf)
+      add_count(nproc, q, -1)
       n = n + 1
     end
   end
+  flush()
+  flush_pending()
   flush_counts(K_NPROC, nproc)
   return n
 end
@@ -134,8 +181,8 @@ end
 -- priority DESC, next_run, id order; returns {rescued, {{id, queue, name, payload,
 -- attempts, max_attempts or null}, ...}}
 local function claim(worker, limit, lease, queues, now, nowf)
-  local out = {rescue(now, nowf)}
-  if limit <= 0 then return out end
+  local rescued = rescue(now, nowf)
+  if limit <= 0 then return {rescued, {}} end
   local qs = queues
   if not qs then qs = redis.call('SMEMBERS', K_ACTIVE) end
   local levels, prios = {}, {}
@@ -190,40 +237,42 @@ local function claim(worker, limit, lease, queues, now, nowf)
       end
     end
   end
-  if #taken == 0 then return {out[1], {}} end
+  if #taken == 0 then return {rescued, {}} end
   local untilf = fmt(now + lease)
-  local zargs, largs, rows = {}, {}, {}
+  local r = get(taken, 'queue', 'task_name', 'payload', 'attempts', 'max_attempts')
+  local zargs, rows = {}, {}
   local nproc = {}
-  for _, id in ipairs(taken) do
-    local k = tkey(id)
-    local r = redis.call('HMGET', k, 'queue', 'task_name', 'payload', 'attempts',
-      'max_attempts', 'unique_key')
-    if r[1] then
-      local att = tonumber(r[4] or '0') + 1
-      redis.call('HSET', k, 'status', 'processing', 'attempts', att, 'locked_by', worker,
-        'locked_until', untilf, 'updated', nowf)
-      zargs[#zargs + 1] = untilf
-      zargs[#zargs + 1] = id
-      largs[#largs + 1] = id
-      largs[#largs + 1] = worker .. '\0' .. (r[6] and '1' or '0') .. r[1]
-      add_count(nproc, r[1], 1)
-      rows[#rows + 1] = {id, r[1], r[2], r[3] or '{}', att, r[5] and tonumber(r[5]) or NULL}
+  local a_status, a_att, a_by, a_upd = {}, {}, {}, {}
+  for j, id in ipairs(taken) do
+    local q = r.queue[j]
+    if q then
+      local att = tonumber(r.attempts[j] or '0') + 1
+      local n = #a_status
+      a_status[n + 1] = id
+      a_status[n + 2] = 'processing'
+      a_att[n + 1] = id
+      a_att[n + 2] = att
+      a_by[n + 1] = id
+      a_by[n + 2] = worker
+      a_upd[n + 1] = id
+      a_upd[n + 2] = nowf
+      zargs[n + 1] = untilf
+      zargs[n + 2] = id
+      add_count(nproc, q, 1)
+      local m = r.max_attempts[j]
+      rows[#rows + 1] = {id, q, r.task_name[j], r.payload[j] or '{}', att,
+        m and tonumber(m) or NULL}
     end
   end
   if #zargs > 0 then
+    bulk('HSET', col('status'), a_status)
+    bulk('HSET', col('attempts'), a_att)
+    bulk('HSET', col('locked_by'), a_by)
+    bulk('HSET', col('updated'), a_upd)
     bulk('ZADD', K_PROC, zargs)
-    bulk('HSET', K_LEASES, largs)
   end
   flush_counts(K_NPROC, nproc)
-  return {out[1], rows}
-end
-
--- a lease value (see the header) -> its worker matches?, has a unique key?, queue
-local function lease_of(v, worker)
-  if not v then return false end
-  local n = #worker
-  if string.sub(v, 1, n + 1) ~= worker .. '\0' then return false end
-  return true, string.sub(v, n + 2, n + 2) == '1', string.sub(v, n + 3)
+  return {rescued, rows}
 end
 
 -- parse "nq, q1..qn" at ARGV[i]; returns queues (nil when nq = 0) and the next index
@@ -233,6 +282,21 @@ local function read_queues(i)
   local qs = {}
   for j = 1, nq do qs[j] = ARGV[i + j] end
   return qs, i + nq + 1
+end
+
+-- ids of `sel` (a list) still processing under `worker`: returns the held ids with
+-- the columns asked for (aligned with the held list)
+local function held_by(worker, sel, ...)
+  local r = get(sel, 'status', 'locked_by', ...)
+  local held, cols = {}, {}
+  for _, c in ipairs({...}) do cols[c] = {} end
+  for j, id in ipairs(sel) do
+    if r.status[j] == 'processing' and r.locked_by[j] == worker then
+      held[#held + 1] = id
+      for c, v in pairs(cols) do v[#held] = r[c][j] end
+    end
+  end
+  return held, cols
 end
 
 -- name: enqueue
@@ -246,8 +310,10 @@ local n = #tasks
 local last = redis.call('INCRBY', K_IDS, n)
 local base = last - n
 local out = {}
-local zadds = {}
+local c_q, c_name, c_pay, c_prio, c_st, c_att, c_nr, c_cr, c_upd = {}, {}, {}, {}, {}, {},
+  {}, {}, {}
 local ready = false
+local queues = {}
 for i = 1, n do
   local t = tasks[i]
   local q, ukey = t[3], t[8]
@@ -263,30 +329,49 @@ for i = 1, n do
     nr = nr + t[7]
     local nrs = fmt(nr)
     if nr <= now then ready = true end
-    local k = tkey(id)
-    redis.call('HSET', k, 'id', id, 'queue', q, 'task_name', t[1], 'payload', t[2],
-      'priority', prio, 'status', 'pending', 'attempts', '0', 'next_run', nrs,
-      'created', created, 'updated', nowf)
-    if t[5] ~= NULL then redis.call('HSET', k, 'max_attempts', string.format('%d', t[5])) end
+    local m = #c_q
+    c_q[m + 1] = id
+    c_q[m + 2] = q
+    c_name[m + 1] = id
+    c_name[m + 2] = t[1]
+    c_pay[m + 1] = id
+    c_pay[m + 2] = t[2]
+    c_prio[m + 1] = id
+    c_prio[m + 2] = prio
+    c_st[m + 1] = id
+    c_st[m + 2] = 'pending'
+    c_att[m + 1] = id
+    c_att[m + 2] = '0'
+    c_nr[m + 1] = id
+    c_nr[m + 2] = nrs
+    c_cr[m + 1] = id
+    c_cr[m + 2] = created
+    c_upd[m + 1] = id
+    c_upd[m + 2] = nowf
+    if t[5] ~= NULL then set(id, 'max_attempts', string.format('%d', t[5])) end
     if ukey then
-      redis.call('HSET', k, 'unique_key', ukey)
+      set(id, 'unique_key', ukey)
       redis.call('HSET', K_UNIQUE, ukey, id)
     end
-    local pk = pend_key(q, prio)
-    local z = zadds[pk]
-    if not z then
-      z = {}
-      zadds[pk] = z
-      redis.call('ZADD', prio_key(q), prio, prio)
-      redis.call('SADD', K_ACTIVE, q)
+    if not queues[q] then
+      queues[q] = true
       redis.call('SADD', K_QUEUES, q)
     end
-    z[#z + 1] = nrs
-    z[#z + 1] = pad(id)
+    make_pending(id, q, prio, nrs)
     out[i] = id
   end
 end
-for pk, z in pairs(zadds) do bulk('ZADD', pk, z) end
+bulk('HSET', col('queue'), c_q)
+bulk('HSET', col('task_name'), c_name)
+bulk('HSET', col('payload'), c_pay)
+bulk('HSET', col('priority'), c_prio)
+bulk('HSET', col('status'), c_st)
+bulk('HSET', col('attempts'), c_att)
+bulk('HSET', col('next_run'), c_nr)
+bulk('HSET', col('created'), c_cr)
+bulk('HSET', col('updated'), c_upd)
+flush()
+flush_pending()
 if ready then redis.call('PUBLISH', CHANNEL, '1') end
 return table.concat(out, ',')
 
@@ -310,86 +395,93 @@ local wake = false
 local nproc, ndone, ndead = {}, {}, {}
 local rem = {}
 
-local done = req[2]
+local done, dc = held_by(worker, req[2], 'queue', 'unique_key')
 if #done > 0 then
-  local leases = hmget_many(K_LEASES, done)
   local dz = {}
   for j, id in ipairs(done) do
-    local mine, has_ukey, q = lease_of(leases[j], worker)
-    if mine then
-      local k = tkey(id)
-      redis.call('HSET', k, 'status', 'done', 'locked_by', '', 'locked_until', '',
-        'updated', nowf)
-      rem[#rem + 1] = id
-      dz[#dz + 1] = nowf
-      dz[#dz + 1] = id
-      if has_ukey then release_unique(redis.call('HGET', k, 'unique_key'), id) end
-      add_count(nproc, q, -1)
-      add_count(ndone, q, 1)
-    end
+    set(id, 'status', 'done')
+    set(id, 'updated', nowf)
+    rem[#rem + 1] = id
+    dz[#dz + 1] = nowf
+    dz[#dz + 1] = id
+    if dc.unique_key[j] then release_unique(dc.unique_key[j], id) end
+    add_count(nproc, dc.queue[j], -1)
+    add_count(ndone, dc.queue[j], 1)
   end
-  if #dz > 0 then bulk('ZADD', K_DONE, dz) end
+  bulk('ZADD', K_DONE, dz)
 end
 
+local rids, rby = {}, {}
 for _, rt in ipairs(req[3]) do
-  local id, delay, msg, err = rt[1], rt[2], rt[3], rt[4]
-  local k = tkey(id)
-  local r = redis.call('HMGET', k, 'status', 'locked_by', 'queue', 'priority', 'errors')
-  if r[1] == 'processing' and r[2] == worker then
-    local at = fmt(now + delay)
-    redis.call('HSET', k, 'status', 'pending', 'locked_by', '', 'locked_until', '',
-      'next_run', at, 'updated', nowf, 'last_error', msg, 'errors', append_error(r[5], err))
-    rem[#rem + 1] = id
-    make_pending(id, r[3], r[4], at)
-    add_count(nproc, r[3], -1)
-    if delay <= 0 then wake = true end
-  end
+  rids[#rids + 1] = rt[1]
+  rby[rt[1]] = rt
+end
+local retried, rc = held_by(worker, rids, 'queue', 'priority', 'errors')
+for j, id in ipairs(retried) do
+  local rt = rby[id]
+  local delay, msg, err = rt[2], rt[3], rt[4]
+  local at = fmt(now + delay)
+  set(id, 'status', 'pending')
+  set(id, 'next_run', at)
+  set(id, 'updated', nowf)
+  set(id, 'last_error', msg)
+  set(id, 'errors', append_error(rc.errors[j], err))
+  rem[#rem + 1] = id
+  make_pending(id, rc.queue[j], rc.priority[j], at)
+  add_count(nproc, rc.queue[j], -1)
+  if delay <= 0 then wake = true end
 end
 
+local bids, bby = {}, {}
 for _, b in ipairs(req[4]) do
-  local id, reason, msg, fp, maxa, err = b[1], b[2], b[3], b[4], b[5], b[6]
-  local k = tkey(id)
-  local r = redis.call('HMGET', k, 'status', 'locked_by', 'queue', 'task_name', 'payload',
-    'priority', 'attempts', 'max_attempts', 'created', 'errors', 'unique_key')
-  if r[1] == 'processing' and r[2] == worker then
-    local dlid = string.format('%d', redis.call('INCR', K_DEAD_IDS))
-    local errors = append_error(r[10], err)
-    local dk = dkey(dlid)
-    redis.call('HSET', dk, 'id', dlid, 'task_id', id, 'queue', r[3], 'task_name', r[4],
-      'payload', r[5] or '{}', 'priority', r[6] or '0', 'attempts', r[7] or '0',
-      'max_attempts', r[8] or string.format('%d', maxa), 'error', msg, 'reason', reason,
-      'fingerprint', fp, 'created', r[9] or '', 'died_at', nowf, 'errors', errors,
-      'status', 'dead')
-    if r[11] then redis.call('HSET', dk, 'unique_key', r[11]) end
-    redis.call('HSET', k, 'status', 'dead', 'locked_by', '', 'locked_until', '',
-      'updated', nowf, 'last_error', msg, 'errors', errors, 'dead_letter_id', dlid)
-    rem[#rem + 1] = id
-    redis.call('ZADD', K_DEAD_ALL, dlid, dlid)
-    redis.call('ZADD', K_DEAD_LIVE, dlid, dlid)
-    if r[11] then release_unique(r[11], id) end
-    add_count(nproc, r[3], -1)
-    add_count(ndead, r[3], 1)
-  end
+  bids[#bids + 1] = b[1]
+  bby[b[1]] = b
+end
+local buried, bc = held_by(worker, bids, 'queue', 'task_name', 'payload', 'priority',
+  'attempts', 'max_attempts', 'created', 'errors', 'unique_key')
+for j, id in ipairs(buried) do
+  local b = bby[id]
+  local reason, msg, fp, maxa, err = b[2], b[3], b[4], b[5], b[6]
+  local q = bc.queue[j]
+  local dlid = string.format('%d', redis.call('INCR', K_DEAD_IDS))
+  local errors = append_error(bc.errors[j], err)
+  local dk = dkey(dlid)
+  redis.call('HSET', dk, 'id', dlid, 'task_id', id, 'queue', q, 'task_name',
+    bc.task_name[j], 'payload', bc.payload[j] or '{}', 'priority', bc.priority[j] or '0',
+    'attempts', bc.attempts[j] or '0',
+    'max_attempts', bc.max_attempts[j] or string.format('%d', maxa), 'error', msg,
+    'reason', reason, 'fingerprint', fp, 'created', bc.created[j] or '', 'died_at', nowf,
+    'errors', errors, 'status', 'dead')
+  local ukey = bc.unique_key[j]
+  if ukey then redis.call('HSET', dk, 'unique_key', ukey) end
+  set(id, 'status', 'dead')
+  set(id, 'updated', nowf)
+  set(id, 'last_error', msg)
+  set(id, 'errors', errors)
+  set(id, 'dead_letter_id', dlid)
+  rem[#rem + 1] = id
+  redis.call('ZADD', K_DEAD_ALL, dlid, dlid)
+  redis.call('ZADD', K_DEAD_LIVE, dlid, dlid)
+  if ukey then release_unique(ukey, id) end
+  add_count(nproc, q, -1)
+  add_count(ndead, q, 1)
 end
 
-for _, id in ipairs(req[5]) do
-  local k = tkey(id)
-  local r = redis.call('HMGET', k, 'status', 'locked_by', 'queue', 'priority', 'attempts')
-  if r[1] == 'processing' and r[2] == worker then
-    local att = math.max(tonumber(r[5] or '0') - 1, 0)
-    redis.call('HSET', k, 'status', 'pending', 'locked_by', '', 'locked_until', '',
-      'attempts', att, 'next_run', nowf, 'updated', nowf)
-    rem[#rem + 1] = id
-    make_pending(id, r[3], r[4], nowf)
-    add_count(nproc, r[3], -1)
-    wake = true
-  end
+local released, lc = held_by(worker, req[5], 'queue', 'priority', 'attempts')
+for j, id in ipairs(released) do
+  set(id, 'status', 'pending')
+  set(id, 'attempts', math.max(tonumber(lc.attempts[j] or '0') - 1, 0))
+  set(id, 'next_run', nowf)
+  set(id, 'updated', nowf)
+  rem[#rem + 1] = id
+  make_pending(id, lc.queue[j], lc.priority[j], nowf)
+  add_count(nproc, lc.queue[j], -1)
+  wake = true
 end
 
-if #rem > 0 then
-  bulk('ZREM', K_PROC, rem)
-  bulk('HDEL', K_LEASES, rem)
-end
+flush()
+flush_pending()
+if #rem > 0 then bulk('ZREM', K_PROC, rem) end
 flush_counts(K_NPROC, nproc)
 flush_counts(K_NDONE, ndone)
 flush_counts(K_NDEAD, ndead)
@@ -406,21 +498,61 @@ return result
 -- name: renew
 -- ARGV: P, worker, lease, ids...
 local now = server_now()
-local worker = ARGV[2]
 local untilf = fmt(now + tonumber(ARGV[3]))
-local held, z, ids = {}, {}, {}
+local ids = {}
 for j = 4, #ARGV do ids[#ids + 1] = ARGV[j] end
-local leases = hmget_many(K_LEASES, ids)
-for j, id in ipairs(ids) do
-  if lease_of(leases[j], worker) then
-    redis.call('HSET', tkey(id), 'locked_until', untilf)
-    held[#held + 1] = id
-    z[#z + 1] = untilf
-    z[#z + 1] = id
-  end
+local held = held_by(ARGV[2], ids)
+local z = {}
+for _, id in ipairs(held) do
+  z[#z + 1] = untilf
+  z[#z + 1] = id
 end
 if #z > 0 then bulk('ZADD', K_PROC, z) end
 return held
+
+-- name: rows
+-- ARGV: P, ids... -> JSON [[id, column values in COLUMNS order (null: absent)], ...]
+-- for the ids that exist
+local ids = {}
+for j = 2, #ARGV do ids[#ids + 1] = ARGV[j] end
+local stored = {}
+for _, c in ipairs(COLUMNS) do
+  if c ~= 'locked_until' then stored[#stored + 1] = c end
+end
+local r = get(ids, unpack(stored))
+local out = {}
+for j, id in ipairs(ids) do
+  if r.task_name[j] then
+    local row = {id}
+    local held = r.status[j] == 'processing'
+    for ci, c in ipairs(COLUMNS) do
+      local v
+      if c == 'locked_until' then
+        v = held and redis.call('ZSCORE', K_PROC, id)
+      elseif c == 'locked_by' then
+        v = held and r.locked_by[j]
+      else
+        v = r[c][j]
+      end
+      row[ci + 1] = v or NULL
+    end
+    out[#out + 1] = row
+  end
+end
+if #out == 0 then return '[]' end
+return cjson.encode(out)
+
+-- name: heads
+-- ARGV: P, ids... -> JSON [[id, status, queue, task_name], ...] for the ids that exist
+local ids = {}
+for j = 2, #ARGV do ids[#ids + 1] = ARGV[j] end
+local r = get(ids, 'status', 'queue', 'task_name')
+local out = {}
+for j, id in ipairs(ids) do
+  if r.task_name[j] then out[#out + 1] = {id, r.status[j], r.queue[j], r.task_name[j]} end
+end
+if #out == 0 then return '[]' end
+return cjson.encode(out)
 
 -- name: has_ready
 -- ARGV: P, nq, queues...  -> 1 when a pending task is due or a lease has expired
@@ -519,24 +651,25 @@ local cutoff = fmt(server_now() - tonumber(ARGV[2]))
 local batch = tonumber(ARGV[3])
 local newest = redis.call('GET', K_IDS)
 local ids = redis.call('ZRANGEBYSCORE', K_DONE, '-inf', '(' .. cutoff, 'LIMIT', 0, batch + 1)
+local cand = {}
+for _, id in ipairs(ids) do
+  if id ~= newest and #cand < batch then cand[#cand + 1] = id end
+end
 local n = 0
 local ndone = {}
-local dels, rems = {}, {}
-for _, id in ipairs(ids) do
-  if n >= batch then break end
-  if id ~= newest then
-    local k = tkey(id)
-    local r = redis.call('HMGET', k, 'status', 'queue')
-    rems[#rems + 1] = id
-    if r[1] == 'done' then
-      dels[#dels + 1] = k
-      add_count(ndone, r[2], -1)
-      n = n + 1
-    end
+local dels = {}
+local r = get(cand, 'status', 'queue')
+for j, id in ipairs(cand) do
+  if r.status[j] == 'done' then
+    dels[#dels + 1] = id
+    add_count(ndone, r.queue[j], -1)
+    n = n + 1
   end
 end
-if #rems > 0 then bulk('ZREM', K_DONE, rems) end
-for _, k in ipairs(dels) do redis.call('DEL', k) end
+if #cand > 0 then bulk('ZREM', K_DONE, cand) end
+if #dels > 0 then
+  for _, c in ipairs(COLUMNS) do bulk('HDEL', col(c), dels) end
+end
 flush_counts(K_NDONE, ndone)
 return n
 
@@ -583,31 +716,39 @@ for _, dlid in ipairs(sel) do
   add_count(ndead, q, -1)
   local ukey = d[9]
   if ukey and redis.call('HEXISTS', K_UNIQUE, ukey) == 1 then ukey = false end
-  local k = tkey(id)
-  local st = redis.call('HGET', k, 'status')
+  local st = redis.call('HGET', col('status'), id)
   local revive = true
   if st == 'dead' or st == 'discarded' then
-    redis.call('HSET', k, 'status', 'pending', 'attempts', '0', 'next_run', nowf,
-      'updated', nowf, 'locked_by', '', 'locked_until', '', 'dead_letter_id', dlid)
-  elseif not st then  -- its hash is gone (deleted by hand): write it again
-    redis.call('HSET', k, 'id', id, 'queue', q, 'task_name', d[3], 'payload', d[4] or '{}',
-      'priority', prio, 'status', 'pending', 'attempts', '0', 'next_run', nowf,
-      'created', d[7] or '', 'updated', nowf, 'errors', d[8] or '[]', 'dead_letter_id', dlid)
-    if d[6] then redis.call('HSET', k, 'max_attempts', d[6]) end
+    set(id, 'status', 'pending')
+  elseif not st then  -- its row is gone (deleted by hand): write it again
+    set(id, 'queue', q)
+    set(id, 'task_name', d[3])
+    set(id, 'payload', d[4] or '{}')
+    set(id, 'priority', prio)
+    set(id, 'status', 'pending')
+    set(id, 'created', d[7] or '')
+    set(id, 'errors', d[8] or '[]')
+    if d[6] then set(id, 'max_attempts', d[6]) end
   else
     revive = false  -- already live again some other way
   end
   if revive then
+    set(id, 'attempts', '0')
+    set(id, 'next_run', nowf)
+    set(id, 'updated', nowf)
+    set(id, 'dead_letter_id', dlid)
     if ukey then
-      redis.call('HSET', k, 'unique_key', ukey)
+      set(id, 'unique_key', ukey)
       redis.call('HSET', K_UNIQUE, ukey, id)
     else
-      redis.call('HDEL', k, 'unique_key')
+      redis.call('HDEL', col('unique_key'), id)
     end
     make_pending(id, q, prio, nowf)
   end
   out[#out + 1] = id
+  flush()
 end
+flush_pending()
 flush_counts(K_NDEAD, ndead)
 if #out > 1 then redis.call('PUBLISH', CHANNEL, '1') end
 return out
@@ -638,9 +779,9 @@ for _, dlid in ipairs(sel) do
   redis.call('HSET', dk, 'status', 'discarded', 'discarded_at', nowf)
   redis.call('ZREM', K_DEAD_LIVE, dlid)
   add_count(ndead, d[2], -1)
-  local k = tkey(d[1])
-  if redis.call('HGET', k, 'status') == 'dead' then
-    redis.call('HSET', k, 'status', 'discarded', 'updated', nowf)
+  if redis.call('HGET', col('status'), d[1]) == 'dead' then
+    redis.call('HSET', col('status'), d[1], 'discarded')
+    redis.call('HSET', col('updated'), d[1], nowf)
   end
 end
 flush_counts(K_NDEAD, ndead)
