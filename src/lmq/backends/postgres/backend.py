@@ -217,16 +217,17 @@ class PostgresBackend:
     def _tx(self, conn: psycopg.Connection[Any], worker: bool = False) -> Iterator[None]:
         """One transaction, its statements pipelined (one round trip) unless disabled.
 
-        ``worker``: a claim or acknowledgement (see ``async_commit`` in queries.sql), whose
-        plans walk the ready index (``plan_by_index``).
+        Its plans walk the ready index (``plan_by_index`` in queries.sql); ``worker``: a
+        claim or acknowledgement, which commits asynchronously unless ``async_ack=false``.
         """
         with contextlib.ExitStack() as stack:
             if self.pipeline:
                 stack.enter_context(conn.pipeline())
             stack.enter_context(conn.transaction())
-            conn.execute(self.q["plan_by_index"])
             if worker and self.async_ack:
-                conn.execute(self.q["async_commit"])
+                conn.execute(self.q["plan_by_index_async_commit"])
+            else:
+                conn.execute(self.q["plan_by_index"])
             yield
 
     def close(self) -> None:
@@ -444,8 +445,10 @@ class PostgresBackend:
         return row[0], row[1], row[2]
 
     def has_ready(self, queues: tuple[str, ...] | None) -> bool:
-        due, expiry, now = self._due(queues)
-        return (due is not None and due <= now) or (expiry is not None and expiry <= now)
+        sql = self._queries("has_ready", queues)
+        with self._conn() as conn:
+            row = conn.execute(sql, {"queues": list(queues or ())}).fetchone()
+        return bool(row and row[0])
 
     def next_due(self, queues: tuple[str, ...] | None) -> float | None:
         due, expiry, now = self._due(queues)

@@ -116,11 +116,12 @@ UPDATE {prefix}queue_tasks t
 -- them; with this the claim's cost does not grow with the backlog whatever it believes.
 SELECT set_config('enable_sort', 'off', true)
 
--- name: async_commit
--- claims and acknowledgements (only those) commit without waiting for the WAL flush: a
--- server crash may forget the last fraction of a second of them, which only makes those
--- tasks run again (at-least-once holds: nothing enqueued is lost); ?async_ack=false waits
-SELECT set_config('synchronous_commit', 'off', true)
+-- name: plan_by_index_async_commit
+-- the same for claims and acknowledgements, which (only those) also commit without
+-- waiting for the WAL flush: a server crash may forget the last fraction of a second of
+-- them, which only makes those tasks run again (at-least-once holds: nothing enqueued is
+-- lost); ?async_ack=false waits
+SELECT set_config('enable_sort', 'off', true), set_config('synchronous_commit', 'off', true)
 
 -- name: claim
 UPDATE {prefix}queue_tasks t
@@ -152,6 +153,14 @@ UPDATE {prefix}queue_tasks t
          FOR UPDATE SKIP LOCKED) c
  WHERE t.id = c.id
 RETURNING t.id, t.queue, t.task_name, t.payload, t.attempts, t.max_attempts
+
+-- name: has_ready
+-- "is anything claimable?" for idle workers: EXISTS plans stop at the first row found, so
+-- it walks the ready index (and the lease index) from the front whatever the statistics
+SELECT EXISTS (SELECT 1 FROM {prefix}queue_tasks
+                WHERE status = 'pending' AND next_run <= {prefix}queue_now() {queue_filter})
+    OR EXISTS (SELECT 1 FROM {prefix}queue_tasks
+                WHERE status = 'processing' AND locked_until <= {prefix}queue_now())
 
 -- name: due
 -- the earliest next_run among pending tasks (one index probe per distinct priority, a
