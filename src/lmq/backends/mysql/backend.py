@@ -245,12 +245,20 @@ class MySQLBackend:
             None if self.claim_mode_option == "auto" else self.claim_mode_option
         )
         self._claim_sql: dict[tuple[str, ...] | None, tuple[str, dict[str, str]]] = {}
+        self.lock_retries = 0  # transactions re-run after a deadlock or lock wait timeout
 
     # --- connections ---------------------------------------------------------------------
 
     def _connect(self) -> Connection:
+        params = self._params
         try:
-            conn: Connection = pymysql.connect(**self._params)
+            # the whole handshake within connect_timeout (PyMySQL would wait read_timeout
+            # for a server that accepts the TCP connection and never greets), then the
+            # session's own read/write timeouts
+            limit = params["connect_timeout"]
+            conn: Connection = pymysql.connect(
+                **{**params, "read_timeout": limit, "write_timeout": limit}
+            )
             with conn.cursor() as cur:
                 cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
                 cur.execute(f"SET SESSION innodb_lock_wait_timeout = {self.lock_wait_timeout}")
@@ -258,6 +266,8 @@ class MySQLBackend:
                     cur.execute(self.q["server_info"])
                     version, step, packet = cur.fetchone()
                     self._server = (str(version), int(step or 1), int(packet or 1 << 20))
+            conn._read_timeout = params["read_timeout"]  # PyMySQL applies these per I/O call
+            conn._write_timeout = params["write_timeout"]
         except pymysql.err.MySQLError as exc:
             raise BackendUnavailable(f"cannot connect to MySQL at {self.url}: {exc}") from None
         except OSError as exc:
@@ -358,6 +368,7 @@ class MySQLBackend:
                     if not deadline:
                         deadline = now + _RETRY_FOR
                     if now < deadline:
+                        self.lock_retries += 1
                         time.sleep(random.uniform(pause / 2, pause))  # jitter spreads waiters
                         pause = min(pause * 2, 0.1)
                         continue
@@ -479,9 +490,7 @@ class MySQLBackend:
 
     # --- producer ------------------------------------------------------------------------
 
-    def enqueue(
-        self, tasks: Sequence[NewTask], connection: object | None = None
-    ) -> list[TaskId]:
+    def enqueue(self, tasks: Sequence[NewTask], connection: object | None = None) -> list[TaskId]:
         if not tasks:
             return []
         if connection is not None:  # the application's transaction: it commits, not lmq
@@ -524,8 +533,16 @@ class MySQLBackend:
             size = 0
 
         for t in tasks:
-            args = (t.task_name, t.payload_json, t.queue, t.priority, t.max_attempts, t.run_at,
-                    t.delay, t.unique_key)
+            args = (
+                t.task_name,
+                t.payload_json,
+                t.queue,
+                t.priority,
+                t.max_attempts,
+                t.run_at,
+                t.delay,
+                t.unique_key,
+            )
             if t.unique_key is not None:
                 flush()
                 cur.execute(self.q["insert_unique"], args)
@@ -799,9 +816,7 @@ class MySQLBackend:
                 if n < request.batch:
                     break
         removed += self._run(
-            lambda cur: cur.execute(
-                self.q["prune_workers"], {"age": request.workers_stale_after}
-            ),
+            lambda cur: cur.execute(self.q["prune_workers"], {"age": request.workers_stale_after}),
             tx=False,
         )
         return int(removed)

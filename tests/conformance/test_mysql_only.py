@@ -1,0 +1,637 @@
+"""MySQL / MariaDB specifics, against the server ``$LMQ_TEST_MYSQL_URL`` names.
+
+Both claim strategies (SKIP LOCKED and the atomic-UPDATE fallback), concurrent claimers and
+producers (deadlocks retried inside the backend), the schema file against the migrations,
+a WordPress database with ``wp_`` tables and the seed's bare ``$wpdb->insert``, utf8mb4,
+and the errors (missing or old schema, unreachable server, lost connection).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+import pymysql
+import pytest
+
+import lmq
+from lmq.backends.mysql.backend import SCHEMA_VERSION, MySQLBackend, supports_skip_locked
+from lmq.models import ClaimRequest, CompleteBatch, NewTask, TaskId
+from lmq_testservers import drop_prefix
+
+from .helpers import EMPTY, claim, complete, ids, retry, run_burst, wait_for
+
+BASE = os.environ.get("LMQ_TEST_MYSQL_URL", "")
+pytestmark = pytest.mark.skipif(not BASE, reason="set LMQ_TEST_MYSQL_URL to a MySQL/MariaDB URL")
+
+MODES = ["skip_locked", "update"]
+
+
+def with_options(url: str, **options: str) -> str:
+    """``url`` with its query options updated (``claim``, ``prefix``, ...)."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query.update(options)
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def connect(url: str = BASE, database: str | None = None, **kw: Any) -> Any:
+    parts = urlsplit(url)
+    return pymysql.connect(
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or 3306,
+        user=unquote(parts.username or "root"),
+        password=unquote(parts.password or ""),
+        database=database if database is not None else parts.path.lstrip("/"),
+        charset="utf8mb4",
+        autocommit=True,
+        connect_timeout=5,
+        **kw,
+    )
+
+
+def fresh_prefix() -> str:
+    return f"m{uuid.uuid4().hex[:8]}_"
+
+
+@contextlib.contextmanager
+def prefixed(migrate: bool = True, **options: str) -> Iterator[str]:
+    """A URL with a fresh prefix (migrated unless told not to); dropped afterwards."""
+    prefix = fresh_prefix()
+    url = with_options(BASE, prefix=prefix, **options)
+    try:
+        if migrate:
+            with lmq.Queue(url) as q:
+                q.migrate()
+        yield url
+    finally:
+        drop_prefix(BASE.split("?", 1)[0], prefix)
+
+
+@pytest.fixture(params=MODES)
+def mode_queue(request: pytest.FixtureRequest) -> Iterator[lmq.Queue]:
+    with prefixed(claim=request.param) as url, lmq.Queue(url) as q:
+        backend = q.backend
+        assert isinstance(backend, MySQLBackend)
+        assert backend.claim_mode() == request.param
+        yield q
+
+
+# --- claim strategies ---------------------------------------------------------------------
+
+
+def test_version_decides_the_claim_strategy() -> None:
+    assert supports_skip_locked("10.6.0-MariaDB")
+    assert supports_skip_locked("10.11.19-MariaDB-0+deb12u1")
+    assert supports_skip_locked("5.5.5-10.11.6-MariaDB")  # the old replication-safe prefix
+    assert not supports_skip_locked("10.5.22-MariaDB")
+    assert supports_skip_locked("8.0.36")
+    assert supports_skip_locked("8.0.1")
+    assert not supports_skip_locked("8.0.0-dmr")
+    assert not supports_skip_locked("5.7.44-log")
+    with prefixed() as url, lmq.Queue(url) as q:
+        backend = q.backend
+        assert isinstance(backend, MySQLBackend)
+        with connect() as conn, conn.cursor() as cur:
+            cur.execute("SELECT VERSION()")
+            (version,) = cur.fetchone()
+        expected = "skip_locked" if supports_skip_locked(version) else "update"
+        assert backend.claim_mode() == expected
+
+
+def test_claim_complete_in_both_modes(mode_queue: lmq.Queue) -> None:
+    q, backend = mode_queue, mode_queue.backend
+    low = q.enqueue("t", {"n": 1})
+    high = q.enqueue("t", {"n": 2}, priority=5)
+    other = q.enqueue("t", {"n": 3}, queue="other")
+    (first,) = claim(backend, "w1", limit=1)
+    assert (first.id, first.attempts, json.loads(first.payload)) == (high, 1, {"n": 2})
+    assert ids(claim(backend, "w2", queues=("other",))) == [other]
+    assert ids(claim(backend, "w3", queues=("default", "other"))) == [low]
+    assert claim(backend, "w4") == []
+    complete(backend, "w1", done=[high])
+    complete(backend, "w3", retries=[retry(low, 0, "again")])
+    complete(backend, "w2", released=[other])
+    assert q.counts() == {**EMPTY, "pending": 2, "done": 1}
+    again = claim(backend, "w5")
+    assert sorted(ids(again)) == sorted([low, other])
+    assert {c.id: c.attempts for c in again} == {low: 2, other: 1}
+    task = q.get(high)
+    assert task is not None and (task.status, task.locked_by) == ("done", None)
+
+
+def test_claim_and_complete_in_one_transaction(mode_queue: lmq.Queue) -> None:
+    q, backend = mode_queue, mode_queue.backend
+    made = q.enqueue_many([("t", {"i": i}) for i in range(6)])
+    first = claim(backend, "w", limit=3)
+    result = backend.complete(CompleteBatch("w", done=ids(first)), ClaimRequest("w", 10, 30.0))
+    assert result is not None
+    assert sorted(ids(first) + ids(result.tasks)) == sorted(made)
+    assert q.counts() == {**EMPTY, "processing": 3, "done": 3}
+
+
+def test_expired_leases_are_rescued_by_the_claim(mode_queue: lmq.Queue) -> None:
+    q, backend = mode_queue, mode_queue.backend
+    task_id = q.enqueue("t")
+    claim(backend, "gone", lease=1)
+    assert claim(backend, "w2") == []
+    wait_for(lambda: backend.has_ready(None), timeout=5)
+    result = backend.claim(ClaimRequest("w2", 5, 30.0))
+    assert ids(result.tasks) == [task_id] and result.rescued == 1
+    task = q.get(task_id)
+    assert task is not None and (task.locked_by, task.attempts) == ("w2", 2)
+    assert [e.type for e in task.errors] == ["LeaseExpired"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_concurrent_claimers_and_producers_never_share_a_task(mode: str) -> None:
+    """Several threads claim and acknowledge while others enqueue (some with unique keys):
+    no exception reaches them (deadlocks and lock waits are retried inside the backend),
+    no task is claimed twice, and every task ends done."""
+    claimers_n, producers_n, per_producer = 6, 3, 400
+    with prefixed(claim=mode) as url:
+        queues = [lmq.Queue(url) for _ in range(3)]
+        errors: list[BaseException] = []
+        claimed: dict[str, list[TaskId]] = {f"w{n}": [] for n in range(claimers_n)}
+        made: list[TaskId] = []
+        made_lock = threading.Lock()
+        producing = threading.Event()
+        producing.set()
+        barrier = threading.Barrier(claimers_n + producers_n)
+
+        def producer(n: int) -> None:
+            q = queues[n % len(queues)]
+            rnd = random.Random(n)
+            try:
+                barrier.wait()
+                sent = 0
+                while sent < per_producer:
+                    size = rnd.choice([1, 1, 5, 20])
+                    batch = [
+                        NewTask(
+                            "t",
+                            "{}",
+                            priority=rnd.choice([0, 0, 1, 5]),
+                            unique_key=f"p{n}-{sent + i}" if rnd.random() < 0.2 else None,
+                        )
+                        for i in range(size)
+                    ]
+                    got = q.backend.enqueue(batch)
+                    with made_lock:
+                        made.extend(got)
+                    sent += size
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        def claimer(n: int) -> None:
+            worker = f"w{n}"
+            backend = queues[n % len(queues)].backend
+            held: list[TaskId] = []
+            try:
+                barrier.wait()
+                idle_since = None
+                while True:
+                    result = (
+                        backend.complete(
+                            CompleteBatch(worker, done=held), ClaimRequest(worker, 1 + n % 5, 60)
+                        )
+                        if held
+                        else backend.claim(ClaimRequest(worker, 1 + n % 5, 60))
+                    )
+                    assert result is not None
+                    held = ids(result.tasks)
+                    claimed[worker].extend(held)
+                    if held:
+                        idle_since = None
+                    elif not producing.is_set():
+                        idle_since = idle_since or time.monotonic()
+                        if time.monotonic() - idle_since > 0.5:
+                            return
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=producer, args=(n,)) for n in range(producers_n)]
+        threads += [threading.Thread(target=claimer, args=(n,)) for n in range(claimers_n)]
+        for t in threads:
+            t.start()
+        for t in threads[:producers_n]:
+            t.join(120)
+        producing.clear()
+        for t in threads[producers_n:]:
+            t.join(120)
+        try:
+            assert errors == []
+            assert not any(t.is_alive() for t in threads)
+            every = [i for mine in claimed.values() for i in mine]
+            assert len(every) == len(set(every)), "a task was claimed twice"
+            assert set(every) == set(made)
+            counts = queues[0].counts()
+            assert counts == {**EMPTY, "done": len(set(made))}
+        finally:
+            retried = sum(
+                q.backend.lock_retries for q in queues if isinstance(q.backend, MySQLBackend)
+            )
+            print(f"\n{mode}: {len(set(made))} tasks, {retried} transaction(s) re-run")
+            for q in queues:
+                q.close()
+
+
+# --- indexes ------------------------------------------------------------------------------
+
+
+def _explain(url: str, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    with connect(url, cursorclass=pymysql.cursors.DictCursor) as conn, conn.cursor() as cur:
+        cur.execute("EXPLAIN " + sql, params)
+        return list(cur.fetchall())
+
+
+def test_the_claim_reads_the_ready_index_in_order() -> None:
+    with prefixed() as url, lmq.Queue(url) as q:
+        backend = q.backend
+        assert isinstance(backend, MySQLBackend)
+        q.enqueue_many([("t", {}) for _ in range(2000)])
+        q.enqueue_many([("t", {}) for _ in range(200)], queue="other", priority=3)
+        done = claim(backend, limit=1500)
+        complete(backend, done=ids(done))
+        p = backend.prefix
+        for queues, index in (
+            (None, f"{p}queue_tasks_ready"),
+            (("other",), f"{p}queue_tasks_queue_ready"),
+        ):
+            sql, params = backend._claim_statement(queues)
+            (plan,) = _explain(url, sql, {"limit": 100, **params})
+            assert plan["key"] == index, plan
+            assert "filesort" not in (plan["Extra"] or ""), plan
+            assert plan["type"] in {"ref", "range"}, plan
+        for plan in _explain(url, backend.q["ready_state"]):
+            assert plan["table"] is None or plan["key"] == f"{p}queue_tasks_due", plan
+
+
+# --- schema ------------------------------------------------------------------------------
+
+
+def _catalog(prefix: str) -> dict[str, list[tuple[Any, ...]]]:
+    def norm(value: Any) -> Any:
+        return value.replace(prefix, "{prefix}") if isinstance(value, str) else value
+
+    with connect() as conn, conn.cursor() as cur:
+        like = prefix.replace("_", "\\_") + "%"
+        cur.execute(
+            "SELECT table_name, engine, table_collation, create_options"
+            " FROM information_schema.tables"
+            " WHERE table_schema = DATABASE() AND table_name LIKE %s ORDER BY table_name",
+            (like,),
+        )
+        tables = [tuple(map(norm, r)) for r in cur.fetchall()]
+        cur.execute(
+            "SELECT table_name, ordinal_position, column_name, column_type, is_nullable,"
+            " column_default, character_set_name, collation_name, extra,"
+            " generation_expression"
+            " FROM information_schema.columns"
+            " WHERE table_schema = DATABASE() AND table_name LIKE %s"
+            " ORDER BY table_name, ordinal_position",
+            (like,),
+        )
+        columns = [tuple(map(norm, r)) for r in cur.fetchall()]
+        cur.execute(
+            "SELECT table_name, index_name, non_unique, seq_in_index, column_name, collation,"
+            " sub_part, nullable, index_type"
+            " FROM information_schema.statistics"
+            " WHERE table_schema = DATABASE() AND table_name LIKE %s"
+            " ORDER BY table_name, index_name, seq_in_index",
+            (like,),
+        )
+        indexes = [tuple(map(norm, r)) for r in cur.fetchall()]
+    return {"tables": tables, "columns": columns, "indexes": indexes}
+
+
+def test_schema_sql_equals_the_migrations_in_order() -> None:
+    fresh, stepped = fresh_prefix(), fresh_prefix()
+    try:
+        a = MySQLBackend(lmq.url.parse_url(with_options(BASE, prefix=fresh)))
+        b = MySQLBackend(lmq.url.parse_url(with_options(BASE, prefix=stepped)))
+        assert a.run_migrations(fresh_schema=True) == list(range(1, SCHEMA_VERSION + 1))
+        assert b.run_migrations(fresh_schema=False) == list(range(1, SCHEMA_VERSION + 1))
+        assert a.schema_version() == b.schema_version() == SCHEMA_VERSION
+        one, two = _catalog(fresh), _catalog(stepped)
+        assert len(one["tables"]) == 4 and len(one["indexes"]) >= 10
+        assert one == two
+        for _name, _engine, collation, _opts in one["tables"]:
+            assert str(collation).startswith("utf8mb4")
+        assert {r[1] for r in one["tables"]} == {"InnoDB"}
+        a.close()
+        b.close()
+    finally:
+        drop_prefix(BASE.split("?", 1)[0], fresh)
+        drop_prefix(BASE.split("?", 1)[0], stepped)
+
+
+def test_concurrent_migrates_from_several_backends() -> None:
+    with prefixed(migrate=False) as url:
+        results: list[object] = []
+
+        def run() -> None:
+            try:
+                with lmq.Queue(url) as q:
+                    results.append(q.migrate())
+            except BaseException as exc:  # reported below
+                results.append(exc)
+
+        threads = [threading.Thread(target=run) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert sorted(map(str, results)) == sorted(["[1]", "[]", "[]", "[]"])
+        with lmq.Queue(url) as q:
+            assert q.migrate() == []
+            assert q.counts() == EMPTY
+
+
+def test_missing_tables_name_lmq_migrate() -> None:
+    with prefixed(migrate=False) as url, lmq.Queue(url) as q:
+        with pytest.raises(lmq.exceptions.SchemaMissing, match="lmq migrate"):
+            q.enqueue("t")
+        with pytest.raises(lmq.exceptions.SchemaMissing, match="lmq migrate"):
+            q.counts()
+        assert q.backend.schema_version() is None
+        assert q.migrate() == [1]
+        assert q.get(q.enqueue("t")) is not None
+
+
+@pytest.mark.parametrize(("stored", "message"), [("0", "lmq migrate"), ("99", "upgrade lmq")])
+def test_older_or_newer_schema_version(stored: str, message: str) -> None:
+    with prefixed() as url:
+        prefix = dict(parse_qsl(urlsplit(url).query))["prefix"]
+        with connect() as conn, conn.cursor() as cur:
+            cur.execute(
+                f"UPDATE {prefix}queue_meta SET `value` = %s WHERE `key` = 'schema_version'",
+                (stored,),
+            )
+        with lmq.Queue(url) as q, pytest.raises(lmq.exceptions.SchemaMissing, match=message):
+            q.enqueue("t")
+
+
+def test_dropped_table_later_is_schema_missing() -> None:
+    with prefixed() as url, lmq.Queue(url) as q:
+        q.enqueue("t")
+        prefix = dict(parse_qsl(urlsplit(url).query))["prefix"]
+        with connect() as conn, conn.cursor() as cur:
+            cur.execute(f"DROP TABLE {prefix}queue_dead_letters")
+        with pytest.raises(lmq.exceptions.SchemaMissing, match="lmq migrate"):
+            q.dead_letters()
+        assert q.migrate() == [1]  # repaired
+        assert q.dead_letters() == []
+
+
+# --- WordPress -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def wordpress_db() -> Iterator[str]:
+    """A database of its own with WordPress-like tables, reached with ?prefix=wp_."""
+    name = f"lmq_wp_{uuid.uuid4().hex[:8]}"
+    with connect() as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+    try:
+        with connect(database=name) as conn, conn.cursor() as cur:
+            cur.execute(
+                "CREATE TABLE wp_posts (ID BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY,"
+                " post_title TEXT) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+            )
+        parts = urlsplit(BASE)
+        url = urlunsplit(parts._replace(path=f"/{name}"))
+        yield with_options(url, prefix="wp_")
+    finally:
+        with connect() as conn, conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+@pytest.mark.parametrize("hours", [10, -10])
+def test_wpdb_bare_insert_with_site_local_created_runs_at_once(
+    wordpress_db: str, hours: int
+) -> None:
+    database = urlsplit(wordpress_db).path.lstrip("/")
+    with lmq.Queue(wordpress_db) as queue:
+        assert queue.migrate() == [1]
+        with connect(database=database) as conn, conn.cursor() as cur:
+            cur.execute("SHOW TABLES")
+            assert {r[0] for r in cur.fetchall()} == {
+                "wp_posts",
+                "wp_queue_tasks",
+                "wp_queue_dead_letters",
+                "wp_queue_workers",
+                "wp_queue_meta",
+            }
+            # a site whose MySQL session runs in local time, as $wpdb->insert writes it:
+            # current_time('mysql') is site-local, `hours` from UTC
+            cur.execute("SET time_zone = %s", (f"{hours:+03d}:00",))
+            cur.execute("SELECT DATE_FORMAT(NOW(), '%Y-%m-%d %H:%i:%s')")
+            (created,) = cur.fetchone()
+            cur.execute(
+                "INSERT INTO wp_queue_tasks (task_name, payload, status, created)"
+                " VALUES (%s, %s, %s, %s)",
+                ("import_row", json.dumps({"row": 7, "title": "Café ☕"}), "pending", created),
+            )
+            task_id = cur.lastrowid
+        seen: list[dict[str, Any]] = []
+
+        @queue.task
+        def import_row(**payload: Any) -> None:
+            seen.append(payload)
+
+        task = queue.get(task_id)
+        assert task is not None and task.status == "pending"
+        assert task.created == created  # kept as written, never used for scheduling
+        assert task.next_run is not None
+        assert abs(task.next_run.timestamp() - time.time()) < 60
+        assert run_burst(queue) == 0
+        assert seen == [{"row": 7, "title": "Café ☕"}]
+        done = queue.get(task_id)
+        assert done is not None and (done.status, done.attempts) == ("done", 1)
+
+
+def test_wp_prefix_names_every_object(wordpress_db: str) -> None:
+    database = urlsplit(wordpress_db).path.lstrip("/")
+    with lmq.Queue(wordpress_db) as queue:
+        queue.migrate()
+        with connect(database=database) as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT DISTINCT index_name FROM information_schema.statistics"
+                " WHERE table_schema = DATABASE() AND table_name LIKE 'wp\\_queue\\_%%'"
+                " AND index_name <> 'PRIMARY'"
+            )
+            names = {r[0] for r in cur.fetchall()}
+        assert names and all(n.startswith("wp_queue_") for n in names), names
+
+
+# --- utf8mb4 ---------------------------------------------------------------------------------
+
+
+def test_four_byte_characters_round_trip(mode_queue: lmq.Queue) -> None:
+    q = mode_queue
+    payload = {"emoji": "😀🎉🧵", "han": "𠜎𠜱", "mixed": "Zoë 👩‍💻 ok"}
+    task_id = q.enqueue("emoji_😀", payload, unique_key="key-🔑", queue="q-🚀")
+    assert q.enqueue("emoji_😀", {}, unique_key="key-🔑", queue="q-🚀") == task_id
+    task = q.get(task_id)
+    assert task is not None
+    assert (task.payload, task.task_name, task.unique_key, task.queue) == (
+        payload,
+        "emoji_😀",
+        "key-🔑",
+        "q-🚀",
+    )
+    (c,) = claim(q.backend, queues=("q-🚀",))
+    assert json.loads(c.payload) == payload and c.task_name == "emoji_😀"
+    complete(q.backend, retries=[retry(task_id, 0, "failed on 💥")])
+    again = q.get(task_id)
+    assert again is not None and again.last_error == "ValueError: failed on 💥"
+
+
+def test_unique_keys_are_case_sensitive(mode_queue: lmq.Queue) -> None:
+    q = mode_queue
+    assert q.enqueue("t", unique_key="Order-1") != q.enqueue("t", unique_key="order-1")
+
+
+def test_bulk_enqueue_over_several_statements_keeps_ids_in_order(mode_queue: lmq.Queue) -> None:
+    q = mode_queue
+    pad = "x" * 300
+    made = q.enqueue_many([("t", {"i": i, "pad": pad}) for i in range(12_000)])  # > 2 MB
+    assert len(set(made)) == 12_000
+    for i in (0, 1, 5000, 6999, 7000, 11_999):
+        task = q.get(made[i])
+        assert task is not None and task.payload["i"] == i
+    assert q.counts()["pending"] == 12_000
+
+
+# --- reaching the server -----------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_closed_port_is_backend_unavailable_at_once() -> None:
+    url = f"mysql://root@127.0.0.1:{_free_port()}/test"
+    started = time.monotonic()
+    with lmq.Queue(url) as q, pytest.raises(lmq.exceptions.BackendUnavailable):
+        q.enqueue("t")
+    assert time.monotonic() - started < 5
+
+
+def test_a_server_that_never_answers_times_out_with_connect_timeout() -> None:
+    with socket.socket() as listener:  # accepts TCP connections, never says hello
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        url = f"mysql://root@127.0.0.1:{port}/test?connect_timeout=1"
+        started = time.monotonic()
+        with lmq.Queue(url) as q, pytest.raises(lmq.exceptions.BackendUnavailable):
+            q.counts()
+        assert time.monotonic() - started < 5
+
+
+def test_url_options_are_checked() -> None:
+    for bad in ("?claim=fast", "?charset=latin1", "?nonsense=1", "?connect_timeout=x", ""):
+        url = "mysql://root@127.0.0.1:3306/test" + bad if bad else "mysql://root@127.0.0.1:3306"
+        with pytest.raises(lmq.exceptions.ConfigError):
+            lmq.Queue(url).backend  # noqa: B018 - opening the backend checks the URL
+
+
+class _Proxy:
+    """A TCP relay on loopback standing in for the server: stop() is a server restart."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = _free_port()
+        self._socks: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+
+    def start(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(16)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target, timeout=5)
+            upstream.settimeout(None)
+            self._socks += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(OSError):  # wakes the accept() and stops listening
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+            self._listener = None
+        for s in self._socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+        self._socks.clear()
+
+
+def test_lost_connection_is_unavailable_then_reconnects() -> None:
+    parts = urlsplit(BASE)
+    proxy = _Proxy((parts.hostname or "127.0.0.1", parts.port or 3306))
+    proxy.start()
+    try:
+        with prefixed() as url:
+            through = urlunsplit(
+                urlsplit(url)._replace(netloc=f"{parts.username or 'root'}@127.0.0.1:{proxy.port}")
+            )
+            with lmq.Queue(through) as q:
+                first = q.enqueue("t")
+                proxy.stop()  # the "server" goes away
+                started = time.monotonic()
+                with pytest.raises(lmq.exceptions.BackendUnavailable):
+                    q.enqueue("t")
+                with pytest.raises(lmq.exceptions.BackendUnavailable):
+                    q.counts()
+                assert time.monotonic() - started < 5
+                proxy.start()  # back: the next calls reconnect by themselves
+                second = q.enqueue("t")
+                assert second != first
+                assert q.counts()["pending"] == 2
+    finally:
+        proxy.stop()
+
+
+def test_a_killed_connection_is_replaced_transparently() -> None:
+    with prefixed() as url, lmq.Queue(url) as q:
+        q.enqueue("t")
+        backend = q.backend
+        assert isinstance(backend, MySQLBackend)
+        conn_id = backend._local.conn.thread_id()  # this thread's connection
+        with connect() as conn, conn.cursor() as cur:
+            cur.execute(f"KILL {int(conn_id)}")  # as wait_timeout or a DBA would
+        assert q.counts()["pending"] == 1  # found dead before anything was sent: replaced
+        assert q.enqueue("t") is not None
