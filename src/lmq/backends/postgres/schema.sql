@@ -38,8 +38,11 @@ CREATE TABLE IF NOT EXISTS {prefix}queue_tasks (
 -- fifth of their speed, so there is one.
 CREATE INDEX IF NOT EXISTS {prefix}queue_tasks_ready
     ON {prefix}queue_tasks (priority DESC, next_run, id) WHERE status = 'pending';
+-- Leases: only claimed rows have one.  Not "WHERE status = 'processing'": then every
+-- acknowledgement (id = ANY(...) AND status = 'processing') could walk this index, and
+-- without fresh statistics the planner does, through every lease since the last vacuum.
 CREATE INDEX IF NOT EXISTS {prefix}queue_tasks_lease
-    ON {prefix}queue_tasks (locked_until) WHERE status = 'processing';
+    ON {prefix}queue_tasks (locked_until) WHERE locked_until IS NOT NULL;
 CREATE INDEX IF NOT EXISTS {prefix}queue_tasks_done
     ON {prefix}queue_tasks (updated) WHERE status = 'done';
 CREATE UNIQUE INDEX IF NOT EXISTS {prefix}queue_tasks_unique
