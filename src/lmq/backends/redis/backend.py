@@ -17,40 +17,57 @@ URL options (anything else is refused):
 ``connect_timeout``  seconds to wait for a connection (default 5).
 ``max_connections``  size of the connection pool (default: unbounded).
 
-Keys, with ``P`` the prefix (schema version 1, kept in ``P queue:meta``):
+Keys, with ``P`` the prefix (schema version 1, kept in ``Pqueue:meta``):
 
-=================================  ===================================================
-``Pqueue:task:<id>``               hash: one task, fields as the SQL columns (payload
-                                   JSON text, ``errors`` a JSON list); it stays, status
-                                   ``dead``, when the task is dead-lettered
-``Pqueue:ids``                     counter (INCRBY) for task ids: strings of integers
-``Pqueue:pending:<queue>:<prio>``  zset of pending tasks (ready or scheduled) of one
-                                   queue and priority, scored by next_run; members are
-                                   zero-padded ids, so equal times sort by id
-``Pqueue:prio:<queue>``            zset of the priorities that have pending tasks
-``Pqueue:active`` / ``queues``     set of queues with pending tasks / every queue seen
-``Pqueue:processing``              zset of claimed task ids by lease expiry
-``Pqueue:done``                    zset of finished task ids by finish time (pruning)
-``Pqueue:unique``                  hash unique_key -> id of a pending/processing task
-``Pqueue:n:{processing,done,dead}``  hashes queue -> count, for counts()
-``Pqueue:dead:<id>``               hash: one dead letter; ``Pqueue:dead_ids`` counter
-``Pqueue:dead_all`` / ``dead_live``  zsets of dead-letter ids (every one / status dead)
-``Pqueue:workers`` / ``beats``     hash worker id -> heartbeat JSON / zset by last beat
-``Pqueue:meta``                    hash: ``schema_version``
-``Pqueue:wake``                    pub/sub channel for wake-ups (see ``wake.py``)
-=================================  ===================================================
+====================================  ================================================
+``Pqueue:tasks:<column>``             one hash per column of the SQL table (queue,
+                                      task_name, payload, priority, status, attempts,
+                                      max_attempts, next_run, created, updated,
+                                      locked_by, last_error, unique_key, errors,
+                                      dead_letter_id), field = task id: a batch of n
+                                      tasks costs one HMGET/HSET per column, not n
+                                      commands.  Payloads are JSON text, ``errors`` a
+                                      JSON list.  A dead-lettered task keeps its row
+                                      (status ``dead``).
+``Pqueue:ids``                        counter (INCRBY) for task ids: strings of digits
+``Pqueue:pending:<queue>:<priority>`` zset of pending tasks (ready and scheduled) of
+                                      one queue and priority, scored by next_run;
+                                      members are zero-padded ids, so equal times sort
+                                      by id
+``Pqueue:prio:<queue>``               zset of the priorities that have pending tasks
+``Pqueue:active`` / ``Pqueue:queues`` set of queues with pending tasks / every queue
+``Pqueue:processing``                 zset of claimed ids scored by lease expiry (the
+                                      only place the expiry is kept)
+``Pqueue:done``                       zset of finished ids by finish time (pruning)
+``Pqueue:unique``                     hash unique_key -> id of a pending/processing task
+``Pqueue:n:<status>``                 hashes queue -> count of processing, done, dead
+``Pqueue:dead:<id>``                  hash: one dead letter (``Pqueue:dead_ids`` counts)
+``Pqueue:dead_all`` / ``dead_live``   zsets of dead-letter ids: all / status ``dead``
+``Pqueue:workers`` / ``Pqueue:beats`` hash id -> heartbeat JSON / zset by last beat
+``Pqueue:meta``                       hash: ``schema_version``
+``Pqueue:wake``                       pub/sub channel of wake-ups (see ``wake.py``)
+====================================  ================================================
+
+There is no SQL schema to migrate: ``migrate()`` writes ``schema_version`` (1, this
+layout) into the meta hash; every other call on a prefix without it raises SchemaMissing
+naming ``lmq migrate`` (checked once per backend object).
 
 A claim reads the priority index of each queue it serves and takes the ready heads of
 the pending zsets (``ZRANGEBYSCORE -inf now LIMIT 0 n``, then ``ZREMRANGEBYRANK``): its
-cost is O(log n) per task whatever the number pending, and scheduled tasks need no
-promotion step (they sit in the same zset with a future score).
+cost is O(log n) per task however many are pending, and delayed tasks need no promotion
+step (they wait in the same zset with a future score).  Expired leases are rescued at
+the start of every claim (up to 1,000 per call).  ``list_tasks`` reads ids newest
+first, so a filter that matches only old tasks reads through the newer ones.
 
 Durability: "nothing is lost" holds on Redis only when the server keeps what it
 acknowledged: run it with ``appendonly yes`` and ``appendfsync always`` (``everysec``
 may lose the last second of writes in a power cut or kernel crash).  Without AOF, a
 restart loses everything since the last RDB snapshot.
 
-Transactional enqueue (``connection=``) is refused: Redis has no transaction to join.
+``enqueue_many`` writes up to 50,000 tasks with one script, atomically; a longer list
+goes in several scripts of 50,000 (each atomic), because a script holds the whole
+server while it runs.  Transactional enqueue (``connection=``) is refused: Redis has no
+transaction to join.
 """
 
 from __future__ import annotations
@@ -109,6 +126,7 @@ _PREFIX = re.compile(r"^[A-Za-z0-9_:.\-]{0,64}$")
 _OPTIONS = {"prefix", "socket_timeout", "connect_timeout", "max_connections"}
 _NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 _SCAN_CHUNK = 500
+ENQUEUE_CHUNK = 50_000
 _STATUSES = ("pending", "processing", "done")
 # the task columns, in the order the "rows" script answers (see scripts.lua)
 COLUMNS = (
@@ -307,9 +325,16 @@ class RedisBackend:
         if not tasks:
             return []
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
-        # NewTask is a tuple: the C encoder turns the whole batch into one JSON argument
-        reply: str = self._run("enqueue", [created, _dumps(list(tasks))])
-        return list(reply.split(","))
+        items = list(tasks)
+        ids: list[TaskId] = []
+        # one script per ENQUEUE_CHUNK tasks: atomic up to there, and the server is never
+        # held for more than about a second (every other client waits while a script runs)
+        for start in range(0, len(items), ENQUEUE_CHUNK):
+            chunk = items[start : start + ENQUEUE_CHUNK]
+            # NewTask is a tuple: the C encoder turns the batch into one JSON argument
+            reply: str = self._run("enqueue", [created, _dumps(chunk)])
+            ids.extend(reply.split(","))
+        return ids
 
     # --- worker ------------------------------------------------------------------------
 
