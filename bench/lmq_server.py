@@ -18,7 +18,7 @@ import lmq
 import serverdb
 from common import latency_figures, read_latencies, read_spans, say, trickle, wait_until
 from lmq.models import ClaimRequest, CompleteBatch
-from procs import BenchError, child_env, python_cmd, spawn, stop, wait
+from procs import BenchError, child_env, children_cpu, python_cmd, spawn, stop, wait
 
 DB = "lmqbench_lmq"
 
@@ -74,13 +74,14 @@ def drain(backend: str, server_url: str, d: Path, n: int, chunk: int, concurrenc
         fill = _fill(q, n, chunk)
         if q.counts()["pending"] != n:
             raise BenchError(f"lmq stored {q.counts()} instead of {n} pending")
-        t0 = time.time()
+        cpu0, t0 = children_cpu(), time.time()
         proc = _worker(d, url, concurrency, burst=True)
         try:
             rc = wait(proc, timeout, "lmq worker --burst", d / "worker.log")
         finally:
             stop(proc)
         wall = time.time() - t0
+        cpu = children_cpu() - cpu0
         counts = q.counts()
         q.close()
     if rc != 0:
@@ -94,6 +95,7 @@ def drain(backend: str, server_url: str, d: Path, n: int, chunk: int, concurrenc
         "fill": n / fill,
         "startup": first - t0,
         "exit": t0 + wall - last,
+        "cpu": cpu / n * 1e6,
     }
     say(f"  lmq drain -c {concurrency}: {out['drain']:,.0f}/s spawn to exit ({wall:.2f} s), "
         f"{out['drain_run']:,.0f}/s first to last task")  # fmt: skip

@@ -17,7 +17,16 @@ from typing import Any
 import peer_runner
 import serverdb
 from common import latency_figures, say, trickle
-from procs import BENCH_DIR, BenchError, child_env, python_cmd, spawn, stop, wait_for_file
+from procs import (
+    BENCH_DIR,
+    BenchError,
+    child_env,
+    children_cpu,
+    python_cmd,
+    spawn,
+    stop,
+    wait_for_file,
+)
 
 
 class Peer:
@@ -286,13 +295,14 @@ def drain(peer: Peer, d: Path, n: int, chunk: int, opts: dict[str, str],
         out = d / ("drain-" + "-".join(f"{k}{v}" for k, v in opts.items()))
         out.mkdir()
         log = out / "worker.log"
-        t0 = time.time()
         cmd = peer.worker_cmd(n, out, opts, max_seconds)
+        cpu0, t0 = children_cpu(), time.time()
         proc = spawn(cmd, log=log, env=child_env(), cwd=out)
         try:
             res = _wait_result(out, proc, log, timeout)
         finally:
             stop(proc)
+        cpu = children_cpu() - cpu0
     finally:
         peer.teardown()
     ran = res["count"]
@@ -305,6 +315,7 @@ def drain(peer: Peer, d: Path, n: int, chunk: int, opts: dict[str, str],
         "fill": n / fill,
         "startup": first - t0,
         "ran": ran,
+        "cpu": cpu / ran * 1e6,
     }
     say(f"  {peer.name} {opts}: {out_['drain']:,.0f}/s spawn to last task, "
         f"{out_['drain_run']:,.0f}/s first to last; filled at {out_['fill']:,.0f}/s")  # fmt: skip

@@ -80,6 +80,16 @@ def wait(p: subprocess.Popen[bytes], timeout: float, what: str, log: Path) -> in
         raise BenchError(f"{what} did not finish within {timeout:g}s; see {log}") from None
 
 
+def children_cpu() -> float:
+    """User + system CPU seconds of the children this process has reaped so far: the
+    difference across one child's run is that child's whole CPU time (threads and its own
+    reaped children included)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def kill_all() -> None:
     """Terminate every process group we started (SIGTERM, then SIGKILL)."""
     live = [p for p in _children if p.poll() is None]

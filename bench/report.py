@@ -130,6 +130,7 @@ def notes(results: Results) -> str:
 SERVER_METRICS = [
     Metric("drain", "no-op drain, 1 worker process", "tasks/s", True),
     Metric("drain_run", "  same, first task to last", "tasks/s", True),
+    Metric("drain_cpu", "  worker CPU time per task", "µs", False),
     Metric("pickup_p50", "pickup latency p50 (idle worker, trickle)", "ms", False, digits=2),
     Metric("pickup_p99", "pickup latency p99 (idle worker, trickle)", "ms", False, digits=2),
     Metric("bulk", "bulk enqueue (batch API)", "tasks/s", True),
@@ -229,8 +230,8 @@ def server_targets(backend: str, values: dict[str, dict[str, float]]) -> str:
         verdict, detail = t.judge(values)
         mine = values.get("lmq", {}).get(t.key)
         shown = detail if t.peers else _fmt(mine, m.digits)
-        rows.append(f"| {m.label.strip()} {t.text()} {m.unit if not t.peers else ''} "
-                    f"| {shown or '—'} | {verdict} |")  # fmt: skip
+        what = " ".join([m.label.strip(), t.text()] + ([] if t.peers else [m.unit]))
+        rows.append(f"| {what} | {shown or '—'} | {verdict} |")
     return "\n".join(rows)
 
 

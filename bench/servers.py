@@ -105,6 +105,10 @@ METHOD = """\
   included); a peer's is from spawning its process until its N-th handler call (its
   shutdown not counted). "First task to last" divides by the time between the first and
   the N-th handler call. lmq's queue is checked afterwards: N tasks `done`.
+- Worker CPU time per task: the worker process's user + system CPU time over its whole
+  life (start-up included; from `getrusage(RUSAGE_CHILDREN)` around it), divided by the
+  tasks it ran. The machine is shared (other jobs run beside the bench, see the load
+  averages), which moves the rates from run to run; CPU per task moves much less.
 - Pickup: the worker idle, 5 warm-up tasks, then one task every 20 ms; latency = the
   handler's `time.time()` minus the producer's `time.time()` just before its enqueue call.
 - Bulk: `queue.enqueue_many` in calls of 10,000 (lmq); the peer's batch API where it has
@@ -211,6 +215,7 @@ def run_backend(backend: str, url: str, sz: ServerSizes, tmp: Path, only: str | 
                         f"{sz.drain:,} tasks, `-c {sz.concurrency}`, spawn to exit; spawn to "
                         f"first task {r['startup']:.2f} s, last task to exit {r['exit']:.2f} s")
                 run.put("lmq", "drain_run", r["drain_run"])
+                run.put("lmq", "drain_cpu", r["cpu"])
         for p in peer_objs:
             tried: dict[str, dict[str, float]] = {}
             for opts in p.variants:
@@ -235,6 +240,7 @@ def run_backend(backend: str, url: str, sz: ServerSizes, tmp: Path, only: str | 
                     f"{sz.drain:,} tasks, spawn to last task; best of {summary}; spawn to "
                     f"first task {b['startup']:.2f} s")  # fmt: skip
             run.put(p.name, "drain_run", b["drain_run"])
+            run.put(p.name, "drain_cpu", b["cpu"])
             if not p.bulk_api:
                 run.put(p.name, "enqueue_loop", b["fill"], f"the drain's fill of {sz.drain:,}")
 
