@@ -19,6 +19,7 @@ plain pool does not do, and a queue needs:
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -30,6 +31,11 @@ from psycopg import errors as pgerrors
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from ...exceptions import BackendBusy, BackendError, BackendUnavailable, SchemaMissing
+
+# psycopg and its pool log every failed attempt and dropped connection as warnings; with
+# no logging configured those would reach stderr (Python's last-resort handler) next to
+# the one line a command prints.  An application that configures logging still sees them.
+logging.getLogger("psycopg").addHandler(logging.NullHandler())
 
 _IDLE_CHECK = 5.0  # seconds idle after which a pooled connection is checked before use
 _SLICE = 0.05  # getconn waits in slices, looking at connection failures in between
@@ -52,6 +58,7 @@ class _Health:
 
     def __init__(self) -> None:
         self.error: BaseException | None = None  # the last attempt's error, None if it worked
+        self.connected = False  # some attempt worked
 
 
 def _connection_class(health: _Health) -> type[psycopg.Connection[Any]]:
@@ -66,6 +73,7 @@ def _connection_class(health: _Health) -> type[psycopg.Connection[Any]]:
                 health.error = exc
                 raise
             health.error = None
+            health.connected = True
             conn.lmq_used = time.monotonic()
             return conn
 
@@ -163,6 +171,7 @@ class Pool:
     def _probe(self) -> None:
         """While the server was unreachable: one direct attempt, failing fast."""
         kwargs = {k: v for k, v in self.kwargs.items() if k != "prepare_threshold"}
+        kwargs["connect_timeout"] = max(2, round(self.connect_timeout) - 1)
         try:
             probe = psycopg.connect(self.conninfo, **kwargs)
         except psycopg.Error as exc:
@@ -175,7 +184,12 @@ class Pool:
         if self._down:
             self._probe()
         pool = self._get()
-        deadline = time.monotonic() + self.timeout
+        # until a first connection worked, give up within connect_timeout (a one-shot
+        # command must not hang on a server that drops packets); then wait for a free one
+        first = not self._health.connected
+        budget = max(1.5, self.connect_timeout - 1)
+        wait = min(self.timeout, budget) if first else self.timeout
+        deadline = time.monotonic() + wait
         while True:
             left = deadline - time.monotonic()
             try:
@@ -189,6 +203,8 @@ class Pool:
             if error is not None:
                 raise self._unavailable(error)
             if time.monotonic() >= deadline:
+                if first and not self._health.connected:
+                    raise self._unavailable(TimeoutError(f"no answer within {wait:g}s"))
                 raise BackendBusy(
                     f"PostgreSQL {self.where}: no connection free in the pool within "
                     f"{self.timeout:g}s (pool_size={self.size})"
