@@ -128,24 +128,23 @@ _NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 _SCAN_CHUNK = 500
 ENQUEUE_CHUNK = 50_000
 _STATUSES = ("pending", "processing", "done")
-# the task columns, in the order the "rows" script answers (see scripts.lua)
+# the task columns, in the order the "rows" script answers (see scripts.lua), then the
+# lease expiry
 COLUMNS = (
-    "queue",
-    "task_name",
+    "head",
     "payload",
     "priority",
     "status",
     "attempts",
-    "max_attempts",
     "next_run",
     "created",
     "updated",
-    "locked_by",
-    "locked_until",
+    "lease",
     "last_error",
     "unique_key",
     "errors",
     "dead_letter_id",
+    "locked_until",
 )
 
 
@@ -326,6 +325,9 @@ class RedisBackend:
             return []
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
         items = list(tasks)
+        for t in items:  # NUL separates the fields of the packed "head" column
+            if "\0" in t.task_name or "\0" in t.queue:
+                raise ValueError(f"task and queue names cannot hold NUL: {t.task_name!r}")
         ids: list[TaskId] = []
         # one script per ENQUEUE_CHUNK tasks: atomic up to there, and the server is never
         # held for more than about a second (every other client waits while a script runs)
@@ -345,7 +347,13 @@ class RedisBackend:
     @staticmethod
     def _claimed(reply: str) -> ClaimResult:
         rescued, rows = _loads(reply)
-        return ClaimResult(list(map(Claimed._make, rows)), rescued)
+        tasks = []
+        for task_id, head, payload, attempts in rows:
+            queue, name, max_attempts, _ = head.split("\0")
+            tasks.append(
+                Claimed(task_id, queue, name, payload, attempts, int(max_attempts or 0) or None)
+            )
+        return ClaimResult(tasks, rescued)
 
     def claim(self, request: ClaimRequest) -> ClaimResult:
         req = [request.worker_id, *self._claim_req(request)]
@@ -415,9 +423,9 @@ class RedisBackend:
         removed = 0
         batch = max(1, int(request.batch))
         while True:  # small batches: each script holds the server only briefly
-            n = int(self._run("prune_done", [repr(float(request.done_older_than)), str(batch)]))
-            removed += n
-            if n < batch:
+            n, more = self._run("prune_done", [repr(float(request.done_older_than)), str(batch)])
+            removed += int(n)
+            if not more:
                 break
         removed += int(self._run("prune_workers", [repr(float(request.workers_stale_after))]))
         return removed
@@ -500,13 +508,16 @@ class RedisBackend:
         out: list[Task] = []
         for ids in chunks:
             heads = _loads(self._run("heads", ids)) if ids else []
-            wanted = [
-                i
-                for i, status, queue, name in heads
-                if status in statuses
-                and (flt.queue is None or queue == flt.queue)
-                and (flt.task_name is None or name == flt.task_name)
-            ][: flt.limit - len(out)]
+            wanted = []
+            for i, status, head in heads:
+                queue, name, _, _ = head.split("\0")
+                if (
+                    status in statuses
+                    and (flt.queue is None or queue == flt.queue)
+                    and (flt.task_name is None or name == flt.task_name)
+                ):
+                    wanted.append(i)
+            wanted = wanted[: flt.limit - len(out)]
             out.extend(self._rows(wanted))
             if len(out) >= flt.limit:
                 break

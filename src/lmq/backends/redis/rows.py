@@ -1,8 +1,7 @@
 """Redis hashes as lmq's models.
 
-A task hash holds the SQL columns as text; ``locked_by`` and ``locked_until`` are empty
-strings while nobody holds the task (one HSET per transition instead of HSET + HDEL).
-Error histories are JSON lists; the scripts write ``"at"`` as epoch seconds (no date
+A task is a row of columns (one hash per column, see scripts.lua).  Error histories
+are JSON lists; the scripts write ``"at"`` as epoch seconds (no date
 formatting in Lua), Python writes ISO 8601: both are read here.
 """
 
@@ -20,7 +19,7 @@ def error_line(error: TaskError) -> str:
     return f"{error.type}: {error.message}" if error.message else error.type
 
 
-def _float(text: str | None) -> float | None:
+def _float(text: str | float | None) -> float | None:
     if text is None or text == "":
         return None
     try:
@@ -70,20 +69,23 @@ def parse_errors(text: str | None) -> tuple[TaskError, ...]:
     return tuple(out)
 
 
-def task_from_hash(task_id: str, h: dict[str, str]) -> Task:
+def task_from_hash(task_id: str, h: dict[str, str | None]) -> Task:
+    """A task from its columns (see scripts.lua: ``head`` and ``lease`` are packed)."""
+    queue, name, max_attempts, _ = (h.get("head") or "default\0\0\0").split("\0")
+    lease = h.get("lease")
     return Task(
-        id=h.get("id") or task_id,
-        queue=h.get("queue") or "default",
-        task_name=h.get("task_name", ""),
-        payload=loads_lenient(h.get("payload", "{}")),
+        id=task_id,
+        queue=queue,
+        task_name=name,
+        payload=loads_lenient(h.get("payload") or "{}"),
         priority=_int(h.get("priority")) or 0,
-        status=h.get("status", "pending"),
+        status=h.get("status") or "pending",
         attempts=_int(h.get("attempts")) or 0,
-        max_attempts=_int(h.get("max_attempts")),
+        max_attempts=_int(max_attempts),
         next_run=utc_from_epoch(_float(h.get("next_run"))),
         created=h.get("created") or None,
         updated=utc_from_epoch(_float(h.get("updated"))),
-        locked_by=h.get("locked_by") or None,
+        locked_by=lease.split("\0", 1)[0] if lease else None,
         locked_until=utc_from_epoch(_float(h.get("locked_until"))),
         last_error=h.get("last_error"),
         unique_key=h.get("unique_key"),
@@ -92,7 +94,7 @@ def task_from_hash(task_id: str, h: dict[str, str]) -> Task:
     )
 
 
-def dead_from_hash(dead_id: str, h: dict[str, str]) -> DeadLetter:
+def dead_from_hash(dead_id: str, h: dict[str, str]) -> DeadLetter:  # one hash per letter
     return DeadLetter(
         id=h.get("id") or dead_id,
         task_id=h.get("task_id", ""),

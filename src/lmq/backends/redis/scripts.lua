@@ -5,11 +5,15 @@
 --
 -- Tasks are stored by column, like the SQL table: one hash per column
 -- (P queue:tasks:<column>, field = task id), so a batch of n tasks is read or written
--- with one HMGET / HSET per column instead of one command per task.  locked_by counts
--- only while the status is 'processing' (it is not cleared afterwards), and the lease
--- expiry lives only in the processing zset (its score): fewer writes per transition.  The hot scripts (enqueue, claim,
--- complete) take their request as one JSON argument and answer with one JSON string:
--- cjson (C) on both ends instead of thousands of RESP items.
+-- with one HMGET / HSET per column instead of one command per task.  Columns that the
+-- hot path reads together are packed:
+--   head  = queue NUL task_name NUL max_attempts ('' = none) NUL unique flag ('1'/'0'),
+--           written at enqueue (and by a requeue);
+--   lease = worker NUL head, present exactly while the task is 'processing', so one
+--           HMGET of the lease column checks a whole batch of acknowledgements;
+-- the lease expiry lives only in the processing zset (its score).
+-- The hot scripts (enqueue, claim, complete) take their request as one JSON argument and
+-- answer with one JSON string: cjson (C) on both ends instead of thousands of RESP items.
 
 -- name: common
 local P = ARGV[1]
@@ -30,9 +34,8 @@ local K_BEATS = P .. 'queue:beats'
 local K_META = P .. 'queue:meta'
 local CHANNEL = P .. 'queue:wake'
 local NULL = cjson.null
-local COLUMNS = {'queue', 'task_name', 'payload', 'priority', 'status', 'attempts',
-  'max_attempts', 'next_run', 'created', 'updated', 'locked_by', 'locked_until',
-  'last_error', 'unique_key', 'errors', 'dead_letter_id'}
+local COLUMNS = {'head', 'payload', 'priority', 'status', 'attempts', 'next_run', 'created',
+  'updated', 'lease', 'last_error', 'unique_key', 'errors', 'dead_letter_id'}
 
 local function col(name) return P .. 'queue:tasks:' .. name end
 local function dkey(id) return P .. 'queue:dead:' .. id end
@@ -47,6 +50,16 @@ local function fmt(x) return string.format('%.6f', x) end
 -- pending members are zero-padded ids: equal scores (next_run) then sort by id
 local function pad(id) return string.rep('0', 16 - #id) .. id end
 local function unpad(m) return string.match(m, '^0*(%d+)$') end
+
+local function make_head(q, name, maxa, has_ukey)
+  return q .. '\0' .. name .. '\0' .. maxa .. '\0' .. (has_ukey and '1' or '0')
+end
+-- head -> queue, task_name, max_attempts ('' = none), has a unique key?
+local function split_head(h)
+  local q, name, maxa, flag = string.match(h, '^(.-)%z(.*)%z(.-)%z(.)$')
+  return q, name, maxa, flag == '1'
+end
+local function head_queue(h) return string.sub(h, 1, string.find(h, '\0', 1, true) - 1) end
 
 local function append_error(old, err)
   if not old or old == '' or old == '[]' then return '[' .. err .. ']' end
@@ -66,8 +79,9 @@ end
 
 -- HMGET of many fields, in chunks; the answer lines up with `fields`
 local function hmget_many(key, fields)
-  local out = {}
   local n = #fields
+  if n <= 4000 then return redis.call('HMGET', key, unpack(fields)) end
+  local out = {}
   local i = 1
   while i <= n do
     local j = math.min(i + 3999, n)
@@ -78,14 +92,12 @@ local function hmget_many(key, fields)
   return out
 end
 
--- read columns for a list of ids: get(ids, 'status', 'queue') -> {status = {...}, ...}
+-- read columns for a list of ids: get(ids, 'status', 'lease') -> {status = {...}, ...}
 local function get(ids, ...)
   local out = {}
-  if #ids == 0 then
-    for _, c in ipairs({...}) do out[c] = {} end
-    return out
+  for _, c in ipairs({...}) do
+    if #ids == 0 then out[c] = {} else out[c] = hmget_many(col(c), ids) end
   end
-  for _, c in ipairs({...}) do out[c] = hmget_many(col(c), ids) end
   return out
 end
 
@@ -146,19 +158,49 @@ local function tidy(q, prio)
   end
 end
 
+-- the ids of `sel` still leased to `worker`, with their queues and whether they have
+-- a unique key (lists aligned with the held ids), plus the columns asked for
+local function held_by(worker, sel, ...)
+  local held, queues, ukeys = {}, {}, {}
+  if #sel == 0 then return held, queues, ukeys, get(held, ...) end
+  local leases = hmget_many(col('lease'), sel)
+  local wp = worker .. '\0'
+  local n = #wp
+  local k = 0
+  for j, id in ipairs(sel) do
+    local v = leases[j]
+    if v and string.sub(v, 1, n) == wp then
+      k = k + 1
+      held[k] = id
+      local h = string.sub(v, n + 1)
+      queues[k] = head_queue(h)
+      ukeys[k] = string.sub(h, -1) == '1'
+    end
+  end
+  return held, queues, ukeys, get(held, ...)
+end
+
+-- the lease column loses the ids (they leave 'processing'), and the processing zset too
+local function unlease(ids)
+  if #ids > 0 then
+    bulk('HDEL', col('lease'), ids)
+    bulk('ZREM', K_PROC, ids)
+  end
+end
+
 -- expired leases go back to pending (next_run = now) with the lapse recorded
 local function rescue(now, nowf)
   local expired = redis.call('ZRANGEBYSCORE', K_PROC, '-inf', nowf, 'LIMIT', 0, 1000)
   if #expired == 0 then return 0 end
-  redis.call('ZREM', K_PROC, unpack(expired))
-  local r = get(expired, 'status', 'attempts', 'locked_by', 'queue', 'priority', 'errors')
+  local r = get(expired, 'lease', 'attempts', 'priority', 'errors')
   local n = 0
   local nproc = {}
   for j, id in ipairs(expired) do
-    if r.status[j] == 'processing' then
-      local q = r.queue[j]
-      local msg = 'lease expired: worker ' .. (r.locked_by[j] or '?') ..
-        ' stopped renewing it (died or hung)'
+    local v = r.lease[j]
+    if v then
+      local worker = string.sub(v, 1, string.find(v, '\0', 1, true) - 1)
+      local q = head_queue(string.sub(v, #worker + 2))
+      local msg = 'lease expired: worker ' .. worker .. ' stopped renewing it (died or hung)'
       local err = '{"attempt":' .. (r.attempts[j] or '0') .. ',"at":' .. nowf ..
         ',"type":"LeaseExpired","message":' .. cjson.encode(msg) .. ',"traceback":null}'
       set(id, 'status', 'pending')
@@ -171,6 +213,7 @@ local function rescue(now, nowf)
       n = n + 1
     end
   end
+  unlease(expired)
   flush()
   flush_pending()
   flush_counts(K_NPROC, nproc)
@@ -178,8 +221,8 @@ local function rescue(now, nowf)
 end
 
 -- claim up to `limit` ready tasks of `queues` (nil: every queue with pending work) in
--- priority DESC, next_run, id order; returns {rescued, {{id, queue, name, payload,
--- attempts, max_attempts or null}, ...}}
+-- priority DESC, next_run, id order; returns {rescued, {{id, head, payload, attempts},
+-- ...}}
 local function claim(worker, limit, lease, queues, now, nowf)
   local rescued = rescue(now, nowf)
   if limit <= 0 then return {rescued, {}} end
@@ -200,6 +243,7 @@ local function claim(worker, limit, lease, queues, now, nowf)
   table.sort(prios, function(a, b) return tonumber(a) > tonumber(b) end)
   local need = limit
   local taken = {}
+  local nt = 0
   for _, p in ipairs(prios) do
     if need <= 0 then break end
     local qlist = levels[p]
@@ -208,7 +252,10 @@ local function claim(worker, limit, lease, queues, now, nowf)
       local ms = redis.call('ZRANGEBYSCORE', key, '-inf', nowf, 'LIMIT', 0, need)
       if #ms > 0 then
         redis.call('ZREMRANGEBYRANK', key, 0, #ms - 1)
-        for _, m in ipairs(ms) do taken[#taken + 1] = unpad(m) end
+        for _, m in ipairs(ms) do
+          nt = nt + 1
+          taken[nt] = unpad(m)
+        end
         need = need - #ms
         tidy(qlist[1], p)
       end
@@ -228,7 +275,8 @@ local function claim(worker, limit, lease, queues, now, nowf)
       for j = 1, math.min(need, #cands) do
         local c = cands[j]
         per[c[3]] = (per[c[3]] or 0) + 1
-        taken[#taken + 1] = unpad(c[2])
+        nt = nt + 1
+        taken[nt] = unpad(c[2])
         need = need - 1
       end
       for qi, cnt in pairs(per) do
@@ -237,37 +285,40 @@ local function claim(worker, limit, lease, queues, now, nowf)
       end
     end
   end
-  if #taken == 0 then return {rescued, {}} end
+  if nt == 0 then return {rescued, {}} end
   local untilf = fmt(now + lease)
-  local r = get(taken, 'queue', 'task_name', 'payload', 'attempts', 'max_attempts')
-  local zargs, rows = {}, {}
+  local heads = hmget_many(col('head'), taken)
+  local payloads = hmget_many(col('payload'), taken)
+  local attempts = hmget_many(col('attempts'), taken)
+  local rows = {}
   local nproc = {}
-  local a_status, a_att, a_by, a_upd = {}, {}, {}, {}
+  local a_status, a_att, a_lease, a_upd, zargs = {}, {}, {}, {}, {}
+  local wp = worker .. '\0'
+  local k, nr = 0, 0
   for j, id in ipairs(taken) do
-    local q = r.queue[j]
-    if q then
-      local att = tonumber(r.attempts[j] or '0') + 1
-      local n = #a_status
-      a_status[n + 1] = id
-      a_status[n + 2] = 'processing'
-      a_att[n + 1] = id
-      a_att[n + 2] = att
-      a_by[n + 1] = id
-      a_by[n + 2] = worker
-      a_upd[n + 1] = id
-      a_upd[n + 2] = nowf
-      zargs[n + 1] = untilf
-      zargs[n + 2] = id
-      add_count(nproc, q, 1)
-      local m = r.max_attempts[j]
-      rows[#rows + 1] = {id, q, r.task_name[j], r.payload[j] or '{}', att,
-        m and tonumber(m) or NULL}
+    local h = heads[j]
+    if h then
+      local att = tonumber(attempts[j] or '0') + 1
+      a_status[k + 1] = id
+      a_status[k + 2] = 'processing'
+      a_att[k + 1] = id
+      a_att[k + 2] = att
+      a_lease[k + 1] = id
+      a_lease[k + 2] = wp .. h
+      a_upd[k + 1] = id
+      a_upd[k + 2] = nowf
+      zargs[k + 1] = untilf
+      zargs[k + 2] = id
+      k = k + 2
+      add_count(nproc, head_queue(h), 1)
+      nr = nr + 1
+      rows[nr] = {id, h, payloads[j] or '{}', att}
     end
   end
-  if #zargs > 0 then
+  if k > 0 then
     bulk('HSET', col('status'), a_status)
     bulk('HSET', col('attempts'), a_att)
-    bulk('HSET', col('locked_by'), a_by)
+    bulk('HSET', col('lease'), a_lease)
     bulk('HSET', col('updated'), a_upd)
     bulk('ZADD', K_PROC, zargs)
   end
@@ -284,19 +335,25 @@ local function read_queues(i)
   return qs, i + nq + 1
 end
 
--- ids of `sel` (a list) still processing under `worker`: returns the held ids with
--- the columns asked for (aligned with the held list)
-local function held_by(worker, sel, ...)
-  local r = get(sel, 'status', 'locked_by', ...)
-  local held, cols = {}, {}
-  for _, c in ipairs({...}) do cols[c] = {} end
-  for j, id in ipairs(sel) do
-    if r.status[j] == 'processing' and r.locked_by[j] == worker then
-      held[#held + 1] = id
-      for c, v in pairs(cols) do v[#held] = r[c][j] end
+-- dead-letter selection: ARGV[2] 'ids' then ids, or 'filter' then task_name and queue
+-- ('-' for none, else '+' .. value).  Returns the dead-letter ids, or nil and the id
+-- that is not a live dead letter.
+local function select_dead()
+  local sel = {}
+  if ARGV[2] == 'ids' then
+    for j = 3, #ARGV do
+      if redis.call('HGET', dkey(ARGV[j]), 'status') ~= 'dead' then return nil, ARGV[j] end
+      sel[#sel + 1] = ARGV[j]
     end
+    return sel
   end
-  return held, cols
+  local name = ARGV[3] ~= '-' and string.sub(ARGV[3], 2) or false
+  local queue = ARGV[4] ~= '-' and string.sub(ARGV[4], 2) or false
+  for _, dlid in ipairs(redis.call('ZRANGE', K_DEAD_LIVE, 0, -1)) do
+    local r = redis.call('HMGET', dkey(dlid), 'task_name', 'queue')
+    if (not name or r[1] == name) and (not queue or r[2] == queue) then sel[#sel + 1] = dlid end
+  end
+  return sel
 end
 
 -- name: enqueue
@@ -310,10 +367,10 @@ local n = #tasks
 local last = redis.call('INCRBY', K_IDS, n)
 local base = last - n
 local out = {}
-local c_q, c_name, c_pay, c_prio, c_st, c_att, c_nr, c_cr, c_upd = {}, {}, {}, {}, {}, {},
-  {}, {}, {}
+local c_head, c_pay, c_prio, c_st, c_att, c_nr, c_cr, c_upd = {}, {}, {}, {}, {}, {}, {}, {}
 local ready = false
 local queues = {}
+local m = 0
 for i = 1, n do
   local t = tasks[i]
   local q, ukey = t[3], t[8]
@@ -329,11 +386,10 @@ for i = 1, n do
     nr = nr + t[7]
     local nrs = fmt(nr)
     if nr <= now then ready = true end
-    local m = #c_q
-    c_q[m + 1] = id
-    c_q[m + 2] = q
-    c_name[m + 1] = id
-    c_name[m + 2] = t[1]
+    local maxa = ''
+    if t[5] ~= NULL then maxa = string.format('%d', t[5]) end
+    c_head[m + 1] = id
+    c_head[m + 2] = make_head(q, t[1], maxa, ukey)
     c_pay[m + 1] = id
     c_pay[m + 2] = t[2]
     c_prio[m + 1] = id
@@ -348,7 +404,7 @@ for i = 1, n do
     c_cr[m + 2] = created
     c_upd[m + 1] = id
     c_upd[m + 2] = nowf
-    if t[5] ~= NULL then set(id, 'max_attempts', string.format('%d', t[5])) end
+    m = m + 2
     if ukey then
       set(id, 'unique_key', ukey)
       redis.call('HSET', K_UNIQUE, ukey, id)
@@ -361,15 +417,16 @@ for i = 1, n do
     out[i] = id
   end
 end
-bulk('HSET', col('queue'), c_q)
-bulk('HSET', col('task_name'), c_name)
-bulk('HSET', col('payload'), c_pay)
-bulk('HSET', col('priority'), c_prio)
-bulk('HSET', col('status'), c_st)
-bulk('HSET', col('attempts'), c_att)
-bulk('HSET', col('next_run'), c_nr)
-bulk('HSET', col('created'), c_cr)
-bulk('HSET', col('updated'), c_upd)
+if m > 0 then
+  bulk('HSET', col('head'), c_head)
+  bulk('HSET', col('payload'), c_pay)
+  bulk('HSET', col('priority'), c_prio)
+  bulk('HSET', col('status'), c_st)
+  bulk('HSET', col('attempts'), c_att)
+  bulk('HSET', col('next_run'), c_nr)
+  bulk('HSET', col('created'), c_cr)
+  bulk('HSET', col('updated'), c_upd)
+end
 flush()
 flush_pending()
 if ready then redis.call('PUBLISH', CHANNEL, '1') end
@@ -395,20 +452,27 @@ local wake = false
 local nproc, ndone, ndead = {}, {}, {}
 local rem = {}
 
-local done, dc = held_by(worker, req[2], 'queue', 'unique_key')
-if #done > 0 then
-  local dz = {}
-  for j, id in ipairs(done) do
-    set(id, 'status', 'done')
-    set(id, 'updated', nowf)
-    rem[#rem + 1] = id
-    dz[#dz + 1] = nowf
-    dz[#dz + 1] = id
-    if dc.unique_key[j] then release_unique(dc.unique_key[j], id) end
-    add_count(nproc, dc.queue[j], -1)
-    add_count(ndone, dc.queue[j], 1)
+local done, dq, du = held_by(worker, req[2])
+local nd = #done
+if nd > 0 then
+  local c_st, c_upd = {}, {}
+  local k = 0
+  for j = 1, nd do
+    local id = done[j]
+    c_st[k + 1] = id
+    c_st[k + 2] = 'done'
+    c_upd[k + 1] = id
+    c_upd[k + 2] = nowf
+    k = k + 2
+    if du[j] then release_unique(redis.call('HGET', col('unique_key'), id), id) end
+    local q = dq[j]
+    nproc[q] = (nproc[q] or 0) - 1
+    ndone[q] = (ndone[q] or 0) + 1
   end
-  bulk('ZADD', K_DONE, dz)
+  bulk('HSET', col('status'), c_st)
+  bulk('HSET', col('updated'), c_upd)
+  bulk('RPUSH', K_DONE, done)
+  unlease(done)
 end
 
 local rids, rby = {}, {}
@@ -416,7 +480,7 @@ for _, rt in ipairs(req[3]) do
   rids[#rids + 1] = rt[1]
   rby[rt[1]] = rt
 end
-local retried, rc = held_by(worker, rids, 'queue', 'priority', 'errors')
+local retried, rq, _, rc = held_by(worker, rids, 'priority', 'errors')
 for j, id in ipairs(retried) do
   local rt = rby[id]
   local delay, msg, err = rt[2], rt[3], rt[4]
@@ -427,8 +491,8 @@ for j, id in ipairs(retried) do
   set(id, 'last_error', msg)
   set(id, 'errors', append_error(rc.errors[j], err))
   rem[#rem + 1] = id
-  make_pending(id, rc.queue[j], rc.priority[j], at)
-  add_count(nproc, rc.queue[j], -1)
+  make_pending(id, rq[j], rc.priority[j], at)
+  add_count(nproc, rq[j], -1)
   if delay <= 0 then wake = true end
 end
 
@@ -437,22 +501,22 @@ for _, b in ipairs(req[4]) do
   bids[#bids + 1] = b[1]
   bby[b[1]] = b
 end
-local buried, bc = held_by(worker, bids, 'queue', 'task_name', 'payload', 'priority',
-  'attempts', 'max_attempts', 'created', 'errors', 'unique_key')
+local buried, _, bu, bc = held_by(worker, bids, 'head', 'payload', 'priority', 'attempts',
+  'created', 'errors', 'unique_key')
 for j, id in ipairs(buried) do
   local b = bby[id]
   local reason, msg, fp, maxa, err = b[2], b[3], b[4], b[5], b[6]
-  local q = bc.queue[j]
+  local q, name, row_max = split_head(bc.head[j])
+  if row_max == '' then row_max = string.format('%d', maxa) end
   local dlid = string.format('%d', redis.call('INCR', K_DEAD_IDS))
   local errors = append_error(bc.errors[j], err)
   local dk = dkey(dlid)
-  redis.call('HSET', dk, 'id', dlid, 'task_id', id, 'queue', q, 'task_name',
-    bc.task_name[j], 'payload', bc.payload[j] or '{}', 'priority', bc.priority[j] or '0',
-    'attempts', bc.attempts[j] or '0',
-    'max_attempts', bc.max_attempts[j] or string.format('%d', maxa), 'error', msg,
+  redis.call('HSET', dk, 'id', dlid, 'task_id', id, 'queue', q, 'task_name', name,
+    'payload', bc.payload[j] or '{}', 'priority', bc.priority[j] or '0',
+    'attempts', bc.attempts[j] or '0', 'max_attempts', row_max, 'error', msg,
     'reason', reason, 'fingerprint', fp, 'created', bc.created[j] or '', 'died_at', nowf,
     'errors', errors, 'status', 'dead')
-  local ukey = bc.unique_key[j]
+  local ukey = bu[j] and bc.unique_key[j]
   if ukey then redis.call('HSET', dk, 'unique_key', ukey) end
   set(id, 'status', 'dead')
   set(id, 'updated', nowf)
@@ -467,21 +531,21 @@ for j, id in ipairs(buried) do
   add_count(ndead, q, 1)
 end
 
-local released, lc = held_by(worker, req[5], 'queue', 'priority', 'attempts')
+local released, lq, _, lc = held_by(worker, req[5], 'priority', 'attempts')
 for j, id in ipairs(released) do
   set(id, 'status', 'pending')
   set(id, 'attempts', math.max(tonumber(lc.attempts[j] or '0') - 1, 0))
   set(id, 'next_run', nowf)
   set(id, 'updated', nowf)
   rem[#rem + 1] = id
-  make_pending(id, lc.queue[j], lc.priority[j], nowf)
-  add_count(nproc, lc.queue[j], -1)
+  make_pending(id, lq[j], lc.priority[j], nowf)
+  add_count(nproc, lq[j], -1)
   wake = true
 end
 
+unlease(rem)
 flush()
 flush_pending()
-if #rem > 0 then bulk('ZREM', K_PROC, rem) end
 flush_counts(K_NPROC, nproc)
 flush_counts(K_NDONE, ndone)
 flush_counts(K_NDEAD, ndead)
@@ -511,31 +575,17 @@ if #z > 0 then bulk('ZADD', K_PROC, z) end
 return held
 
 -- name: rows
--- ARGV: P, ids... -> JSON [[id, column values in COLUMNS order (null: absent)], ...]
+-- ARGV: P, ids... -> JSON [[id, then COLUMNS in order (null: absent), lease expiry], ...]
 -- for the ids that exist
 local ids = {}
 for j = 2, #ARGV do ids[#ids + 1] = ARGV[j] end
-local stored = {}
-for _, c in ipairs(COLUMNS) do
-  if c ~= 'locked_until' then stored[#stored + 1] = c end
-end
-local r = get(ids, unpack(stored))
+local r = get(ids, unpack(COLUMNS))
 local out = {}
 for j, id in ipairs(ids) do
-  if r.task_name[j] then
+  if r.head[j] then
     local row = {id}
-    local held = r.status[j] == 'processing'
-    for ci, c in ipairs(COLUMNS) do
-      local v
-      if c == 'locked_until' then
-        v = held and redis.call('ZSCORE', K_PROC, id)
-      elseif c == 'locked_by' then
-        v = held and r.locked_by[j]
-      else
-        v = r[c][j]
-      end
-      row[ci + 1] = v or NULL
-    end
+    for ci, c in ipairs(COLUMNS) do row[ci + 1] = r[c][j] or NULL end
+    row[#COLUMNS + 2] = r.lease[j] and redis.call('ZSCORE', K_PROC, id) or NULL
     out[#out + 1] = row
   end
 end
@@ -543,13 +593,13 @@ if #out == 0 then return '[]' end
 return cjson.encode(out)
 
 -- name: heads
--- ARGV: P, ids... -> JSON [[id, status, queue, task_name], ...] for the ids that exist
+-- ARGV: P, ids... -> JSON [[id, status, head], ...] for the ids that exist
 local ids = {}
 for j = 2, #ARGV do ids[#ids + 1] = ARGV[j] end
-local r = get(ids, 'status', 'queue', 'task_name')
+local r = get(ids, 'status', 'head')
 local out = {}
 for j, id in ipairs(ids) do
-  if r.task_name[j] then out[#out + 1] = {id, r.status[j], r.queue[j], r.task_name[j]} end
+  if r.head[j] then out[#out + 1] = {id, r.status[j], r.head[j]} end
 end
 if #out == 0 then return '[]' end
 return cjson.encode(out)
@@ -646,32 +696,39 @@ end
 return out
 
 -- name: prune_done
--- ARGV: P, older_than seconds, batch -> rows removed (never the newest task id, as SQLite)
-local cutoff = fmt(server_now() - tonumber(ARGV[2]))
+-- ARGV: P, older_than seconds, batch -> {rows removed, 1 if more may follow}.  The done list is in finishing
+-- order, so the rows to prune are a prefix of it.  Like SQLite, the newest task id is
+-- never removed.
+local cutoff = server_now() - tonumber(ARGV[2])
 local batch = tonumber(ARGV[3])
 local newest = redis.call('GET', K_IDS)
-local ids = redis.call('ZRANGEBYSCORE', K_DONE, '-inf', '(' .. cutoff, 'LIMIT', 0, batch + 1)
-local cand = {}
-for _, id in ipairs(ids) do
-  if id ~= newest and #cand < batch then cand[#cand + 1] = id end
-end
-local n = 0
+local ids = redis.call('LRANGE', K_DONE, 0, batch - 1)
+if #ids == 0 then return 0 end
+local r = get(ids, 'status', 'updated', 'head')
+local dels, keep = {}, false
+local scanned = 0
 local ndone = {}
-local dels = {}
-local r = get(cand, 'status', 'queue')
-for j, id in ipairs(cand) do
+for j, id in ipairs(ids) do
   if r.status[j] == 'done' then
-    dels[#dels + 1] = id
-    add_count(ndone, r.queue[j], -1)
-    n = n + 1
+    if tonumber(r.updated[j]) >= cutoff then break end
+    if id == newest then
+      keep = id
+    else
+      dels[#dels + 1] = id
+      add_count(ndone, head_queue(r.head[j]), -1)
+    end
   end
+  scanned = j
 end
-if #cand > 0 then bulk('ZREM', K_DONE, cand) end
+if scanned > 0 then redis.call('LTRIM', K_DONE, scanned, -1) end
+if keep then redis.call('RPUSH', K_DONE, keep) end
 if #dels > 0 then
   for _, c in ipairs(COLUMNS) do bulk('HDEL', col(c), dels) end
 end
 flush_counts(K_NDONE, ndone)
-return n
+-- more may follow when a whole batch went and something besides the newest id is left
+local more = scanned == batch and redis.call('LLEN', K_DONE) > (keep and 1 or 0)
+return {#dels, more and 1 or 0}
 
 -- name: prune_workers
 -- ARGV: P, stale_after seconds -> worker rows removed
@@ -684,26 +741,11 @@ end
 return #stale
 
 -- name: requeue_dead
--- ARGV: P, 'ids', ids...  or  P, 'filter', task_name flag+name, queue flag+name
--- (flag '-' none, '+' then the value).  -> {'ok', task ids...} or {'missing', dead id}
+-- ARGV: see select_dead().  -> {'ok', task ids...} or {'missing', dead id}
 local now = server_now()
 local nowf = fmt(now)
-local sel = {}
-if ARGV[2] == 'ids' then
-  for j = 3, #ARGV do
-    if redis.call('HGET', dkey(ARGV[j]), 'status') ~= 'dead' then
-      return {'missing', ARGV[j]}
-    end
-    sel[#sel + 1] = ARGV[j]
-  end
-else
-  local name = ARGV[3] ~= '-' and string.sub(ARGV[3], 2) or false
-  local queue = ARGV[4] ~= '-' and string.sub(ARGV[4], 2) or false
-  for _, dlid in ipairs(redis.call('ZRANGE', K_DEAD_LIVE, 0, -1)) do
-    local r = redis.call('HMGET', dkey(dlid), 'task_name', 'queue')
-    if (not name or r[1] == name) and (not queue or r[2] == queue) then sel[#sel + 1] = dlid end
-  end
-end
+local sel, missing = select_dead()
+if not sel then return {'missing', missing} end
 local out = {'ok'}
 local ndead = {}
 for _, dlid in ipairs(sel) do
@@ -716,23 +758,22 @@ for _, dlid in ipairs(sel) do
   add_count(ndead, q, -1)
   local ukey = d[9]
   if ukey and redis.call('HEXISTS', K_UNIQUE, ukey) == 1 then ukey = false end
-  local st = redis.call('HGET', col('status'), id)
+  local cur = redis.call('HMGET', col('status'), id)[1]
   local revive = true
-  if st == 'dead' or st == 'discarded' then
-    set(id, 'status', 'pending')
-  elseif not st then  -- its row is gone (deleted by hand): write it again
-    set(id, 'queue', q)
-    set(id, 'task_name', d[3])
+  if cur == 'dead' or cur == 'discarded' then
+    local _, name, maxa = split_head(redis.call('HGET', col('head'), id))
+    set(id, 'head', make_head(q, name, maxa, ukey))
+  elseif not cur then  -- its row is gone (deleted by hand): write it again
+    set(id, 'head', make_head(q, d[3], d[6] or '', ukey))
     set(id, 'payload', d[4] or '{}')
     set(id, 'priority', prio)
-    set(id, 'status', 'pending')
     set(id, 'created', d[7] or '')
     set(id, 'errors', d[8] or '[]')
-    if d[6] then set(id, 'max_attempts', d[6]) end
   else
     revive = false  -- already live again some other way
   end
   if revive then
+    set(id, 'status', 'pending')
     set(id, 'attempts', '0')
     set(id, 'next_run', nowf)
     set(id, 'updated', nowf)
@@ -754,24 +795,10 @@ if #out > 1 then redis.call('PUBLISH', CHANNEL, '1') end
 return out
 
 -- name: discard_dead
--- ARGV: as requeue_dead -> {'ok', count} or {'missing', dead id}
+-- ARGV: see select_dead().  -> {'ok', count} or {'missing', dead id}
 local nowf = fmt(server_now())
-local sel = {}
-if ARGV[2] == 'ids' then
-  for j = 3, #ARGV do
-    if redis.call('HGET', dkey(ARGV[j]), 'status') ~= 'dead' then
-      return {'missing', ARGV[j]}
-    end
-    sel[#sel + 1] = ARGV[j]
-  end
-else
-  local name = ARGV[3] ~= '-' and string.sub(ARGV[3], 2) or false
-  local queue = ARGV[4] ~= '-' and string.sub(ARGV[4], 2) or false
-  for _, dlid in ipairs(redis.call('ZRANGE', K_DEAD_LIVE, 0, -1)) do
-    local r = redis.call('HMGET', dkey(dlid), 'task_name', 'queue')
-    if (not name or r[1] == name) and (not queue or r[2] == queue) then sel[#sel + 1] = dlid end
-  end
-end
+local sel, missing = select_dead()
+if not sel then return {'missing', missing} end
 local ndead = {}
 for _, dlid in ipairs(sel) do
   local dk = dkey(dlid)
