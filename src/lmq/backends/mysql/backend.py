@@ -91,7 +91,7 @@ from .rows import dead_from_row, error_json, error_line, split_sql, task_from_ro
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1
-NOW_SQL = "(UNIX_TIMESTAMP() + MICROSECOND(NOW(6)) / 1000000)"
+NOW_SQL = "(UNIX_TIMESTAMP() + MICROSECOND(NOW(6)) / 1e6)"
 _OPTIONS = {
     "prefix",
     "claim",
@@ -511,46 +511,42 @@ class MySQLBackend:
         return self._run(lambda cur: self._insert(cur, tasks, own=True))
 
     def _insert(self, cur: Any, tasks: Sequence[NewTask], *, own: bool) -> list[TaskId]:
+        """Multi-row INSERTs of up to ~2 MB each (plain DB-API ``%s`` parameters, so the
+        application's cursor may be any MySQL driver's); a task with a unique_key is its own
+        INSERT ... ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id), which returns the live
+        task's id when the key is taken."""
         ids: list[TaskId] = []
         head, row_sql = self.q["insert_head"], self.q["insert_row"]
         chunks: list[tuple[int, int]] = []  # (first id, rows) of each multi-row INSERT
-        values: list[str] = []
+        args: list[Any] = []
+        rows = 0
         size = 0
-        limit = min(_INSERT_CHUNK, max(64 * 1024, self._max_packet() // 2))
+        # characters, not bytes: even 4-byte characters, each escaped, fit max_allowed_packet
+        limit = min(_INSERT_CHUNK, max(64 * 1024, self._max_packet() // 8))
+        step = self._step()
 
         def flush() -> None:
-            nonlocal size
-            if not values:
+            nonlocal rows, size
+            if not rows:
                 return
-            cur.execute(head + "\n" + ",\n".join(values))
+            cur.execute(head + "\n" + ",\n".join([row_sql] * rows), args)
             first = int(cur.lastrowid)
-            if cur.rowcount != len(values):
-                raise BackendError(f"MySQL inserted {cur.rowcount} of {len(values)} rows")
-            step = self._step()
-            ids.extend(range(first, first + len(values) * step, step))
-            chunks.append((first, len(values)))
-            values.clear()
-            size = 0
+            if cur.rowcount != rows:
+                raise BackendError(f"MySQL inserted {cur.rowcount} of {rows} rows")
+            ids.extend(range(first, first + rows * step, step))
+            chunks.append((first, rows))
+            args.clear()
+            rows = size = 0
 
-        for t in tasks:
-            args = (
-                t.task_name,
-                t.payload_json,
-                t.queue,
-                t.priority,
-                t.max_attempts,
-                t.run_at,
-                t.delay,
-                t.unique_key,
-            )
+        for t in tasks:  # a NewTask's fields are the row's parameters, in order
             if t.unique_key is not None:
                 flush()
-                cur.execute(self.q["insert_unique"], args)
+                cur.execute(self.q["insert_unique"], t)
                 ids.append(int(cur.lastrowid))
                 continue
-            row = cur.mogrify(row_sql, args)
-            values.append(row)
-            size += len(row) + 2
+            args.extend(t)
+            rows += 1
+            size += 160 + len(t.payload_json) + len(t.task_name) + len(t.queue)
             if size >= limit:
                 flush()
         flush()
