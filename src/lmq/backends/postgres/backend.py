@@ -580,8 +580,10 @@ class PostgresBackend:
         oldest: float | None = None
         now: float | None = None
         with self._conn() as conn:
-            tasks = conn.execute(self.q["count_tasks"]).fetchall()
-            dead = conn.execute(self.q["count_dead"]).fetchall()
+            with self._tx(conn):  # no JIT: compiling would cost more than it saves here
+                tasks_cur = conn.execute(self.q["count_tasks"])
+                dead_cur = conn.execute(self.q["count_dead"])
+            tasks, dead = tasks_cur.fetchall(), dead_cur.fetchall()
         for queue, status, n, ready, first, at in tasks:
             now = at
             per = counts.by_queue.setdefault(

@@ -114,14 +114,17 @@ UPDATE {prefix}queue_tasks t
 -- rather than sort.  Without fresh statistics (right after a bulk enqueue, or on a server
 -- without autovacuum) the planner takes the pending rows for a handful and sorts all of
 -- them; with this the claim's cost does not grow with the backlog whatever it believes.
-SELECT set_config('enable_sort', 'off', true)
+-- (A sort it cannot avoid then costs "disabled", which would make the plan look
+-- expensive enough for JIT compilation: a second spent compiling a 1 ms query.  So no JIT.)
+SELECT set_config('enable_sort', 'off', true), set_config('jit', 'off', true)
 
 -- name: plan_by_index_async_commit
 -- the same for claims and acknowledgements, which (only those) also commit without
 -- waiting for the WAL flush: a server crash may forget the last fraction of a second of
 -- them, which only makes those tasks run again (at-least-once holds: nothing enqueued is
 -- lost); ?async_ack=false waits
-SELECT set_config('enable_sort', 'off', true), set_config('synchronous_commit', 'off', true)
+SELECT set_config('enable_sort', 'off', true), set_config('jit', 'off', true),
+       set_config('synchronous_commit', 'off', true)
 
 -- name: claim
 UPDATE {prefix}queue_tasks t
@@ -139,18 +142,25 @@ UPDATE {prefix}queue_tasks t
 RETURNING t.id, t.queue, t.task_name, t.payload, t.attempts, t.max_attempts
 
 -- name: claim_queues
+-- the best `limit` of each queue the worker takes (a walk of that queue's part of the
+-- index), then the best `limit` of those; rows locked here and not taken are free again
+-- at commit
 UPDATE {prefix}queue_tasks t
    SET status = 'processing',
        attempts = t.attempts + 1,
        locked_by = %(worker)s,
        locked_until = {prefix}queue_now() + %(lease)s,
        updated = {prefix}queue_now()
-  FROM (SELECT id FROM {prefix}queue_tasks
-         WHERE status = 'pending' AND next_run <= {prefix}queue_now()
-           AND queue = ANY(%(queues)s)
-         ORDER BY priority DESC, next_run, id
-         LIMIT %(limit)s
-         FOR UPDATE SKIP LOCKED) c
+  FROM (SELECT c.id
+          FROM unnest(%(queues)s::text[]) AS q(name),
+               LATERAL (SELECT id, priority, next_run FROM {prefix}queue_tasks
+                         WHERE status = 'pending' AND next_run <= {prefix}queue_now()
+                           AND queue = q.name
+                         ORDER BY priority DESC, next_run, id
+                         LIMIT %(limit)s
+                         FOR UPDATE SKIP LOCKED) c
+         ORDER BY c.priority DESC, c.next_run, c.id
+         LIMIT %(limit)s) c
  WHERE t.id = c.id
 RETURNING t.id, t.queue, t.task_name, t.payload, t.attempts, t.max_attempts
 

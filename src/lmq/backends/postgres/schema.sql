@@ -32,12 +32,15 @@ CREATE TABLE IF NOT EXISTS {prefix}queue_tasks (
     dead_letter_id bigint
 );
 
--- The claim reads only the partial index over pending rows, so finished rows never slow it
--- down (a queue filter is applied while walking it).  "When is the next task due" probes
--- it once per distinct priority.  Each index on pending rows costs bulk inserts about a
--- fifth of their speed, so there is one.
+-- The claim reads only partial indexes over pending rows, so finished rows never slow it
+-- down: the first for workers on every queue, the second for workers on some queues
+-- (walked once per queue they take).  "When is the next task due" probes them once per
+-- distinct priority.  Each index on pending rows costs bulk inserts about a fifth of
+-- their speed, so there are these two.
 CREATE INDEX IF NOT EXISTS {prefix}queue_tasks_ready
     ON {prefix}queue_tasks (priority DESC, next_run, id) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS {prefix}queue_tasks_queue_ready
+    ON {prefix}queue_tasks (queue, priority DESC, next_run, id) WHERE status = 'pending';
 -- Leases: only claimed rows have one.  Not "WHERE status = 'processing'": then every
 -- acknowledgement (id = ANY(...) AND status = 'processing') could walk this index, and
 -- without fresh statistics the planner does, through every lease since the last vacuum.
