@@ -499,3 +499,86 @@ def test_counts_and_listing_after_a_mixed_run(rq: lmq.Queue) -> None:
     shown = rq.get(got[2])
     assert shown is not None and shown.status == "dead"
     assert json.loads(json.dumps(shown.to_json()))["id"] == got[2]
+
+
+# --- layout details -----------------------------------------------------------------------
+
+
+def test_big_enqueues_go_in_atomic_chunks_and_keep_unique_keys(
+    rq: lmq.Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lmq.backends.redis import backend as redis_backend
+
+    monkeypatch.setattr(redis_backend, "ENQUEUE_CHUNK", 3)
+    made = rq.enqueue_many([("t", {"i": i}) for i in range(6)])
+    assert len(made) == len(set(made)) == 6
+    assert [rq.get(i).payload["i"] for i in made] == list(range(6))  # type: ignore[union-attr]
+    keyed = rq.backend.enqueue(
+        [
+            lmq.models.NewTask("t", "{}", unique_key="a"),
+            lmq.models.NewTask("t", "{}"),
+            lmq.models.NewTask("t", "{}"),
+            lmq.models.NewTask("t", "{}", unique_key="a"),  # the next chunk sees the first
+        ]
+    )
+    assert keyed[0] == keyed[3] and len(set(keyed)) == 3
+    assert rq.counts()["pending"] == 9
+
+
+def test_nul_in_names_is_refused(rq: lmq.Queue) -> None:
+    with pytest.raises(ValueError, match="NUL"):
+        rq.enqueue("bad\0name")
+    with pytest.raises(ValueError, match="NUL"):
+        rq.enqueue("t", queue="q\0")
+    assert rq.counts()["pending"] == 0
+
+
+def test_prune_one_at_a_time_stops_at_the_newest(rq: lmq.Queue) -> None:
+    made = rq.enqueue_many([("t", {}) for _ in range(4)])
+    claim(rq.backend)
+    complete(rq.backend, done=list(reversed(made)))  # the newest id finishes first
+    request = lmq.models.PruneRequest(done_older_than=-1, workers_stale_after=3600, batch=1)
+    assert rq.backend.prune(request) == 3
+    assert [t.id for t in rq.tasks(status="done")] == [made[-1]]
+    assert rq.backend.prune(request) == 0
+    assert rq.counts() == {"pending": 0, "processing": 0, "done": 1, "dead": 0}
+
+
+def test_requeue_rewrites_a_row_deleted_by_hand(rq: lmq.Queue, prefix: str) -> None:
+    from .helpers import kill
+
+    task_id, dead = kill(rq, "sync", payload={"sku": "A"}, queue="q1", priority=2)
+    raw = _raw()
+    try:
+        for key in raw.keys(f"{prefix}queue:tasks:*"):
+            raw.hdel(key, str(task_id))
+    finally:
+        raw.close()
+    assert rq.get(task_id) is None
+    assert rq.requeue_dead([dead.id]) == [task_id]
+    task = rq.get(task_id)
+    assert task is not None
+    assert (task.status, task.task_name, task.queue, task.priority, task.payload) == (
+        "pending",
+        "sync",
+        "q1",
+        2,
+        {"sku": "A"},
+    )
+    assert [e.message for e in task.errors] == ["boom"]
+    (c,) = claim(rq.backend)
+    assert (c.id, c.attempts, c.max_attempts) == (task_id, 1, 5)
+
+
+def test_rescue_records_the_lapse_and_frees_the_slot(rq: lmq.Queue) -> None:
+    a, b = rq.enqueue_many([("t", {}), ("t", {})], queue="q")
+    claim(rq.backend, "gone", lease=1)
+    assert rq.stats().by_queue["q"]["processing"] == 2
+    result = wait_for(lambda: rq.backend.claim(ClaimRequest("w2", 10, 60)).tasks, timeout=5)
+    assert set(ids(result)) == {a, b}
+    stats = rq.stats()
+    assert stats.by_queue["q"]["processing"] == 2 and stats.pending == 0
+    task = rq.get(a)
+    assert task is not None and (task.locked_by, task.attempts) == ("w2", 2)
+    assert [e.type for e in task.errors] == ["LeaseExpired"]
+    assert "gone" in (task.last_error or "")
