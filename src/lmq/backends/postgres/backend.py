@@ -31,9 +31,15 @@ too).  Options, besides libpq's own connection parameters (``sslmode``, ``sslroo
 Every statement takes "now" from the server (``{prefix}queue_now()``), so workers on
 several hosts agree on leases.  The claim is one ``UPDATE … FROM (SELECT … ORDER BY
 priority DESC, next_run, id LIMIT n FOR UPDATE SKIP LOCKED) RETURNING``; expired leases
-are rescued in the same transaction (SKIP LOCKED too).  Tables are created by ``lmq
-migrate`` only; other calls on a database without them (or with an older schema) raise
-SchemaMissing naming it.
+are rescued in the same transaction (SKIP LOCKED too).  An acknowledgement writes its
+whole batch (done, retry, bury, release) in one transaction with array parameters and
+claims the freed slots in the same one.  Tables are created by ``lmq migrate`` only;
+other calls on a database without them (or with an older schema) raise SchemaMissing
+naming it.
+
+Wake-ups: a statement-level trigger NOTIFYs ``{prefix}queue_tasks`` on every insert
+(anyone's, delivered at commit); :mod:`.wake` LISTENs on its own connection.  The
+worker's pruner also vacuums the task table when the server runs without autovacuum.
 """
 
 from __future__ import annotations
@@ -152,7 +158,8 @@ class PostgresBackend:
                 f"backend takes {', '.join(sorted(_OWN))} and libpq's connection parameters"
             )
         self.pgbouncer = _flag(url, "pgbouncer", False)
-        self.pipeline = _flag(url, "pipeline", True)
+        # pipeline mode needs libpq >= 14 (psycopg[binary] ships one)
+        self.pipeline = _flag(url, "pipeline", True) and psycopg.Pipeline.is_supported()
         self.async_ack = _flag(url, "async_ack", True)
         self.connect_timeout = _number(url, "connect_timeout", 5, 1)
         size = int(_number(url, "pool_size", 10, 1))
@@ -308,8 +315,9 @@ class PostgresBackend:
             return []
         if connection is not None:  # the application's transaction: it commits, not lmq
             app = app_connection(connection, "postgresql")
-            with self._conn():
-                pass  # lmq's own connection checks the tables first
+            if not self._schema_checked:
+                with self._conn():
+                    pass  # lmq's own connection checks the tables first
             cursor = app.cursor
             if isinstance(cursor, psycopg.Cursor):
                 cursor.row_factory = tuple_row  # whatever the application's default is

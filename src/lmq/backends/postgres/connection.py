@@ -241,7 +241,11 @@ def translate(
     if isinstance(exc, _BUSY_ERRORS):
         return BackendBusy(f"PostgreSQL {where}: {first_line(exc)}")
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
-        if pool is not None and conn is not None and (conn.broken or conn.closed):
+        if (
+            pool is not None
+            and conn is not None
+            and (getattr(conn, "broken", False) or conn.closed)
+        ):
             pool.lost()
         return BackendUnavailable(f"PostgreSQL {where}: {first_line(exc)}")
     return BackendError(f"PostgreSQL {where}: {first_line(exc)}")
