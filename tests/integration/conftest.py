@@ -335,13 +335,63 @@ def h(tmp_path: Path) -> Iterator[Harness]:
         harness.close()
 
 
+def leftovers(url: str, prefix: str) -> list[str]:
+    """Objects still named ``prefix…`` on the server ``url`` names (no LIKE: no escaping)."""
+    scheme = url.split("://", 1)[0].split("+", 1)[0].lower()
+    if scheme in {"postgres", "postgresql"}:
+        import psycopg
+
+        with psycopg.connect(url.split("?", 1)[0], autocommit=True, connect_timeout=5) as conn:
+            rows = conn.execute(
+                "SELECT relname FROM pg_class WHERE starts_with(relname, %s)"
+                " UNION ALL SELECT proname FROM pg_proc WHERE starts_with(proname, %s)"
+                " UNION ALL SELECT typname FROM pg_type WHERE starts_with(typname, %s)"
+                " AND typtype = 'e'",
+                (prefix, prefix, prefix),
+            ).fetchall()
+        return sorted(r[0] for r in rows)
+    if scheme in {"mysql", "mariadb"}:
+        from urllib.parse import unquote, urlsplit
+
+        import pymysql
+
+        parts = urlsplit(url)
+        conn = pymysql.connect(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 3306,
+            user=unquote(parts.username or "root"),
+            password=unquote(parts.password or ""),
+            database=parts.path.lstrip("/") or None,
+            connect_timeout=5,
+        )
+        with contextlib.closing(conn), conn.cursor() as cur:
+            cur.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema ="
+                " DATABASE() AND LEFT(table_name, CHAR_LENGTH(%s)) = %s",
+                (prefix, prefix),
+            )
+            return sorted(r[0] for r in cur.fetchall())
+    import redis
+
+    client = redis.Redis.from_url(url.split("?", 1)[0], socket_timeout=5)
+    with contextlib.closing(client):
+        return sorted(k.decode() for k in client.scan_iter(match=f"{prefix}*", count=1000))
+
+
+def drop_and_check(base: str, prefix: str) -> None:
+    """``drop_prefix`` (tests/lmq_testservers.py), then fail if anything is left over."""
+    drop_prefix(base, prefix)
+    left = leftovers(base, prefix)
+    assert not left, f"drop_prefix({prefix!r}) left {len(left)} objects: {left[:8]}"
+
+
 @contextlib.contextmanager
 def server_harness(tmp_path: Path, backend: str) -> Iterator[Harness]:
     """A harness on the shared server ``$LMQ_TEST_…_URL`` names, under a fresh prefix."""
     base = shared_server_url(backend)
     prefix = f"i{uuid.uuid4().hex[:8]}_"
     harness = Harness(tmp_path, backend, with_prefix(base, prefix))
-    harness.on_close(lambda: drop_prefix(base, prefix))
+    harness.on_close(lambda: drop_and_check(base, prefix))
     try:
         harness.migrate()
         yield harness

@@ -23,9 +23,15 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from lmq_private_servers import free_port
-from lmq_testservers import drop_prefix
 
-from .conftest import SERVER_ENVS, Harness, shared_server_url, stderr_lines, with_prefix
+from .conftest import (
+    SERVER_ENVS,
+    Harness,
+    drop_and_check,
+    shared_server_url,
+    stderr_lines,
+    with_prefix,
+)
 
 SERVERS = list(SERVER_ENVS)
 
@@ -41,7 +47,7 @@ def fresh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
     base = shared_server_url(backend)
     prefix = f"c{uuid.uuid4().hex[:8]}_"
     harness = Harness(tmp_path, backend, with_prefix(base, prefix))
-    harness.on_close(lambda: drop_prefix(base, prefix))
+    harness.on_close(lambda: drop_and_check(base, prefix))
     try:
         yield harness
     finally:
@@ -74,7 +80,10 @@ def at_port(url: str, port: int) -> str:
 
 def timed(h: Harness, *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
     t0 = time.monotonic()
-    res = h.run(*args, timeout=30)
+    try:
+        res = h.run(*args, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"lmq {' '.join(args)} was still waiting after 30 s (must give up in 5 s)")
     return res, time.monotonic() - t0
 
 
@@ -172,7 +181,7 @@ def test_bad_credentials_exit_2_with_one_line_and_no_password(fresh: Harness) ->
 def test_burst_worker_drains_what_lmq_enqueue_stored(fresh: Harness) -> None:
     h = fresh
     h.migrate()
-    keys = list(range(25))
+    keys = list(range(6))
     for k in keys:
         res = h.run("enqueue", "record", json.dumps({"n": k}))
         assert res.returncode == 0, res.stderr
