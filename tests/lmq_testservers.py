@@ -23,7 +23,8 @@ def drop_prefix(url: str, prefix: str) -> None:
 
 
 def _like(prefix: str) -> str:
-    return prefix.replace("_", r"\\_") + "%"
+    """A LIKE pattern for names starting with ``prefix`` (``_`` escaped: not a wildcard)."""
+    return prefix.replace("_", "\\_") + "%"
 
 
 def _drop_postgres(url: str, prefix: str) -> None:
