@@ -439,9 +439,12 @@ def test_killed_connections_are_replaced(prefix: str) -> None:
 # --- claims ----------------------------------------------------------------------------------
 
 
-def test_skip_locked_claims_from_several_threads_never_share_a_task(prefix: str) -> None:
+@pytest.mark.parametrize("pipeline", ["false", "true"])
+def test_skip_locked_claims_from_several_threads_never_share_a_task(
+    prefix: str, pipeline: str
+) -> None:
     """Workers in threads, each with its own Queue, on the hot path (ack + claim)."""
-    url = _with(_base(), prefix=prefix)
+    url = _with(_base(), prefix=prefix, pipeline=pipeline)
     with lmq.Queue(url) as q:
         q.migrate()
         made = set(q.enqueue_many([("t", {"i": i}) for i in range(3000)]))
