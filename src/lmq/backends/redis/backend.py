@@ -12,8 +12,8 @@ URL options (anything else is refused):
                      several apps (or test runs) share one server under different ones.
                      Letters, digits and ``_ : . -``, up to 64 characters.
 ``socket_timeout``   seconds a command may take before the call fails with
-                     BackendUnavailable (default 10; a bulk enqueue of 100,000 tasks
-                     takes about a second on the server).
+                     BackendUnavailable (default 10; the longest script, an enqueue
+                     of 50,000 tasks, takes one to three seconds on the server).
 ``connect_timeout``  seconds to wait for a connection (default 5).
 ``max_connections``  size of the connection pool (default: unbounded).
 
@@ -133,7 +133,6 @@ _STATUSES = ("pending", "processing", "done")
 COLUMNS = (
     "head",
     "payload",
-    "priority",
     "status",
     "attempts",
     "next_run",
@@ -290,9 +289,6 @@ class RedisBackend:
 
         return self._call(go)
 
-    def _tkey(self, task_id: TaskId) -> str:
-        return f"{self.prefix}queue:task:{task_id}"
-
     def _dkey(self, dead_id: TaskId) -> str:
         return f"{self.prefix}queue:dead:{dead_id}"
 
@@ -349,7 +345,7 @@ class RedisBackend:
         rescued, rows = _loads(reply)
         tasks = []
         for task_id, head, payload, attempts in rows:
-            queue, name, max_attempts, _ = head.split("\0")
+            queue, _, name, max_attempts, _ = head.split("\0")
             tasks.append(
                 Claimed(task_id, queue, name, payload, attempts, int(max_attempts or 0) or None)
             )
@@ -510,9 +506,9 @@ class RedisBackend:
             heads = _loads(self._run("heads", ids)) if ids else []
             wanted = []
             for i, status, head in heads:
-                queue, name, _, _ = head.split("\0")
+                queue, _, name, _, _ = head.split("\0")
                 if (
-                    status in statuses
+                    (status or "pending") in statuses
                     and (flt.queue is None or queue == flt.queue)
                     and (flt.task_name is None or name == flt.task_name)
                 ):

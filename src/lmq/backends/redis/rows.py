@@ -71,14 +71,14 @@ def parse_errors(text: str | None) -> tuple[TaskError, ...]:
 
 def task_from_hash(task_id: str, h: dict[str, str | None]) -> Task:
     """A task from its columns (see scripts.lua: ``head`` and ``lease`` are packed)."""
-    queue, name, max_attempts, _ = (h.get("head") or "default\0\0\0").split("\0")
+    queue, priority, name, max_attempts, _ = (h.get("head") or "default\x000\0\0\0").split("\0")
     lease = h.get("lease")
     return Task(
         id=task_id,
         queue=queue,
         task_name=name,
         payload=loads_lenient(h.get("payload") or "{}"),
-        priority=_int(h.get("priority")) or 0,
+        priority=_int(priority) or 0,
         status=h.get("status") or "pending",
         attempts=_int(h.get("attempts")) or 0,
         max_attempts=_int(max_attempts),

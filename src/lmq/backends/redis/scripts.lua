@@ -7,11 +7,12 @@
 -- (P queue:tasks:<column>, field = task id), so a batch of n tasks is read or written
 -- with one HMGET / HSET per column instead of one command per task.  Columns that the
 -- hot path reads together are packed:
---   head  = queue NUL task_name NUL max_attempts ('' = none) NUL unique flag ('1'/'0'),
---           written at enqueue (and by a requeue);
+--   head  = queue NUL priority NUL task_name NUL max_attempts ('' = none) NUL unique
+--           flag ('1'/'0'), written at enqueue (and by a requeue);
 --   lease = worker NUL head, present exactly while the task is 'processing', so one
 --           HMGET of the lease column checks a whole batch of acknowledgements;
--- the lease expiry lives only in the processing zset (its score).
+-- the lease expiry lives only in the processing zset (its score), an absent status
+-- means 'pending' and an absent attempts 0 (what enqueue would write).
 -- The hot scripts (enqueue, claim, complete) take their request as one JSON argument and
 -- answer with one JSON string: cjson (C) on both ends instead of thousands of RESP items.
 
@@ -34,8 +35,8 @@ local K_BEATS = P .. 'queue:beats'
 local K_META = P .. 'queue:meta'
 local CHANNEL = P .. 'queue:wake'
 local NULL = cjson.null
-local COLUMNS = {'head', 'payload', 'priority', 'status', 'attempts', 'next_run', 'created',
-  'updated', 'lease', 'last_error', 'unique_key', 'errors', 'dead_letter_id'}
+local COLUMNS = {'head', 'payload', 'status', 'attempts', 'next_run', 'created', 'updated',
+  'lease', 'last_error', 'unique_key', 'errors', 'dead_letter_id'}
 
 local function col(name) return P .. 'queue:tasks:' .. name end
 local function dkey(id) return P .. 'queue:dead:' .. id end
@@ -51,13 +52,19 @@ local function fmt(x) return string.format('%.6f', x) end
 local function pad(id) return string.rep('0', 16 - #id) .. id end
 local function unpad(m) return string.match(m, '^0*(%d+)$') end
 
-local function make_head(q, name, maxa, has_ukey)
-  return q .. '\0' .. name .. '\0' .. maxa .. '\0' .. (has_ukey and '1' or '0')
+local function make_head(q, prio, name, maxa, has_ukey)
+  return q .. '\0' .. prio .. '\0' .. name .. '\0' .. maxa .. '\0' .. (has_ukey and '1' or '0')
 end
--- head -> queue, task_name, max_attempts ('' = none), has a unique key?
+-- head -> queue, priority, task_name, max_attempts ('' = none), has a unique key?
 local function split_head(h)
-  local q, name, maxa, flag = string.match(h, '^(.-)%z(.*)%z(.-)%z(.)$')
-  return q, name, maxa, flag == '1'
+  local q, prio, name, maxa, flag = string.match(h, '^(.-)%z(.-)%z(.*)%z(.-)%z(.)$')
+  return q, prio, name, maxa, flag == '1'
+end
+-- head -> queue, priority (the fields the state changes need)
+local function head_qp(h)
+  local a = string.find(h, '\0', 1, true)
+  local b = string.find(h, '\0', a + 1, true)
+  return string.sub(h, 1, a - 1), string.sub(h, a + 1, b - 1)
 end
 local function head_queue(h) return string.sub(h, 1, string.find(h, '\0', 1, true) - 1) end
 
@@ -158,11 +165,11 @@ local function tidy(q, prio)
   end
 end
 
--- the ids of `sel` still leased to `worker`, with their queues and whether they have
--- a unique key (lists aligned with the held ids), plus the columns asked for
+-- the ids of `sel` still leased to `worker` and their heads (aligned lists), plus the
+-- columns asked for
 local function held_by(worker, sel, ...)
-  local held, queues, ukeys = {}, {}, {}
-  if #sel == 0 then return held, queues, ukeys, get(held, ...) end
+  local held, heads = {}, {}
+  if #sel == 0 then return held, heads, get(held, ...) end
   local leases = hmget_many(col('lease'), sel)
   local wp = worker .. '\0'
   local n = #wp
@@ -172,12 +179,10 @@ local function held_by(worker, sel, ...)
     if v and string.sub(v, 1, n) == wp then
       k = k + 1
       held[k] = id
-      local h = string.sub(v, n + 1)
-      queues[k] = head_queue(h)
-      ukeys[k] = string.sub(h, -1) == '1'
+      heads[k] = string.sub(v, n + 1)
     end
   end
-  return held, queues, ukeys, get(held, ...)
+  return held, heads, get(held, ...)
 end
 
 -- the lease column loses the ids (they leave 'processing'), and the processing zset too
@@ -192,14 +197,14 @@ end
 local function rescue(now, nowf)
   local expired = redis.call('ZRANGEBYSCORE', K_PROC, '-inf', nowf, 'LIMIT', 0, 1000)
   if #expired == 0 then return 0 end
-  local r = get(expired, 'lease', 'attempts', 'priority', 'errors')
+  local r = get(expired, 'lease', 'attempts', 'errors')
   local n = 0
   local nproc = {}
   for j, id in ipairs(expired) do
     local v = r.lease[j]
     if v then
       local worker = string.sub(v, 1, string.find(v, '\0', 1, true) - 1)
-      local q = head_queue(string.sub(v, #worker + 2))
+      local q, prio = head_qp(string.sub(v, #worker + 2))
       local msg = 'lease expired: worker ' .. worker .. ' stopped renewing it (died or hung)'
       local err = '{"attempt":' .. (r.attempts[j] or '0') .. ',"at":' .. nowf ..
         ',"type":"LeaseExpired","message":' .. cjson.encode(msg) .. ',"traceback":null}'
@@ -208,7 +213,7 @@ local function rescue(now, nowf)
       set(id, 'updated', nowf)
       set(id, 'last_error', msg)
       set(id, 'errors', append_error(r.errors[j], err))
-      make_pending(id, q, r.priority[j], nowf)
+      make_pending(id, q, prio, nowf)
       add_count(nproc, q, -1)
       n = n + 1
     end
@@ -367,7 +372,7 @@ local n = #tasks
 local last = redis.call('INCRBY', K_IDS, n)
 local base = last - n
 local out = {}
-local c_head, c_pay, c_prio, c_st, c_att, c_nr, c_cr, c_upd = {}, {}, {}, {}, {}, {}, {}, {}
+local c_head, c_pay, c_nr, c_cr, c_upd = {}, {}, {}, {}, {}
 local ready = false
 local queues = {}
 local m = 0
@@ -389,15 +394,9 @@ for i = 1, n do
     local maxa = ''
     if t[5] ~= NULL then maxa = string.format('%d', t[5]) end
     c_head[m + 1] = id
-    c_head[m + 2] = make_head(q, t[1], maxa, ukey)
+    c_head[m + 2] = make_head(q, prio, t[1], maxa, ukey)
     c_pay[m + 1] = id
     c_pay[m + 2] = t[2]
-    c_prio[m + 1] = id
-    c_prio[m + 2] = prio
-    c_st[m + 1] = id
-    c_st[m + 2] = 'pending'
-    c_att[m + 1] = id
-    c_att[m + 2] = '0'
     c_nr[m + 1] = id
     c_nr[m + 2] = nrs
     c_cr[m + 1] = id
@@ -420,9 +419,6 @@ end
 if m > 0 then
   bulk('HSET', col('head'), c_head)
   bulk('HSET', col('payload'), c_pay)
-  bulk('HSET', col('priority'), c_prio)
-  bulk('HSET', col('status'), c_st)
-  bulk('HSET', col('attempts'), c_att)
   bulk('HSET', col('next_run'), c_nr)
   bulk('HSET', col('created'), c_cr)
   bulk('HSET', col('updated'), c_upd)
@@ -452,7 +448,7 @@ local wake = false
 local nproc, ndone, ndead = {}, {}, {}
 local rem = {}
 
-local done, dq, du = held_by(worker, req[2])
+local done, dh = held_by(worker, req[2])
 local nd = #done
 if nd > 0 then
   local c_st, c_upd = {}, {}
@@ -464,8 +460,11 @@ if nd > 0 then
     c_upd[k + 1] = id
     c_upd[k + 2] = nowf
     k = k + 2
-    if du[j] then release_unique(redis.call('HGET', col('unique_key'), id), id) end
-    local q = dq[j]
+    local h = dh[j]
+    if string.sub(h, -1) == '1' then
+      release_unique(redis.call('HGET', col('unique_key'), id), id)
+    end
+    local q = head_queue(h)
     nproc[q] = (nproc[q] or 0) - 1
     ndone[q] = (ndone[q] or 0) + 1
   end
@@ -480,9 +479,10 @@ for _, rt in ipairs(req[3]) do
   rids[#rids + 1] = rt[1]
   rby[rt[1]] = rt
 end
-local retried, rq, _, rc = held_by(worker, rids, 'priority', 'errors')
+local retried, rh, rc = held_by(worker, rids, 'errors')
 for j, id in ipairs(retried) do
   local rt = rby[id]
+  local q, prio = head_qp(rh[j])
   local delay, msg, err = rt[2], rt[3], rt[4]
   local at = fmt(now + delay)
   set(id, 'status', 'pending')
@@ -491,8 +491,8 @@ for j, id in ipairs(retried) do
   set(id, 'last_error', msg)
   set(id, 'errors', append_error(rc.errors[j], err))
   rem[#rem + 1] = id
-  make_pending(id, rq[j], rc.priority[j], at)
-  add_count(nproc, rq[j], -1)
+  make_pending(id, q, prio, at)
+  add_count(nproc, q, -1)
   if delay <= 0 then wake = true end
 end
 
@@ -501,22 +501,22 @@ for _, b in ipairs(req[4]) do
   bids[#bids + 1] = b[1]
   bby[b[1]] = b
 end
-local buried, _, bu, bc = held_by(worker, bids, 'head', 'payload', 'priority', 'attempts',
-  'created', 'errors', 'unique_key')
+local buried, bh, bc = held_by(worker, bids, 'payload', 'attempts', 'created', 'errors',
+  'unique_key')
 for j, id in ipairs(buried) do
   local b = bby[id]
   local reason, msg, fp, maxa, err = b[2], b[3], b[4], b[5], b[6]
-  local q, name, row_max = split_head(bc.head[j])
+  local q, prio, name, row_max, has_ukey = split_head(bh[j])
   if row_max == '' then row_max = string.format('%d', maxa) end
   local dlid = string.format('%d', redis.call('INCR', K_DEAD_IDS))
   local errors = append_error(bc.errors[j], err)
   local dk = dkey(dlid)
   redis.call('HSET', dk, 'id', dlid, 'task_id', id, 'queue', q, 'task_name', name,
-    'payload', bc.payload[j] or '{}', 'priority', bc.priority[j] or '0',
+    'payload', bc.payload[j] or '{}', 'priority', prio,
     'attempts', bc.attempts[j] or '0', 'max_attempts', row_max, 'error', msg,
     'reason', reason, 'fingerprint', fp, 'created', bc.created[j] or '', 'died_at', nowf,
     'errors', errors, 'status', 'dead')
-  local ukey = bu[j] and bc.unique_key[j]
+  local ukey = has_ukey and bc.unique_key[j]
   if ukey then redis.call('HSET', dk, 'unique_key', ukey) end
   set(id, 'status', 'dead')
   set(id, 'updated', nowf)
@@ -531,15 +531,16 @@ for j, id in ipairs(buried) do
   add_count(ndead, q, 1)
 end
 
-local released, lq, _, lc = held_by(worker, req[5], 'priority', 'attempts')
+local released, lh, lc = held_by(worker, req[5], 'attempts')
 for j, id in ipairs(released) do
   set(id, 'status', 'pending')
   set(id, 'attempts', math.max(tonumber(lc.attempts[j] or '0') - 1, 0))
   set(id, 'next_run', nowf)
   set(id, 'updated', nowf)
   rem[#rem + 1] = id
-  make_pending(id, lq[j], lc.priority[j], nowf)
-  add_count(nproc, lq[j], -1)
+  local q, prio = head_qp(lh[j])
+  make_pending(id, q, prio, nowf)
+  add_count(nproc, q, -1)
   wake = true
 end
 
@@ -758,17 +759,17 @@ for _, dlid in ipairs(sel) do
   add_count(ndead, q, -1)
   local ukey = d[9]
   if ukey and redis.call('HEXISTS', K_UNIQUE, ukey) == 1 then ukey = false end
-  local cur = redis.call('HMGET', col('status'), id)[1]
+  local head = redis.call('HGET', col('head'), id)
+  local cur = redis.call('HGET', col('status'), id)
   local revive = true
-  if cur == 'dead' or cur == 'discarded' then
-    local _, name, maxa = split_head(redis.call('HGET', col('head'), id))
-    set(id, 'head', make_head(q, name, maxa, ukey))
-  elseif not cur then  -- its row is gone (deleted by hand): write it again
-    set(id, 'head', make_head(q, d[3], d[6] or '', ukey))
+  if not head then  -- its row is gone (deleted by hand): write it again
+    set(id, 'head', make_head(q, prio, d[3], d[6] or '', ukey))
     set(id, 'payload', d[4] or '{}')
-    set(id, 'priority', prio)
     set(id, 'created', d[7] or '')
     set(id, 'errors', d[8] or '[]')
+  elseif cur == 'dead' or cur == 'discarded' then
+    local _, _, name, maxa = split_head(head)
+    set(id, 'head', make_head(q, prio, name, maxa, ukey))
   else
     revive = false  -- already live again some other way
   end
