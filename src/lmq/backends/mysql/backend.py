@@ -615,7 +615,7 @@ class MySQLBackend:
         one = bool(queues) and len(queues or ()) == 1
         index = f"{p}queue_tasks_queue_ready" if one else f"{p}queue_tasks_ready"
         if mode == "update":
-            sql = self.q["claim_update"].replace("{queue_filter}", qf).replace("{index}", index)
+            sql = self.q["claim_pick"].replace("{queue_filter}", qf).replace("{index}", index)
         elif queues and len(queues) > 1:
             # one ordered index read per queue, merged here: a worker of queues a,b never
             # walks past the ready rows of other queues
@@ -652,12 +652,26 @@ class MySQLBackend:
     def _claim_by_update(
         self, cur: Cursor, request: ClaimRequest, sql: str, qparams: dict[str, str]
     ) -> list[Claimed]:
+        """The fallback claim: pick the best ready ids, then take them with one UPDATE that
+        re-checks each under its row lock (rows another claim took first drop out; a few
+        passes fill the gap they leave), then read back the rows carrying this claim's
+        token."""
         cur.execute(self.q["now"])
         now = float(cur.fetchone()[0])
-        until = now + request.lease
-        token = {"worker": request.worker_id, "until": until, "now": now}
-        n = cur.execute(sql, {**token, "limit": request.limit, **qparams})
-        if not n:
+        token = {"worker": request.worker_id, "until": now + request.lease, "now": now}
+        taken = 0
+        for _pass in range(3):
+            want = request.limit - taken
+            cur.execute(sql, {**token, "limit": want, **qparams})
+            picked = [r[0] for r in cur.fetchall()]
+            if not picked:
+                break
+            take = self.q["claim_take"].replace("{ids}", _ids_sql(picked))
+            got = int(cur.execute(take, token))
+            taken += got
+            if got == len(picked) or len(picked) < want:
+                break  # all taken, or no more ready than these
+        if not taken:
             return []
         cur.execute(self.q["claim_read_back"], token)
         return list(map(Claimed._make, cur.fetchall()))

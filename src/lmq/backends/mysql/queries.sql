@@ -64,17 +64,17 @@ UPDATE {prefix}queue_tasks
 -- SKIP LOCKED: rows another claim holds are passed over, never waited for
 SELECT id, queue, task_name, payload, attempts + 1, max_attempts
   FROM {prefix}queue_tasks FORCE INDEX ({index})
- WHERE status = 'pending' AND next_run <= {now} {queue_filter}
- ORDER BY neg_priority, next_run, id
+ WHERE ready_priority IS NOT NULL AND ready_at <= {now} {queue_filter}
+ ORDER BY ready_priority, ready_at, id
  LIMIT %(limit)s
    FOR UPDATE SKIP LOCKED
 
 -- name: claim_select_sorted
 -- one queue of several (UNION ALL of these, merged by the backend): the sort key too
-SELECT id, queue, task_name, payload, attempts + 1, max_attempts, neg_priority, next_run
+SELECT id, queue, task_name, payload, attempts + 1, max_attempts, ready_priority, ready_at
   FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_queue_ready)
- WHERE status = 'pending' AND next_run <= {now} AND queue = %(q{i})s
- ORDER BY neg_priority, next_run, id
+ WHERE queue = %(q{i})s AND ready_priority IS NOT NULL AND ready_at <= {now}
+ ORDER BY ready_priority, ready_at, id
  LIMIT %(limit)s
    FOR UPDATE SKIP LOCKED
 
@@ -84,15 +84,23 @@ UPDATE {prefix}queue_tasks
        locked_until = {now} + %(lease)s, next_run = {now} + %(lease)s, updated = {now}
  WHERE id IN ({ids})
 
--- name: claim_update
--- the fallback for servers without SKIP LOCKED: one atomic UPDATE ... ORDER BY ... LIMIT;
--- (locked_by, next_run, updated) = (worker, until, now) is this claim's token
-UPDATE {prefix}queue_tasks FORCE INDEX ({index})
+-- name: claim_pick
+-- the fallback for servers without SKIP LOCKED, step 1: the best ready ids, a plain read
+-- (an UPDATE ... ORDER BY ... LIMIT would sort every ready row: it changes the columns of
+-- the index it would read in order)
+SELECT id FROM {prefix}queue_tasks FORCE INDEX ({index})
+ WHERE ready_priority IS NOT NULL AND ready_at <= %(now)s {queue_filter}
+ ORDER BY ready_priority, ready_at, id
+ LIMIT %(limit)s
+
+-- name: claim_take
+-- step 2, the atomic part: each row is re-checked under its row lock, so a row another
+-- claim took first is passed over (never claimed twice); (locked_by, next_run, updated) =
+-- (worker, until, now) is this claim's token
+UPDATE {prefix}queue_tasks
    SET status = 'processing', attempts = attempts + 1, locked_by = %(worker)s,
        locked_until = %(until)s, next_run = %(until)s, updated = %(now)s
- WHERE status = 'pending' AND next_run <= %(now)s {queue_filter}
- ORDER BY neg_priority, next_run, id
- LIMIT %(limit)s
+ WHERE id IN ({ids}) AND status = 'pending' AND next_run <= %(now)s
 
 -- name: claim_read_back
 SELECT id, queue, task_name, payload, attempts, max_attempts
@@ -112,8 +120,8 @@ SELECT {now},
 -- of queue_ready (index only, but every pending row of those queues: next_due is an
 -- idle-time call; has_ready_queues is the cheap one)
 SELECT {now},
-       (SELECT MIN(next_run) FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_queue_ready)
-         WHERE status = 'pending' {queue_filter}),
+       (SELECT MIN(ready_at) FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_queue_ready)
+         WHERE ready_priority IS NOT NULL {queue_filter}),
        (SELECT MIN(next_run) FROM {prefix}queue_tasks WHERE status = 'processing')
 
 -- name: has_ready_queues
@@ -124,7 +132,7 @@ SELECT EXISTS (SELECT 1 FROM {prefix}queue_tasks WHERE status = 'processing'
 
 -- name: has_ready_probe
 OR EXISTS (SELECT 1 FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_queue_ready)
-            WHERE status = 'pending' AND queue = %(q{i})s AND next_run <= {now})
+            WHERE queue = %(q{i})s AND ready_priority IS NOT NULL AND ready_at <= {now})
 
 -- name: ack_done
 UPDATE {prefix}queue_tasks
@@ -218,12 +226,12 @@ SELECT * FROM {prefix}queue_dead_letters WHERE task_id = %(id)s ORDER BY id DESC
 SELECT * FROM {prefix}queue_dead_letters WHERE id = %(id)s
 
 -- name: count_tasks
--- index-only: queue_ready holds status, queue and next_run
+-- a scan of the table (the done rows too), as on SQLite
 SELECT queue, status, COUNT(*),
        SUM(status = 'pending' AND next_run <= {now}),
        MIN(CASE WHEN status = 'pending' AND next_run <= {now} THEN next_run END),
        {now}
-  FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_queue_ready)
+  FROM {prefix}queue_tasks
  WHERE status IN ('pending', 'processing', 'done')
  GROUP BY status, queue
 

@@ -12,19 +12,20 @@
 -- and is DOUBLE arithmetic (no DECIMAL conversions per row).  `status` is an ENUM: a
 -- one-byte key part in every index (the text 'pending' inserts as before).
 --
--- InnoDB has no partial indexes, so every index the claim reads starts with `status`:
--- finished rows sit in another part of the index and cost the claim nothing.  Descending
--- index parts need MySQL 8 or MariaDB 10.8+, so the claim orders by `neg_priority`
--- (a stored generated column, -priority) ascending: ORDER BY neg_priority, next_run, id
--- reads one index in order on every supported server.  `live_key` is unique_key while
--- the task is pending or processing and NULL otherwise; its UNIQUE index is the partial
--- unique index MySQL lacks (NULLs never collide).
+-- InnoDB has no partial indexes, so the claim's indexes read stored generated columns
+-- that are NULL unless the task is pending: ready_priority (-priority) and ready_at
+-- (next_run).  The claim reads `ready_priority IS NOT NULL` (finished rows sit in the
+-- NULL part of the index and cost it nothing) in ORDER BY ready_priority, ready_at, id:
+-- ascending, so one index is read in order on every supported server (descending index
+-- parts need MySQL 8 or MariaDB 10.8+).  Acknowledging a task (processing -> done) leaves
+-- both NULL, so it does not touch the claim's indexes at all.  `live_key` is unique_key
+-- while the task is pending or processing and NULL otherwise; its UNIQUE index is the
+-- partial unique index MySQL lacks (NULLs never collide).
 --
 -- next_run is when the row next matters to the scheduler: for a pending task when it is
 -- due, for a processing one when its lease expires (= locked_until), for a done one when
 -- it finished.  So one index, due (status, next_run), answers "anything due?", "the
--- earliest due", "which leases expired?" and "which done rows are old?", and every state
--- change rewrites four indexes, not six (each costs the claim and the acknowledgement).
+-- earliest due", "which leases expired?" and "which done rows are old?".
 CREATE TABLE IF NOT EXISTS {prefix}queue_tasks (
     id             BIGINT       NOT NULL AUTO_INCREMENT,
     queue          VARCHAR(191) NOT NULL DEFAULT 'default',
@@ -44,12 +45,13 @@ CREATE TABLE IF NOT EXISTS {prefix}queue_tasks (
     unique_key     VARCHAR(191) NULL,
     errors         LONGTEXT     NULL,
     dead_letter_id BIGINT       NULL,
-    neg_priority   INT          AS (-priority) STORED,
+    ready_priority INT          AS (CASE WHEN status = 'pending' THEN -priority END) STORED,
+    ready_at       DOUBLE       AS (CASE WHEN status = 'pending' THEN next_run END) STORED,
     live_key       VARCHAR(191)
         AS (CASE WHEN status IN ('pending', 'processing') THEN unique_key END) STORED,
     PRIMARY KEY (id),
-    KEY {prefix}queue_tasks_ready (status, neg_priority, next_run, id),
-    KEY {prefix}queue_tasks_queue_ready (status, queue, neg_priority, next_run, id),
+    KEY {prefix}queue_tasks_ready (ready_priority, ready_at, id),
+    KEY {prefix}queue_tasks_queue_ready (queue, ready_priority, ready_at, id),
     KEY {prefix}queue_tasks_due (status, next_run),
     UNIQUE KEY {prefix}queue_tasks_unique (live_key)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
