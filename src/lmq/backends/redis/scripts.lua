@@ -11,8 +11,10 @@
 --           flag ('1'/'0'), written at enqueue (and by a requeue);
 --   lease = worker NUL head, present exactly while the task is 'processing', so one
 --           HMGET of the lease column checks a whole batch of acknowledgements;
--- the lease expiry lives only in the processing zset (its score), an absent status
--- means 'pending' and an absent attempts 0 (what enqueue would write).
+-- the lease expiry lives only in the processing zset (its score).  The status column
+-- holds pending (or nothing: pending), done, dead or discarded; a task with a lease is
+-- 'processing' whatever the column says (a claim writes no status).  An absent
+-- attempts is 0.
 -- The hot scripts (enqueue, claim, complete) take their request as one JSON argument and
 -- answer with one JSON string: cjson (C) on both ends instead of thousands of RESP items.
 
@@ -297,15 +299,13 @@ local function claim(worker, limit, lease, queues, now, nowf)
   local attempts = hmget_many(col('attempts'), taken)
   local rows = {}
   local nproc = {}
-  local a_status, a_att, a_lease, a_upd, zargs = {}, {}, {}, {}, {}
+  local a_att, a_lease, a_upd, zargs = {}, {}, {}, {}
   local wp = worker .. '\0'
   local k, nr = 0, 0
   for j, id in ipairs(taken) do
     local h = heads[j]
     if h then
       local att = tonumber(attempts[j] or '0') + 1
-      a_status[k + 1] = id
-      a_status[k + 2] = 'processing'
       a_att[k + 1] = id
       a_att[k + 2] = att
       a_lease[k + 1] = id
@@ -321,7 +321,6 @@ local function claim(worker, limit, lease, queues, now, nowf)
     end
   end
   if k > 0 then
-    bulk('HSET', col('status'), a_status)
     bulk('HSET', col('attempts'), a_att)
     bulk('HSET', col('lease'), a_lease)
     bulk('HSET', col('updated'), a_upd)
@@ -586,6 +585,7 @@ for j, id in ipairs(ids) do
   if r.head[j] then
     local row = {id}
     for ci, c in ipairs(COLUMNS) do row[ci + 1] = r[c][j] or NULL end
+    if r.lease[j] then row[4] = 'processing' end  -- COLUMNS[3] is status
     row[#COLUMNS + 2] = r.lease[j] and redis.call('ZSCORE', K_PROC, id) or NULL
     out[#out + 1] = row
   end
@@ -597,10 +597,12 @@ return cjson.encode(out)
 -- ARGV: P, ids... -> JSON [[id, status, head], ...] for the ids that exist
 local ids = {}
 for j = 2, #ARGV do ids[#ids + 1] = ARGV[j] end
-local r = get(ids, 'status', 'head')
+local r = get(ids, 'status', 'head', 'lease')
 local out = {}
 for j, id in ipairs(ids) do
-  if r.head[j] then out[#out + 1] = {id, r.status[j], r.head[j]} end
+  if r.head[j] then
+    out[#out + 1] = {id, r.lease[j] and 'processing' or r.status[j] or 'pending', r.head[j]}
+  end
 end
 if #out == 0 then return '[]' end
 return cjson.encode(out)
