@@ -31,6 +31,7 @@ from lmq.backends.postgres.backend import SCHEMA_VERSION
 from lmq.backends.sqlfile import load_migrations
 from lmq.models import ClaimRequest, CompleteBatch, TaskId
 from lmq.url import parse_url
+from lmq_testservers import drop_prefix
 
 from .helpers import claim, complete, ids, run_burst, wait_for
 
@@ -51,23 +52,6 @@ def _raw() -> Any:
     import psycopg
 
     return psycopg.connect(_base(), autocommit=True, connect_timeout=5)
-
-
-def drop_prefix(base: str, prefix: str) -> None:
-    """Drop every table and function named ``prefix…`` (what lmq made under it)."""
-    import psycopg
-
-    assert prefix.replace("_", "").isalnum(), prefix
-    like = prefix.replace("_", r"\_") + "%"
-    with psycopg.connect(base, autocommit=True, connect_timeout=5) as conn:
-        for (name,) in conn.execute(
-            "SELECT quote_ident(tablename) FROM pg_tables WHERE tablename LIKE %s", (like,)
-        ).fetchall():
-            conn.execute(f"DROP TABLE IF EXISTS {name} CASCADE")
-        for (sig,) in conn.execute(
-            "SELECT oid::regprocedure::text FROM pg_proc WHERE proname LIKE %s", (like,)
-        ).fetchall():
-            conn.execute(f"DROP FUNCTION IF EXISTS {sig} CASCADE")
 
 
 def _new_prefix() -> str:
