@@ -42,29 +42,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
-import random
-import re
-import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
+from typing import Any
 
-import pymysql  # type: ignore[import-untyped]  # no stubs shipped (types-PyMySQL not pinned)
-import pymysql.cursors  # type: ignore[import-untyped]
-from pymysql.connections import Connection  # type: ignore[import-untyped]
-from pymysql.cursors import Cursor
+import pymysql  # type: ignore[import-untyped]
+from pymysql.cursors import Cursor  # type: ignore[import-untyped]
 
-from ...exceptions import (
-    BackendBusy,
-    BackendError,
-    BackendUnavailable,
-    ConfigError,
-    NotFound,
-    SchemaMissing,
-)
+from ...exceptions import BackendBusy, BackendError, NotFound, SchemaMissing
 from ...models import (
     Claimed,
     ClaimRequest,
@@ -83,93 +68,20 @@ from ...models import (
     TaskId,
     WorkerInfo,
 )
-from ...url import QueueURL, mask
 from ..external import app_connection
-from ..sqlfile import check_prefix, load_migrations, load_queries, load_schema
+from ..sqlfile import load_migrations, load_schema
 from .rows import dead_from_row, error_json, error_line, split_sql, task_from_row
+from .session import (
+    _DEADLOCK,
+    _TABLES,
+    NOW_SQL,
+    SCHEMA_VERSION,
+    MySQLSession,
+    _errno,
+    supports_skip_locked,
+)
 
-T = TypeVar("T")
-
-SCHEMA_VERSION = 1
-NOW_SQL = "(UNIX_TIMESTAMP() + MICROSECOND(NOW(6)) / 1e6)"
-_OPTIONS = {
-    "prefix",
-    "claim",
-    "connect_timeout",
-    "read_timeout",
-    "write_timeout",
-    "lock_wait_timeout",
-    "unix_socket",
-    "ssl_ca",
-    "ssl_cert",
-    "ssl_key",
-    "charset",
-}
-_CLAIM_MODES = ("auto", "skip_locked", "update")
-_TABLES = ("queue_tasks", "queue_dead_letters", "queue_workers", "queue_meta")
-
-# errors worth re-running the whole transaction for
-_DEADLOCK = 1213
-_LOCK_WAIT_TIMEOUT = 1205
-_RETRYABLE = {_DEADLOCK, _LOCK_WAIT_TIMEOUT}
-_RETRY_FOR = 30.0  # seconds of deadlock retries before giving up with BackendBusy
-# the connection is gone (or going): drop it, raise BackendUnavailable, reconnect next call
-_CONNECTION_LOST = {
-    2002,  # can't connect through socket
-    2003,  # can't connect to server
-    2006,  # server has gone away
-    2013,  # lost connection during query
-    2014,  # commands out of sync
-    2045,  # can't open shared memory
-    2055,  # lost connection at reading initial communication packet
-    1053,  # server shutdown in progress
-    1077,  # normal shutdown
-    1079,  # shutdown complete
-    1152,  # aborted connection
-    1317,  # query execution was interrupted (connection killed)
-    1927,  # MariaDB: connection was killed
-    4031,  # MySQL 8: disconnected by the server for inactivity
-}
-_NO_TABLE = {1146}  # table doesn't exist
-_BAD_SCHEMA = {1054}  # unknown column: an older or damaged schema
-_INSERT_CHUNK = 2 * 1024 * 1024  # bytes of VALUES per multi-row INSERT statement
-
-
-def _errno(exc: BaseException) -> int:
-    args = getattr(exc, "args", ())
-    return args[0] if args and isinstance(args[0], int) else 0
-
-
-def _parse_version(text: str) -> tuple[str, tuple[int, ...]]:
-    flavour = "mariadb" if "mariadb" in text.lower() else "mysql"
-    m = re.match(r"(\d+)\.(\d+)\.(\d+)", text)
-    numbers = tuple(int(x) for x in m.groups()) if m else (0, 0, 0)
-    if flavour == "mariadb" and numbers[0] == 5 and "-" in text:  # "5.5.5-10.6.12-MariaDB"
-        m2 = re.search(r"-(\d+)\.(\d+)\.(\d+)-MariaDB", text, re.IGNORECASE)
-        if m2:
-            numbers = tuple(int(x) for x in m2.groups())
-    return flavour, numbers
-
-
-def supports_skip_locked(version: str) -> bool:
-    """SKIP LOCKED: MySQL 8.0.1+, MariaDB 10.6+."""
-    flavour, numbers = _parse_version(version)
-    return numbers >= ((10, 6, 0) if flavour == "mariadb" else (8, 0, 1))
-
-
-def _seconds(url: QueueURL, name: str, default: float) -> float:
-    raw = url.options.get(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(
-            f"invalid {name}={raw!r} in {mask(url.raw)!r}: seconds expected"
-        ) from None
-    if value <= 0:
-        raise ConfigError(f"invalid {name}={raw!r} in {mask(url.raw)!r}: must be > 0")
-    return value
+_INSERT_CHUNK = 2 * 1024 * 1024  # characters of VALUES per multi-row INSERT statement
 
 
 def _ids_sql(ids: Sequence[TaskId]) -> str:
@@ -177,257 +89,8 @@ def _ids_sql(ids: Sequence[TaskId]) -> str:
     return ",".join(str(int(i)) for i in ids)
 
 
-class MySQLBackend:
+class MySQLBackend(MySQLSession):
     """See the module docstring."""
-
-    def __init__(self, url: QueueURL) -> None:
-        unknown = sorted(set(url.options) - _OPTIONS)
-        if unknown:
-            raise ConfigError(
-                f"unknown option(s) {', '.join(unknown)} in {mask(url.raw)!r}; the MySQL "
-                f"backend takes: {', '.join(sorted(_OPTIONS))}"
-            )
-        try:
-            self.prefix = check_prefix(url.prefix)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        self.url = mask(url.raw)
-        charset = url.options.get("charset", "utf8mb4").lower()
-        if charset != "utf8mb4":
-            raise ConfigError(
-                f"charset={charset!r} in {self.url!r}: lmq's MySQL tables and connections "
-                "are always utf8mb4"
-            )
-        self.claim_mode_option = url.options.get("claim", "auto").lower()
-        if self.claim_mode_option not in _CLAIM_MODES:
-            raise ConfigError(
-                f"invalid claim={self.claim_mode_option!r} in {self.url!r}: use "
-                + ", ".join(_CLAIM_MODES)
-            )
-        parts = urlsplit(url.path)
-        database = unquote(parts.path.lstrip("/"))
-        if not database or "/" in database:
-            raise ConfigError(f"no database name in {self.url!r}: use mysql://user@host/dbname")
-        try:
-            port = parts.port or 3306
-        except ValueError:
-            raise ConfigError(f"invalid port in {self.url!r}") from None
-        self.database = database
-        self.lock_wait_timeout = int(_seconds(url, "lock_wait_timeout", 10))
-        self._params: dict[str, Any] = {
-            "host": parts.hostname or "127.0.0.1",
-            "port": port,
-            "user": unquote(parts.username or "root"),
-            "password": unquote(parts.password or ""),
-            "database": database,
-            "charset": "utf8mb4",
-            "connect_timeout": _seconds(url, "connect_timeout", 5),
-            "read_timeout": _seconds(url, "read_timeout", 60),
-            "write_timeout": _seconds(url, "write_timeout", 60),
-            "autocommit": True,
-        }
-        if "unix_socket" in url.options:
-            self._params["unix_socket"] = url.options["unix_socket"]
-        ssl = {k[4:]: url.options[k] for k in ("ssl_ca", "ssl_cert", "ssl_key") if k in url.options}
-        if ssl:
-            self._params["ssl"] = ssl
-        self.q = {
-            name: sql.replace("{now}", NOW_SQL)
-            for name, sql in load_queries("lmq.backends.mysql", "queries.sql", self.prefix).items()
-        }
-        self._local = threading.local()
-        self._all_conns: list[Connection] = []
-        self._conns_lock = threading.Lock()
-        self._schema_checked = False
-        self._schema_lock = threading.Lock()
-        self._server: tuple[str, int, int] | None = None  # version, autoinc step, max packet
-        self._claim_mode: str | None = (
-            None if self.claim_mode_option == "auto" else self.claim_mode_option
-        )
-        self._claim_sql: dict[tuple[str, ...] | None, tuple[str, dict[str, str]]] = {}
-        self.lock_retries = 0  # transactions re-run after a deadlock or lock wait timeout
-
-    # --- connections ---------------------------------------------------------------------
-
-    def _connect(self) -> Connection:
-        params = self._params
-        try:
-            # the whole handshake within connect_timeout (PyMySQL would wait read_timeout
-            # for a server that accepts the TCP connection and never greets), then the
-            # session's own read/write timeouts
-            limit = params["connect_timeout"]
-            conn: Connection = pymysql.connect(
-                **{**params, "read_timeout": limit, "write_timeout": limit}
-            )
-            with conn.cursor() as cur:
-                cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-                cur.execute(f"SET SESSION innodb_lock_wait_timeout = {self.lock_wait_timeout}")
-                if self._server is None:
-                    cur.execute(self.q["server_info"])
-                    version, step, packet = cur.fetchone()
-                    self._server = (str(version), int(step or 1), int(packet or 1 << 20))
-            conn._read_timeout = params["read_timeout"]  # PyMySQL applies these per I/O call
-            conn._write_timeout = params["write_timeout"]
-        except pymysql.err.MySQLError as exc:
-            raise BackendUnavailable(f"cannot connect to MySQL at {self.url}: {exc}") from None
-        except OSError as exc:
-            raise BackendUnavailable(f"cannot connect to MySQL at {self.url}: {exc}") from None
-        with self._conns_lock:
-            self._all_conns.append(conn)
-        return conn
-
-    def _raw_conn(self) -> tuple[Connection, bool]:
-        """This thread's connection, and whether it was opened just now."""
-        local = self._local
-        conn: Connection | None = getattr(local, "conn", None)
-        if conn is not None and local.pid == os.getpid():
-            return conn, False
-        conn = local.conn = self._connect()  # first use in this thread (or forked child)
-        local.pid = os.getpid()
-        return conn, True
-
-    def _drop(self, conn: Connection) -> None:
-        if getattr(self._local, "conn", None) is conn:
-            self._local.conn = None
-        with self._conns_lock, contextlib.suppress(ValueError):
-            self._all_conns.remove(conn)
-        with contextlib.suppress(Exception):
-            conn.close()
-
-    def close(self) -> None:
-        with self._conns_lock:
-            conns, self._all_conns = self._all_conns, []
-        for conn in conns:
-            with contextlib.suppress(Exception):  # best effort: another thread may own it
-                conn.close()
-        self._local = threading.local()
-
-    def _translate(self, exc: BaseException) -> BackendError:
-        code = _errno(exc)
-        if code in _NO_TABLE or code in _BAD_SCHEMA:
-            return SchemaMissing(
-                f"MySQL database {self.database!r} at {self.url}: {exc.args[-1]}; lmq's tables "
-                f"({self.prefix}queue_tasks ...) are missing or incomplete: run `lmq migrate`"
-            )
-        if code in _RETRYABLE:
-            return BackendBusy(f"MySQL at {self.url}: {exc.args[-1]}")
-        if code in _CONNECTION_LOST or isinstance(exc, (pymysql.err.InterfaceError, OSError)):
-            return BackendUnavailable(f"lost the connection to MySQL at {self.url}: {exc}")
-        return BackendError(f"MySQL at {self.url}: {exc}")
-
-    @staticmethod
-    def _lost(exc: BaseException) -> bool:
-        if isinstance(exc, (pymysql.err.InterfaceError, OSError)):
-            return True
-        return _errno(exc) in _CONNECTION_LOST
-
-    def _run(
-        self,
-        fn: Callable[[Any], T],
-        *,
-        tx: bool = True,
-        cursor: type[Cursor] = Cursor,
-        schema: bool = True,
-    ) -> T:
-        """Run ``fn(cursor)`` in a transaction (``tx``) or as autocommit statements.
-
-        Deadlocks and lock wait timeouts re-run ``fn`` from the start after a short
-        jittered pause.  A lost connection raises BackendUnavailable and the next call
-        reconnects; but a reused connection found dead before COMMIT was sent (an idle
-        connection the server closed, or a restart since the last call) is replaced and
-        ``fn`` re-run once at once: the server rolled the transaction back, and the
-        autocommit calls (reads, heartbeat, prune, migrate) are idempotent.
-        """
-        deadline = 0.0
-        pause = 0.002
-        replaced = False
-        while True:
-            conn, fresh = self._raw_conn()  # BackendUnavailable if it can't connect
-            if schema and not self._schema_checked:
-                self._ensure_schema(conn)
-            committing = False
-            try:
-                if tx:
-                    conn.begin()
-                with conn.cursor(cursor) as cur:
-                    result = fn(cur)
-                if tx:
-                    committing = True
-                    conn.commit()
-                return result
-            except (pymysql.err.MySQLError, OSError) as exc:
-                if self._lost(exc):
-                    self._drop(conn)
-                    if not (fresh or replaced or committing):
-                        replaced = True
-                        continue
-                    raise self._translate(exc) from None
-                self._rollback(conn)
-                if _errno(exc) in _RETRYABLE:
-                    now = time.monotonic()
-                    if not deadline:
-                        deadline = now + _RETRY_FOR
-                    if now < deadline:
-                        self.lock_retries += 1
-                        time.sleep(random.uniform(pause / 2, pause))  # jitter spreads waiters
-                        pause = min(pause * 2, 0.1)
-                        continue
-                raise self._translate(exc) from None
-            except BaseException:
-                self._rollback(conn)
-                raise
-
-    def _rollback(self, conn: Connection) -> None:
-        try:
-            conn.rollback()
-        except Exception:  # the connection is unusable: forget it
-            self._drop(conn)
-
-    def _read(self, fn: Callable[[Cursor], T], cursor: type[Cursor] = Cursor) -> T:
-        return self._run(fn, tx=False, cursor=cursor)
-
-    def _dict_read(self, fn: Callable[[Any], T]) -> T:
-        return self._run(fn, tx=False, cursor=pymysql.cursors.DictCursor)
-
-    # --- schema --------------------------------------------------------------------------
-
-    def _ensure_schema(self, conn: Connection) -> None:
-        with self._schema_lock:
-            if self._schema_checked:
-                return
-            try:
-                version = self._version_on(conn)
-            except pymysql.err.MySQLError as exc:
-                if self._lost(exc):
-                    self._drop(conn)
-                raise self._translate(exc) from None
-            if version is None or version < SCHEMA_VERSION:
-                found = "no lmq tables" if version is None else f"lmq schema {version}"
-                raise SchemaMissing(
-                    f"MySQL database {self.database!r} at {self.url} has {found} "
-                    f"(prefix {self.prefix!r}, this lmq needs schema {SCHEMA_VERSION}): "
-                    "run `lmq migrate`"
-                )
-            if version > SCHEMA_VERSION:
-                raise SchemaMissing(
-                    f"MySQL database {self.database!r} at {self.url} has lmq schema {version}, "
-                    f"newer than this lmq knows ({SCHEMA_VERSION}); upgrade lmq"
-                )
-            self._schema_checked = True
-
-    def _version_on(self, conn: Connection) -> int | None:
-        with conn.cursor() as cur:
-            try:
-                cur.execute(self.q["schema_version"])
-            except pymysql.err.ProgrammingError as exc:
-                if _errno(exc) in _NO_TABLE:
-                    return None
-                raise
-            row = cur.fetchone()
-        return int(row[0]) if row and row[0] is not None else None
-
-    def schema_version(self) -> int | None:
-        return self._run(lambda cur: self._version_on(cur.connection), tx=False, schema=False)
 
     def _lock_name(self) -> str:
         digest = hashlib.sha1(f"{self.database}\0{self.prefix}".encode()).hexdigest()[:24]
@@ -1030,17 +693,6 @@ class MySQLBackend:
             return int(text)
         except ValueError:
             raise ValueError(f"task ids are integers on MySQL, got {text!r}") from None
-
-    # --- for tests and tools -------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def connection(self) -> Iterator[Connection]:
-        """A fresh connection of lmq's own settings (closed afterwards), for tools/tests."""
-        conn = self._connect()
-        try:
-            yield conn
-        finally:
-            self._drop(conn)
 
 
 __all__ = ["NOW_SQL", "SCHEMA_VERSION", "MySQLBackend", "supports_skip_locked"]
