@@ -299,13 +299,24 @@ SELECT n_dead_tup
 VACUUM (SKIP_LOCKED) {prefix}queue_tasks
 
 -- name: get_task
-SELECT * FROM {prefix}queue_tasks WHERE id = %(id)s
+-- explicit columns everywhere: a prepared "SELECT *" would fail on its connection once a
+-- later migration adds a column ("cached plan must not change result type")
+SELECT id, queue, task_name, payload, priority, status, attempts, max_attempts, next_run,
+       created, updated, locked_by, locked_until, last_error, unique_key, errors,
+       dead_letter_id
+  FROM {prefix}queue_tasks WHERE id = %(id)s
 
 -- name: get_dead_by_task
-SELECT * FROM {prefix}queue_dead_letters WHERE task_id = %(id)s ORDER BY id DESC LIMIT 1
+SELECT id, task_id, queue, task_name, payload, priority, attempts, max_attempts, error,
+       reason, fingerprint, created, died_at, errors, unique_key, status, requeued_at,
+       discarded_at
+  FROM {prefix}queue_dead_letters WHERE task_id = %(id)s ORDER BY id DESC LIMIT 1
 
 -- name: get_dead
-SELECT * FROM {prefix}queue_dead_letters WHERE id = %(id)s
+SELECT id, task_id, queue, task_name, payload, priority, attempts, max_attempts, error,
+       reason, fingerprint, created, died_at, errors, unique_key, status, requeued_at,
+       discarded_at
+  FROM {prefix}queue_dead_letters WHERE id = %(id)s
 
 -- name: count_tasks
 SELECT queue, status, count(*) AS n,
@@ -323,10 +334,16 @@ SELECT queue, count(*) AS n FROM {prefix}queue_dead_letters
 
 -- name: list_tasks
 -- {where} is built from the filter (dead-lettered rows are listed through the dead letters)
-SELECT * FROM {prefix}queue_tasks WHERE {where} ORDER BY id DESC LIMIT %(limit)s
+SELECT id, queue, task_name, payload, priority, status, attempts, max_attempts, next_run,
+       created, updated, locked_by, locked_until, last_error, unique_key, errors,
+       dead_letter_id
+  FROM {prefix}queue_tasks WHERE {where} ORDER BY id DESC LIMIT %(limit)s
 
 -- name: list_dead
-SELECT * FROM {prefix}queue_dead_letters WHERE {where}
+SELECT id, task_id, queue, task_name, payload, priority, attempts, max_attempts, error,
+       reason, fingerprint, created, died_at, errors, unique_key, status, requeued_at,
+       discarded_at
+  FROM {prefix}queue_dead_letters WHERE {where}
  ORDER BY died_at DESC, id DESC LIMIT %(limit)s
 
 -- name: select_dead_ids
