@@ -28,7 +28,7 @@ from lmq.backends.mysql.backend import SCHEMA_VERSION, MySQLBackend, supports_sk
 from lmq.models import ClaimRequest, CompleteBatch, NewTask, TaskId
 from lmq_testservers import drop_prefix
 
-from .helpers import EMPTY, claim, complete, ids, retry, run_burst, wait_for
+from .helpers import EMPTY, claim, complete, ids, kill, retry, run_burst, wait_for
 
 BASE = os.environ.get("LMQ_TEST_MYSQL_URL", "")
 pytestmark = pytest.mark.skipif(not BASE, reason="set LMQ_TEST_MYSQL_URL to a MySQL/MariaDB URL")
@@ -635,3 +635,37 @@ def test_a_killed_connection_is_replaced_transparently() -> None:
             cur.execute(f"KILL {int(conn_id)}")  # as wait_timeout or a DBA would
         assert q.counts()["pending"] == 1  # found dead before anything was sent: replaced
         assert q.enqueue("t") is not None
+
+
+# --- dead letters ------------------------------------------------------------------------------
+
+
+def test_requeue_reinserts_a_task_row_deleted_by_hand(mode_queue: lmq.Queue) -> None:
+    q = mode_queue
+    task_id, dead = kill(q, payload={"sku": "A"}, unique_key="k-1", priority=2)
+    prefix = q.backend.prefix  # type: ignore[attr-defined]
+    with connect() as conn, conn.cursor() as cur:
+        cur.execute(f"DELETE FROM {prefix}queue_tasks WHERE id = %s", (task_id,))
+    assert q.get(task_id) is not None  # still answered from the dead letter
+    assert q.requeue_dead([dead.id]) == [task_id]
+    task = q.get(task_id)
+    assert task is not None
+    assert (task.status, task.payload, task.priority, task.unique_key) == (
+        "pending",
+        {"sku": "A"},
+        2,
+        "k-1",
+    )
+    assert [e.message for e in task.errors] == ["boom"]
+    assert q.enqueue("t", unique_key="k-1") == task_id  # the key is live again
+
+
+def test_requeue_while_a_live_task_holds_the_unique_key(mode_queue: lmq.Queue) -> None:
+    q = mode_queue
+    task_id, dead = kill(q, unique_key="k-2")
+    live = q.enqueue("t", unique_key="k-2")
+    assert live != task_id
+    assert q.requeue_dead([dead.id]) == [task_id]
+    revived = q.get(task_id)
+    assert revived is not None and revived.status == "pending" and revived.unique_key is None
+    assert q.enqueue("t", unique_key="k-2") == live
