@@ -20,15 +20,16 @@ URL options (anything else is refused):
 Keys, with ``P`` the prefix (schema version 1, kept in ``Pqueue:meta``):
 
 ====================================  ================================================
-``Pqueue:tasks:<column>``             one hash per column of the SQL table (queue,
-                                      task_name, payload, priority, status, attempts,
-                                      max_attempts, next_run, created, updated,
-                                      locked_by, last_error, unique_key, errors,
-                                      dead_letter_id), field = task id: a batch of n
-                                      tasks costs one HMGET/HSET per column, not n
-                                      commands.  Payloads are JSON text, ``errors`` a
-                                      JSON list.  A dead-lettered task keeps its row
-                                      (status ``dead``).
+``Pqueue:tasks:<column>``             one hash per column of the task table, field =
+                                      task id, so a batch of n tasks costs one
+                                      HMGET/HSET per column, not n commands: head
+                                      (queue, priority, task_name, max_attempts and a
+                                      unique-key flag, NUL-separated), payload (JSON
+                                      text), status, attempts, next_run, created,
+                                      updated, lease (worker + head, only while
+                                      processing), last_error, unique_key, errors (a
+                                      JSON list), dead_letter_id.  A dead-lettered task
+                                      keeps its row (status ``dead``).
 ``Pqueue:ids``                        counter (INCRBY) for task ids: strings of digits
 ``Pqueue:pending:<queue>:<priority>`` zset of pending tasks (ready and scheduled) of
                                       one queue and priority, scored by next_run;
@@ -38,7 +39,7 @@ Keys, with ``P`` the prefix (schema version 1, kept in ``Pqueue:meta``):
 ``Pqueue:active`` / ``Pqueue:queues`` set of queues with pending tasks / every queue
 ``Pqueue:processing``                 zset of claimed ids scored by lease expiry (the
                                       only place the expiry is kept)
-``Pqueue:done``                       zset of finished ids by finish time (pruning)
+``Pqueue:done``                       list of finished ids in finishing order (pruning)
 ``Pqueue:unique``                     hash unique_key -> id of a pending/processing task
 ``Pqueue:n:<status>``                 hashes queue -> count of processing, done, dead
 ``Pqueue:dead:<id>``                  hash: one dead letter (``Pqueue:dead_ids`` counts)
