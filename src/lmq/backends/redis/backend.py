@@ -344,11 +344,15 @@ class RedisBackend:
     @staticmethod
     def _claimed(reply: str) -> ClaimResult:
         rescued, rows = _loads(reply)
-        tasks = []
+        tasks: list[Claimed] = []
+        append, make = tasks.append, tuple.__new__  # Claimed is a NamedTuple: skip __new__
         for task_id, head, payload, attempts in rows:
-            queue, _, name, max_attempts, _ = head.split("\0")
-            tasks.append(
-                Claimed(task_id, queue, name, payload, attempts, int(max_attempts or 0) or None)
+            queue, _, name, limit, _ = head.split("\0")
+            append(
+                make(
+                    Claimed,
+                    (task_id, queue, name, payload, attempts, int(limit) if limit else None),
+                )
             )
         return ClaimResult(tasks, rescued)
 
