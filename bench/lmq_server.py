@@ -18,7 +18,16 @@ import lmq
 import serverdb
 from common import latency_figures, read_latencies, read_spans, say, trickle, wait_until
 from lmq.models import ClaimRequest, CompleteBatch
-from procs import BenchError, child_env, children_cpu, python_cmd, spawn, stop, wait
+from procs import (
+    BenchError,
+    child_env,
+    children_cpu,
+    python_cmd,
+    server_cpu,
+    spawn,
+    stop,
+    wait,
+)
 
 DB = "lmqbench_lmq"
 
@@ -74,14 +83,14 @@ def drain(backend: str, server_url: str, d: Path, n: int, chunk: int, concurrenc
         fill = _fill(q, n, chunk)
         if q.counts()["pending"] != n:
             raise BenchError(f"lmq stored {q.counts()} instead of {n} pending")
-        cpu0, t0 = children_cpu(), time.time()
+        cpu0, srv0, t0 = children_cpu(), server_cpu(backend), time.time()
         proc = _worker(d, url, concurrency, burst=True)
         try:
             rc = wait(proc, timeout, "lmq worker --burst", d / "worker.log")
         finally:
             stop(proc)
         wall = time.time() - t0
-        cpu = children_cpu() - cpu0
+        cpu, srv1 = children_cpu() - cpu0, server_cpu(backend)
         counts = q.counts()
         q.close()
     if rc != 0:
@@ -97,6 +106,8 @@ def drain(backend: str, server_url: str, d: Path, n: int, chunk: int, concurrenc
         "exit": t0 + wall - last,
         "cpu": cpu / n * 1e6,
     }
+    if srv0 is not None and srv1 is not None:
+        out["server_cpu"] = (srv1 - srv0) / n * 1e6
     say(f"  lmq drain -c {concurrency}: {out['drain']:,.0f}/s spawn to exit ({wall:.2f} s), "
         f"{out['drain_run']:,.0f}/s first to last task")  # fmt: skip
     return out

@@ -23,6 +23,7 @@ from procs import (
     child_env,
     children_cpu,
     python_cmd,
+    server_cpu,
     spawn,
     stop,
     wait_for_file,
@@ -31,6 +32,7 @@ from procs import (
 
 class Peer:
     name = ""
+    backend = ""
     about = ""  # how it is configured, for the notes
     bulk_api = ""  # its batch enqueue call, "" when it has none
     variants: list[dict[str, str]] = [{}]  # worker tunings tried for the drain
@@ -192,6 +194,7 @@ class BarePg(Peer):
 
 class Saq(Peer):
     name = "saq"
+    backend = "redis"
     about = "SAQ's `Worker(queue, functions, concurrency=…)` (its default is 10), async handlers"
     variants = [{"concurrency": "10"}, {"concurrency": "40"}]  # 100 exhausts its Redis pool
     pickup_opts = {"concurrency": "10"}
@@ -226,6 +229,7 @@ class Saq(Peer):
 
 class HueyRedis(Peer):
     name = "huey"
+    backend = "redis"
     about = ("huey's `RedisHuey` (blocking pops), `results=False`, consumer with "
              "`-k thread -w …`, `def` tasks (huey has no async tasks)")  # fmt: skip
     variants = [{"workers": "1"}, {"workers": "4"}]
@@ -252,6 +256,7 @@ class HueyRedis(Peer):
 
 class Dramatiq(Peer):
     name = "dramatiq"
+    backend = "redis"
     about = ("Dramatiq's `RedisBroker`, `Worker(broker, worker_threads=…, worker_timeout=100)` "
              "(default threads 8, timeout 1000 ms), `def` actors, `max_retries=0`")
     variants = [{"threads": "8"}]  # 1 thread was 5x slower in trial runs
@@ -296,10 +301,11 @@ def drain(peer: Peer, d: Path, n: int, chunk: int, opts: dict[str, str],
         out.mkdir()
         log = out / "worker.log"
         cmd = peer.worker_cmd(n, out, opts, max_seconds)
-        cpu0, t0 = children_cpu(), time.time()
+        cpu0, srv0, t0 = children_cpu(), server_cpu(peer.backend), time.time()
         proc = spawn(cmd, log=log, env=child_env(), cwd=out)
         try:
             res = _wait_result(out, proc, log, timeout)
+            srv1 = server_cpu(peer.backend)
         finally:
             stop(proc)
         cpu = children_cpu() - cpu0
@@ -317,6 +323,8 @@ def drain(peer: Peer, d: Path, n: int, chunk: int, opts: dict[str, str],
         "ran": ran,
         "cpu": cpu / ran * 1e6,
     }
+    if srv0 is not None and srv1 is not None:
+        out_["server_cpu"] = (srv1 - srv0) / ran * 1e6
     say(f"  {peer.name} {opts}: {out_['drain']:,.0f}/s spawn to last task, "
         f"{out_['drain_run']:,.0f}/s first to last; filled at {out_['fill']:,.0f}/s")  # fmt: skip
     return out_

@@ -90,6 +90,26 @@ def children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+SERVER_PROCESSES = {"mysql": ("mariadbd", "mysqld"), "redis": ("redis-server",)}
+
+
+def server_cpu(backend: str) -> float | None:
+    """CPU seconds used so far by the database server's process (MariaDB and Redis run as
+    one long-lived process; PostgreSQL's per-connection processes exit with their client,
+    so it has no such figure): None when not found here."""
+    names = SERVER_PROCESSES.get(backend)
+    if not names:
+        return None
+    total, found = 0.0, False
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] in names:
+            with contextlib.suppress(psutil.Error):
+                t = proc.cpu_times()
+                total += t.user + t.system
+                found = True
+    return total if found else None
+
+
 def kill_all() -> None:
     """Terminate every process group we started (SIGTERM, then SIGKILL)."""
     live = [p for p in _children if p.poll() is None]

@@ -131,6 +131,7 @@ SERVER_METRICS = [
     Metric("drain", "no-op drain, 1 worker process", "tasks/s", True),
     Metric("drain_run", "  same, first task to last", "tasks/s", True),
     Metric("drain_cpu", "  worker CPU time per task", "µs", False),
+    Metric("drain_server_cpu", "  server CPU time per task (all its clients)", "µs", False),
     Metric("pickup_p50", "pickup latency p50 (idle worker, trickle)", "ms", False, digits=2),
     Metric("pickup_p99", "pickup latency p99 (idle worker, trickle)", "ms", False, digits=2),
     Metric("bulk", "bulk enqueue (batch API)", "tasks/s", True),

@@ -109,6 +109,9 @@ METHOD = """\
   life (start-up included; from `getrusage(RUSAGE_CHILDREN)` around it), divided by the
   tasks it ran. The machine is shared (other jobs run beside the bench, see the load
   averages), which moves the rates from run to run; CPU per task moves much less.
+  Server CPU time per task: the MariaDB or Redis server process's CPU time over the same
+  span (its other clients included, so an upper bound); PostgreSQL's per-connection
+  processes exit with their client, so it has no such figure.
 - Pickup: the worker idle, 5 warm-up tasks, then one task every 20 ms; latency = the
   handler's `time.time()` minus the producer's `time.time()` just before its enqueue call.
 - Bulk: `queue.enqueue_many` in calls of 10,000 (lmq); the peer's batch API where it has
@@ -217,6 +220,8 @@ def run_backend(backend: str, url: str, sz: ServerSizes, tmp: Path, only: str | 
                         f"first task {r['startup']:.2f} s, last task to exit {r['exit']:.2f} s")
                 run.put("lmq", "drain_run", r["drain_run"])
                 run.put("lmq", "drain_cpu", r["cpu"])
+                if "server_cpu" in r:
+                    run.put("lmq", "drain_server_cpu", r["server_cpu"])
         for p in peer_objs:
             tried: dict[str, dict[str, float]] = {}
             for opts in p.variants:
@@ -242,6 +247,8 @@ def run_backend(backend: str, url: str, sz: ServerSizes, tmp: Path, only: str | 
                     f"first task {b['startup']:.2f} s")  # fmt: skip
             run.put(p.name, "drain_run", b["drain_run"])
             run.put(p.name, "drain_cpu", b["cpu"])
+            if "server_cpu" in b:
+                run.put(p.name, "drain_server_cpu", b["server_cpu"])
             if not p.bulk_api:
                 run.put(p.name, "enqueue_loop", b["fill"], f"the drain's fill of {sz.drain:,}")
 
