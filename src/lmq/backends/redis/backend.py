@@ -13,7 +13,7 @@ URL options (anything else is refused):
                      Letters, digits and ``_ : . -``, up to 64 characters.
 ``socket_timeout``   seconds a command may take before the call fails with
                      BackendUnavailable (default 10; the longest script, an enqueue
-                     of 50,000 tasks, takes one to three seconds on the server).
+                     of 10,000 tasks, takes well under a second on the server).
 ``connect_timeout``  seconds to wait for a connection (default 5).
 ``max_connections``  size of the connection pool (default: unbounded).
 
@@ -65,9 +65,9 @@ acknowledged: run it with ``appendonly yes`` and ``appendfsync always`` (``every
 may lose the last second of writes in a power cut or kernel crash).  Without AOF, a
 restart loses everything since the last RDB snapshot.
 
-``enqueue_many`` writes up to 50,000 tasks with one script, atomically; a longer list
-goes in several scripts of 50,000 (each atomic), because a script holds the whole
-server while it runs.  Transactional enqueue (``connection=``) is refused: Redis has no
+``enqueue_many`` writes up to 10,000 tasks with one script, atomically; a longer list
+goes in several scripts of 10,000 (each atomic), because a script holds the whole
+server while it runs (10,000 tasks: about 0.1-0.2 s).  Transactional enqueue (``connection=``) is refused: Redis has no
 transaction to join.
 """
 
@@ -127,7 +127,7 @@ _PREFIX = re.compile(r"^[A-Za-z0-9_:.\-]{0,64}$")
 _OPTIONS = {"prefix", "socket_timeout", "connect_timeout", "max_connections"}
 _NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 _SCAN_CHUNK = 500
-ENQUEUE_CHUNK = 50_000
+ENQUEUE_CHUNK = 10_000
 _STATUSES = ("pending", "processing", "done")
 # the task columns, in the order the "rows" script answers (see scripts.lua), then the
 # lease expiry
