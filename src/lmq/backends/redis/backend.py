@@ -67,8 +67,8 @@ restart loses everything since the last RDB snapshot.
 
 ``enqueue_many`` writes up to 10,000 tasks with one script, atomically; a longer list
 goes in several scripts of 10,000 (each atomic), because a script holds the whole
-server while it runs (10,000 tasks: about 0.1-0.2 s).  Transactional enqueue (``connection=``) is refused: Redis has no
-transaction to join.
+server while it runs (10,000 tasks: about 0.1-0.2 s).  Transactional enqueue
+(``connection=``) is refused: Redis has no transaction to join.
 """
 
 from __future__ import annotations
@@ -327,7 +327,7 @@ class RedisBackend:
                 raise ValueError(f"task and queue names cannot hold NUL: {t.task_name!r}")
         ids: list[TaskId] = []
         # one script per ENQUEUE_CHUNK tasks: atomic up to there, and the server is never
-        # held for more than about a second (every other client waits while a script runs)
+        # held long (every other client waits while a script runs)
         for start in range(0, len(items), ENQUEUE_CHUNK):
             chunk = items[start : start + ENQUEUE_CHUNK]
             # NewTask is a tuple: the C encoder turns the batch into one JSON argument
