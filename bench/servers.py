@@ -15,6 +15,7 @@ import importlib
 import json
 import os
 import platform
+import signal
 import time
 import traceback
 from dataclasses import asdict, dataclass
@@ -54,11 +55,13 @@ class ServerSizes:
     claim_limit: int = 250
     claims: int = 40
     timeout: float = 300.0  # any one worker run
+    measurement: float = 900.0  # any one measurement, its fill included (SIGALRM)
     peer_max_seconds: float = 40.0  # a slower peer's drain stops this long after its first task
 
 
 QUICK = ServerSizes(drain=5_000, samples=50, bulk=20_000, loop=500, claim_large=100_000,
-                    claims=5, timeout=120.0, peer_max_seconds=10.0)  # fmt: skip
+                    claims=5, timeout=120.0, measurement=300.0,
+                    peer_max_seconds=10.0)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -172,8 +175,22 @@ class Run:
             self.notes[system][key] = note
 
 
+class MeasurementTimeout(Exception):
+    pass
+
+
+def _alarm(signum: int, frame: object) -> None:
+    raise MeasurementTimeout(f"took longer than the {LIMIT[0]:g} s every measurement gets")
+
+
+LIMIT = [900.0]  # seconds for any one measurement (fill, run, checks), set by main()
+
+
 def _attempt(run: Run, what: str, fn: Any, *args: Any) -> Any:
+    """Run one measurement under a SIGALRM deadline; a failure is recorded, not raised."""
     t = time.perf_counter()
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.setitimer(signal.ITIMER_REAL, LIMIT[0])
     try:
         return fn(*args)
     except Exception as exc:
@@ -181,6 +198,8 @@ def _attempt(run: Run, what: str, fn: Any, *args: Any) -> Any:
         run.errors.append(f"{what}: {type(exc).__name__}: {exc}")
         return None
     finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
         say(f"  ({what}: {time.perf_counter() - t:.1f} s)")
 
 
@@ -375,6 +394,7 @@ def keep_server_section(path: Path, sqlite_md: str) -> str:
 
 def main(args: Any, tmp: Path, command: str) -> int:
     sz = QUICK if args.quick else ServerSizes()
+    LIMIT[0] = sz.measurement
     backends = [b for b in ("postgresql", "redis", "mysql") if args.backend in (b, "all")]
     started = datetime.now(UTC)
     doc: dict[str, Any] = {
