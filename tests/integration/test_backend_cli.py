@@ -94,36 +94,22 @@ def test_commands_before_migrate_name_lmq_migrate_then_migrate_is_idempotent(
     fresh: Harness,
 ) -> None:
     h = fresh
-    for argv in (["status"], ["enqueue", "x"], ["status", "--json"], ["tasks"]):
-        res = h.run(*argv, timeout=30)
-        one_error_line(res, "lmq migrate")
-    for _ in range(2):
-        res = h.run("migrate", timeout=60)
-        assert res.returncode == 0, (res.returncode, res.stderr)
-        assert "Traceback" not in res.stderr + res.stdout
-    status = h.run_json("status", "--json")
-    assert status["counts"] == {"pending": 0, "processing": 0, "done": 0, "dead": 0}
-    res = h.run("enqueue", "x")
-    assert res.returncode == 0, res.stderr
-    assert h.counts()["pending"] == 1
-
-
-def test_concurrent_migrates_all_succeed(fresh: Harness) -> None:
-    procs = [fresh.start([sys.executable, "-m", "lmq", "migrate"], "migrate") for _ in range(4)]
+    for argv in (["status"], ["enqueue", "x"]):
+        one_error_line(h.run(*argv, timeout=30), "lmq migrate")
+    # several hosts may migrate at once: all succeed; and once more on a migrated database
+    procs = [h.start([sys.executable, "-m", "lmq", "migrate"], "migrate") for _ in range(3)]
     for p in procs:
         assert p.wait(60) == 0, p.stderr()
-        assert "Traceback" not in p.stderr()
-    assert fresh.run_json("status", "--json")["counts"]["pending"] == 0
+        assert "Traceback" not in p.stderr() + p.stdout()
+    res = h.run("migrate", timeout=60)
+    assert res.returncode == 0, (res.returncode, res.stderr)
+    assert "Traceback" not in res.stderr + res.stdout
+    status = h.run_json("status", "--json")
+    assert status["counts"] == {"pending": 0, "processing": 0, "done": 0, "dead": 0}
+    assert status["workers"] == []
 
 
 # --- unreachable, silent, wrong database, bad credentials ------------------------------------
-
-
-@pytest.mark.parametrize("argv", [["status"], ["enqueue", "x"], ["migrate"]])
-def test_closed_port_exits_2_at_once(fresh: Harness, argv: list[str]) -> None:
-    res, took = timed(fresh, *argv, "--url", at_port(fresh.url, free_port()))
-    one_error_line(res)
-    assert took < GIVE_UP + STARTUP_ALLOWANCE, f"gave up after {took:.1f}s"
 
 
 @contextlib.contextmanager
@@ -135,12 +121,16 @@ def silent_server() -> Iterator[int]:
         yield int(s.getsockname()[1])
 
 
-@pytest.mark.parametrize("argv", [["status"], ["enqueue", "x"]])
-def test_silent_server_gives_up_within_5s(fresh: Harness, argv: list[str]) -> None:
-    # the same command against a closed port: what starting up and failing costs here
-    _, baseline = timed(fresh, *argv, "--url", at_port(fresh.url, free_port()))
+def test_unreachable_and_silent_servers_exit_2_within_5s(fresh: Harness) -> None:
+    # a closed port: refused at once
+    for argv in (["status"], ["enqueue", "x"]):
+        res, took = timed(fresh, *argv, "--url", at_port(fresh.url, free_port()))
+        one_error_line(res)
+        assert took < GIVE_UP + STARTUP_ALLOWANCE, f"gave up after {took:.1f}s"
+    baseline = took  # what starting up and failing costs here
+    # a server that accepts the connection and never answers: the connect timeout
     with silent_server() as port:
-        res, took = timed(fresh, *argv, "--url", at_port(fresh.url, port))
+        res, took = timed(fresh, "enqueue", "x", "--url", at_port(fresh.url, port))
     one_error_line(res)
     waited = took - baseline
     assert waited < GIVE_UP + 0.75, f"waited {waited:.1f}s for a silent server, not within 5 s"
@@ -158,18 +148,14 @@ def _bad_credentials(url: str) -> str:
     return replace_url(url, netloc=f"lmq_no_such_user:sekrit-pw@{host}")
 
 
-def test_wrong_database_exits_2_with_one_line(fresh: Harness) -> None:
+def test_wrong_database_and_bad_credentials_exit_2_with_one_line(fresh: Harness) -> None:
     url, name = _wrong_db(fresh.backend, fresh.url)
-    for argv in (["status"], ["migrate"], ["enqueue", "x"]):
+    for argv in (["status"], ["migrate"]):
         res, took = timed(fresh, *argv, "--url", url)
         one_error_line(res, *([name] if name else []))
         assert took < GIVE_UP + STARTUP_ALLOWANCE
-
-
-def test_bad_credentials_exit_2_with_one_line_and_no_password(fresh: Harness) -> None:
-    url = _bad_credentials(fresh.url)
-    for argv in (["status"], ["migrate"], ["enqueue", "x"]):
-        res, took = timed(fresh, *argv, "--url", url)
+    for argv in (["status"], ["migrate"]):
+        res, took = timed(fresh, *argv, "--url", _bad_credentials(fresh.url))
         line = one_error_line(res)
         assert "sekrit-pw" not in line, f"the password is in the message: {line}"
         assert took < GIVE_UP + STARTUP_ALLOWANCE
@@ -181,13 +167,13 @@ def test_bad_credentials_exit_2_with_one_line_and_no_password(fresh: Harness) ->
 def test_burst_worker_drains_what_lmq_enqueue_stored(fresh: Harness) -> None:
     h = fresh
     h.migrate()
-    keys = list(range(6))
+    keys = list(range(3))
     for k in keys:
         res = h.run("enqueue", "record", json.dumps({"n": k}))
         assert res.returncode == 0, res.stderr
     res = h.run("enqueue", "no_such_handler", "{}")
     assert res.returncode == 0, res.stderr
-    assert h.run_json("status", "--json")["counts"]["pending"] == len(keys) + 1
+    assert h.counts()["pending"] == len(keys) + 1
     w = h.worker("--burst", "-c", "8")
     assert w.wait(60) == 0, w.stderr()[-3000:]
     w.assert_clean()
@@ -204,8 +190,7 @@ def test_burst_worker_drains_what_lmq_enqueue_stored(fresh: Harness) -> None:
 def test_status_json_shows_counts_and_the_live_worker(fresh: Harness) -> None:
     h = fresh
     h.migrate()
-    for k in range(3):
-        assert h.run("enqueue", "record", json.dumps({"n": k})).returncode == 0
+    h.queue.enqueue_many([("record", {"n": k}) for k in range(3)])
     w = h.worker("-c", "4")
     h.wait_for(lambda: len(h.records("ran")) == 3, "the worker to run 3 tasks", 30, procs=[w])
 
@@ -229,6 +214,6 @@ def test_status_json_shows_counts_and_the_live_worker(fresh: Harness) -> None:
     w.assert_clean()
     assert [x for x in h.run_json("status", "--json")["workers"] if x["pid"] == w.pid] == []
     # ready work and nobody alive: --check says so and exits 1
-    assert h.run("enqueue", "record", json.dumps({"n": 99})).returncode == 0
+    h.queue.enqueue("record", {"n": 99})
     check = h.run("status", "--check")
     assert check.returncode == 1, (check.stdout, check.stderr)

@@ -28,7 +28,7 @@ N = 20_000
 WORKERS = 2
 CONCURRENCY = 50
 TASK_SECONDS = 0.03  # each run awaits this long: the run lasts >= 6 s, long enough to cut
-LEASE = "10"  # what a lost claim's tasks wait before another claim takes them
+LEASE = "6"  # what a lost claim's tasks wait before another claim takes them
 
 
 @pytest.fixture(params=KINDS)
