@@ -98,7 +98,7 @@ def test_version_decides_the_claim_strategy() -> None:
     assert supports_skip_locked("8.0.1")
     assert not supports_skip_locked("8.0.0-dmr")
     assert not supports_skip_locked("5.7.44-log")
-    with prefixed() as url, lmq.Queue(url) as q:
+    with prefixed(claim="auto") as url, lmq.Queue(url) as q:
         backend = q.backend
         assert isinstance(backend, MySQLBackend)
         with connect() as conn, conn.cursor() as cur:
@@ -254,8 +254,9 @@ def _explain(url: str, sql: str, params: dict[str, Any] | None = None) -> list[d
         return list(cur.fetchall())
 
 
-def test_the_claim_reads_the_ready_index_in_order() -> None:
-    with prefixed() as url, lmq.Queue(url) as q:
+@pytest.mark.parametrize("mode", MODES)
+def test_the_claim_reads_the_ready_index_in_order(mode: str) -> None:
+    with prefixed(claim=mode) as url, lmq.Queue(url) as q:
         backend = q.backend
         assert isinstance(backend, MySQLBackend)
         q.enqueue_many([("t", {}) for _ in range(2000)])
@@ -268,7 +269,8 @@ def test_the_claim_reads_the_ready_index_in_order() -> None:
             (("other",), f"{p}queue_tasks_queue_ready"),
         ):
             sql, params = backend._claim_statement(queues)
-            (plan,) = _explain(url, sql, {"limit": 100, **params})
+            token = {"now": time.time(), "until": time.time() + 30, "worker": "w"}
+            (plan,) = _explain(url, sql, {"limit": 100, **token, **params})
             assert plan["key"] == index, plan
             assert "filesort" not in (plan["Extra"] or ""), plan
             assert plan["type"] in {"ref", "range"}, plan
