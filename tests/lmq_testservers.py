@@ -86,8 +86,8 @@ def _drop_redis(url: str, prefix: str) -> None:
         for key in client.scan_iter(match=f"{prefix}*", count=1000):
             batch.append(key)
             if len(batch) >= 500:
-                client.delete(*batch)
+                client.unlink(*batch)
                 batch.clear()
         if batch:
-            client.delete(*batch)
+            client.unlink(*batch)
 

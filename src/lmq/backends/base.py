@@ -56,6 +56,11 @@ class WakeSource(Protocol):
 
     ``start(callback)`` begins watching; ``callback`` may be called from any thread and
     must be cheap.  Spurious calls are fine: the worker just tries a claim.
+
+    A source whose class sets ``announces_work = True`` calls back only when tasks were
+    made ready (a NOTIFY or PUBLISH sent with the insert): the worker then claims at once
+    instead of first checking with a read, saving a round trip of pickup latency.  Others
+    (a file watcher that fires on any commit) leave it out.
     """
 
     def start(self, callback: Callable[[], None]) -> None: ...

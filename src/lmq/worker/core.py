@@ -137,6 +137,7 @@ class Worker:
         self._batch = max(1, (s.concurrency + 1) // 2)
         self._reserved = 0  # slots promised to a claim under way
         self._more = False  # the last claim was full: more tasks are probably ready
+        self._announced = False  # a wake-up said tasks were just made ready
         self._flushing = False  # the completer is writing (and maybe claiming)
 
     # --- public ---------------------------------------------------------------------------
@@ -181,9 +182,14 @@ class Worker:
                 self._install_signals()
             wake = self.backend.wake_source()
             if wake is not None:
+                announces = bool(getattr(wake, "announces_work", False))
+
+                def woken() -> None:  # on the loop
+                    self._announced = self._announced or announces
+                    self._wake.set()
 
                 def poke() -> None:  # called from the backend's watcher thread
-                    loop.call_soon_threadsafe(self._wake.set)
+                    loop.call_soon_threadsafe(woken)
 
                 wake.start(poke)
             parts: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
@@ -321,9 +327,11 @@ class Worker:
                 await self._slot_event.wait()
                 continue
             wake.clear()
+            announced, self._announced = self._announced, False
             if (
                 not self._more
                 and not s.burst
+                and not announced  # the backend said so: claim without asking first
                 and not await self._retrying(
                     "check", functools.partial(self._db, backend.has_ready, s.queues)
                 )

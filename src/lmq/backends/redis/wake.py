@@ -30,6 +30,8 @@ _POLL = 0.25  # longest blocking read, so stop() is noticed quickly
 class RedisWake:
     """``start(callback)`` calls ``callback`` (from its own thread) after publishes."""
 
+    announces_work = True  # only enqueues, retries and releases publish: claim at once
+
     def __init__(
         self,
         url: str,
