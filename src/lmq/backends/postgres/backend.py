@@ -183,6 +183,19 @@ class PostgresBackend:
             self.conninfo = make_conninfo("postgresql://" + rest, **libpq)
         except psycopg.ProgrammingError as exc:
             raise ConfigError(f"invalid PostgreSQL URL {self.url!r}: {exc}") from None
+        # lmq's own connections plan by index, without JIT (see plan_by_index in
+        # queries.sql); the worker's also commit without waiting for the WAL flush
+        # (async_ack).  Set once per session through libpq's `options`, so a claim is one
+        # statement; PgBouncer passes no such options: there, each transaction sets them.
+        self.session_settings = not self.pgbouncer
+        main_conninfo = worker_conninfo = self.conninfo
+        if self.session_settings:
+            user = libpq.get("options", "")
+            plans = f"{user} -c enable_sort=off -c jit=off".strip()
+            main_conninfo = make_conninfo(self.conninfo, options=plans)
+            if self.async_ack:
+                plans += " -c synchronous_commit=off"
+            worker_conninfo = make_conninfo(self.conninfo, options=plans)
         self.channel = f"{self.prefix}queue_tasks"
         self._listen_kwargs: dict[str, Any] = {"connect_timeout": round(self.connect_timeout)}
         kwargs: dict[str, Any] = {
@@ -191,13 +204,24 @@ class PostgresBackend:
             "prepare_threshold": None if self.pgbouncer else 5,
         }
         self.pool = Pool(
-            self.conninfo,
+            main_conninfo,
             kwargs,
             size=size,
             timeout=timeout,
             connect_timeout=self.connect_timeout,
             where=self.url,
         )
+        # the worker's verbs (claim, acknowledge, renew, heartbeat, prune, readiness)
+        self.worker_pool = self.pool
+        if worker_conninfo != main_conninfo:
+            self.worker_pool = Pool(
+                worker_conninfo,
+                kwargs,
+                size=size,
+                timeout=timeout,
+                connect_timeout=self.connect_timeout,
+                where=self.url,
+            )
         self.q = load_queries(_PACKAGE, "queries.sql", self.prefix)
         self._schema_checked = False
         self._schema_lock = threading.Lock()
@@ -206,18 +230,26 @@ class PostgresBackend:
     # --- connections ---------------------------------------------------------------
 
     @contextmanager
-    def _conn(self, check_schema: bool = True) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled autocommit connection; psycopg errors leave as lmq's exceptions."""
-        with self.pool.connection() as conn:
+    def _conn(
+        self, check_schema: bool = True, worker: bool = False
+    ) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled autocommit connection; psycopg errors leave as lmq's exceptions.
+
+        ``worker``: from the worker's pool (asynchronous commits, see ``async_ack``).
+        """
+        pool = self.worker_pool if worker else self.pool
+        with pool.connection() as conn:
             try:
                 if check_schema and not self._schema_checked:
                     self._ensure_schema(conn)
                 yield conn
             except psycopg.Error as exc:
-                raise self._translate(exc, conn) from None
+                raise self._translate(exc, conn, pool) from None
 
-    def _translate(self, exc: psycopg.Error, conn: psycopg.Connection[Any] | None) -> BackendError:
-        error = translate(exc, self.url, conn, self.pool)
+    def _translate(
+        self, exc: psycopg.Error, conn: psycopg.Connection[Any] | None, pool: Pool | None = None
+    ) -> BackendError:
+        error = translate(exc, self.url, conn, pool)
         if isinstance(error, SchemaMissing):
             self._schema_checked = False
         return error
@@ -233,7 +265,9 @@ class PostgresBackend:
             if self.pipeline:
                 stack.enter_context(conn.pipeline())
             stack.enter_context(conn.transaction())
-            if worker and self.async_ack:
+            if self.session_settings:
+                pass  # the connection has them
+            elif worker and self.async_ack:
                 conn.execute(self.q["plan_by_index_async_commit"])
             else:
                 conn.execute(self.q["plan_by_index"])
@@ -241,6 +275,7 @@ class PostgresBackend:
 
     def close(self) -> None:
         self.pool.close()
+        self.worker_pool.close()
 
     # --- schema --------------------------------------------------------------------
 
@@ -405,13 +440,17 @@ class PostgresBackend:
         key = (name, queues)
         sql = self._sql.get(key)
         if sql is None:
-            text = self.q[name]
+            text = self.q[name].replace(
+                "{ready}", self.q["ready_queues" if queues else "ready_all"]
+            )
             qf = "AND queue = ANY(%(queues)s)" if queues else ""
             sql = self._sql[key] = text.replace("{queue_filter}", qf)
         return sql
 
     def claim(self, request: ClaimRequest) -> ClaimResult:
-        with self._conn() as conn:
+        with self._conn(worker=True) as conn:
+            if self.session_settings:  # one statement: no transaction needed
+                return self._claim_in(conn, request)()
             with self._tx(conn, worker=True):
                 pending = self._claim_in(conn, request)
             return pending()
@@ -419,44 +458,41 @@ class PostgresBackend:
     def _claim_in(
         self, conn: psycopg.Connection[Any], request: ClaimRequest
     ) -> Callable[[], ClaimResult]:
-        """Queue the rescue and the claim; return a function reading their results."""
-        rescue = conn.cursor()
-        rescue.execute(self.q["rescue"])
+        """Send the claim; return a function reading its result (after a pipeline)."""
         cur = conn.cursor()
-        if request.queues:
-            cur.execute(
-                self.q["claim_queues"],
-                {
-                    "worker": request.worker_id,
-                    "lease": request.lease,
-                    "limit": request.limit,
-                    "queues": list(request.queues),
-                },
-            )
-        else:
-            cur.execute(
-                self.q["claim"],
-                {"worker": request.worker_id, "lease": request.lease, "limit": request.limit},
-            )
+        cur.execute(
+            self._queries("claim", request.queues),
+            {
+                "worker": request.worker_id,
+                "lease": request.lease,
+                "limit": request.limit,
+                "queues": list(request.queues or ()),
+            },
+        )
 
         def result() -> ClaimResult:
             rows = cur.fetchall()
-            return ClaimResult(list(map(Claimed._make, rows)), max(rescue.rowcount, 0))
+            rescued = sum(1 for r in rows if r[6])
+            return ClaimResult([Claimed._make(r[:6]) for r in rows], rescued)
 
         return result
 
     def _due(self, queues: tuple[str, ...] | None) -> tuple[float | None, float | None, float]:
         sql = self._queries("due", queues)
-        with self._conn() as conn:
-            with self._tx(conn):
-                cur = conn.execute(sql, {"queues": list(queues or ())})
-            row = cur.fetchone()
+        params = {"queues": list(queues or ())}
+        with self._conn(worker=True) as conn:
+            if self.session_settings:
+                row = conn.execute(sql, params).fetchone()
+            else:
+                with self._tx(conn):
+                    cur = conn.execute(sql, params)
+                row = cur.fetchone()
         assert row is not None
         return row[0], row[1], row[2]
 
     def has_ready(self, queues: tuple[str, ...] | None) -> bool:
         sql = self._queries("has_ready", queues)
-        with self._conn() as conn:
+        with self._conn(worker=True) as conn:
             row = conn.execute(sql, {"queues": list(queues or ())}).fetchone()
         return bool(row and row[0])
 
@@ -472,7 +508,7 @@ class PostgresBackend:
             return self.claim(claim) if claim is not None else None
         worker = batch.worker_id
         pending: Callable[[], ClaimResult] | None = None
-        with self._conn() as conn:
+        with self._conn(worker=True) as conn:
             with self._tx(conn, worker=True):
                 cur = conn.cursor()
                 if batch.done:
@@ -513,7 +549,7 @@ class PostgresBackend:
     def renew(self, request: RenewRequest) -> list[TaskId]:
         if not request.ids:
             return []
-        with self._conn() as conn:
+        with self._conn(worker=True) as conn:
             rows = conn.execute(
                 self.q["renew"],
                 {"ids": list(request.ids), "worker": request.worker_id, "lease": request.lease},
@@ -521,7 +557,7 @@ class PostgresBackend:
         return [r[0] for r in rows]
 
     def heartbeat(self, beat: Heartbeat) -> None:
-        with self._conn() as conn:
+        with self._conn(worker=True) as conn:
             conn.execute(
                 self.q["heartbeat"],
                 {
@@ -538,12 +574,12 @@ class PostgresBackend:
             )
 
     def remove_worker(self, worker_id: str) -> None:
-        with self._conn() as conn:
+        with self._conn(worker=True) as conn:
             conn.execute(self.q["remove_worker"], {"id": worker_id})
 
     def prune(self, request: PruneRequest) -> int:
         removed = 0
-        with self._conn() as conn:
+        with self._conn(worker=True) as conn:
             while True:  # small batches, each its own transaction: locks held briefly
                 n = conn.execute(
                     self.q["prune_done"],
@@ -590,10 +626,14 @@ class PostgresBackend:
         oldest: float | None = None
         now: float | None = None
         with self._conn() as conn:
-            with self._tx(conn):  # no JIT: compiling would cost more than it saves here
-                tasks_cur = conn.execute(self.q["count_tasks"])
-                dead_cur = conn.execute(self.q["count_dead"])
-            tasks, dead = tasks_cur.fetchall(), dead_cur.fetchall()
+            if self.session_settings:  # no JIT (the session's): it would cost more than it saves
+                tasks = conn.execute(self.q["count_tasks"]).fetchall()
+                dead = conn.execute(self.q["count_dead"]).fetchall()
+            else:
+                with self._tx(conn):
+                    tasks_cur = conn.execute(self.q["count_tasks"])
+                    dead_cur = conn.execute(self.q["count_dead"])
+                tasks, dead = tasks_cur.fetchall(), dead_cur.fetchall()
         for queue, status, n, ready, first, at in tasks:
             now = at
             per = counts.by_queue.setdefault(

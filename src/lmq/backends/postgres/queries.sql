@@ -88,30 +88,10 @@ RETURNING id, unique_key
 SELECT unique_key, id FROM {prefix}queue_tasks
  WHERE unique_key = ANY(%(keys)s) AND status IN ('pending', 'processing')
 
--- name: rescue
--- expired leases go back to pending with the lapse recorded as an error; SKIP LOCKED: a
--- row another transaction holds is that transaction's business
-UPDATE {prefix}queue_tasks t
-   SET status = 'pending', locked_by = NULL, locked_until = NULL,
-       next_run = {prefix}queue_now(), updated = {prefix}queue_now(),
-       last_error = 'lease expired: worker ' || COALESCE(t.locked_by, '?')
-                    || ' stopped renewing it (died or hung)',
-       errors = COALESCE(t.errors, '[]'::jsonb) || jsonb_build_array(jsonb_build_object(
-           'attempt', t.attempts,
-           'at', to_char(statement_timestamp() AT TIME ZONE 'UTC',
-                         'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
-           'type', 'LeaseExpired',
-           'message', 'lease expired: worker ' || COALESCE(t.locked_by, '?')
-                      || ' stopped renewing it (died or hung)',
-           'traceback', NULL))
-  FROM (SELECT id FROM {prefix}queue_tasks
-         WHERE status = 'processing' AND locked_until <= {prefix}queue_now()
-         FOR UPDATE SKIP LOCKED) x
- WHERE t.id = x.id
-
 -- name: plan_by_index
--- inside the claim's (and the due check's) transaction: walk the ready index in order
--- rather than sort.  Without fresh statistics (right after a bulk enqueue, or on a server
+-- The worker's statements walk the ready index in order rather than sort: set for the
+-- session of lmq's own connections (libpq `options`), or, behind PgBouncer, at the start
+-- of each of their transactions with these two statements.  Without fresh statistics (right after a bulk enqueue, or on a server
 -- without autovacuum) the planner takes the pending rows for a handful and sorts all of
 -- them; with this the claim's cost does not grow with the backlog whatever it believes.
 -- (A sort it cannot avoid then costs "disabled", which would make the plan look
@@ -127,42 +107,66 @@ SELECT set_config('enable_sort', 'off', true), set_config('jit', 'off', true),
        set_config('synchronous_commit', 'off', true)
 
 -- name: claim
+-- One statement: the best `limit` ready tasks, where ready means pending and due, or
+-- processing with a lease that ran out (the worker died or hung: rescued here, its lapse
+-- recorded as a LeaseExpired error, ordered as if it were due now).  Both walks lock
+-- with SKIP LOCKED, so concurrent claims never wait for each other nor share a task;
+-- rows locked and not taken are free again at commit.
+WITH candidates AS (
+    SELECT id, priority, next_run AS due, false AS lapsed
+      FROM ({ready}) ready
+    UNION ALL
+    SELECT id, priority, {prefix}queue_now(), true
+      FROM (SELECT id, priority FROM {prefix}queue_tasks
+             WHERE status = 'processing' AND locked_until <= {prefix}queue_now()
+                   {queue_filter}
+             LIMIT %(limit)s
+             FOR UPDATE SKIP LOCKED) expired
+), c AS (
+    SELECT id, lapsed FROM candidates ORDER BY priority DESC, due, id LIMIT %(limit)s
+)
 UPDATE {prefix}queue_tasks t
    SET status = 'processing',
        attempts = t.attempts + 1,
        locked_by = %(worker)s,
        locked_until = {prefix}queue_now() + %(lease)s,
-       updated = {prefix}queue_now()
-  FROM (SELECT id FROM {prefix}queue_tasks
-         WHERE status = 'pending' AND next_run <= {prefix}queue_now()
-         ORDER BY priority DESC, next_run, id
-         LIMIT %(limit)s
-         FOR UPDATE SKIP LOCKED) c
+       updated = {prefix}queue_now(),
+       last_error = CASE WHEN c.lapsed
+           THEN 'lease expired: worker ' || COALESCE(t.locked_by, '?')
+                || ' stopped renewing it (died or hung)'
+           ELSE t.last_error END,
+       errors = CASE WHEN c.lapsed
+           THEN COALESCE(t.errors, '[]'::jsonb) || jsonb_build_array(jsonb_build_object(
+               'attempt', t.attempts,
+               'at', to_char(statement_timestamp() AT TIME ZONE 'UTC',
+                             'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
+               'type', 'LeaseExpired',
+               'message', 'lease expired: worker ' || COALESCE(t.locked_by, '?')
+                          || ' stopped renewing it (died or hung)',
+               'traceback', NULL))
+           ELSE t.errors END
+  FROM c
  WHERE t.id = c.id
-RETURNING t.id, t.queue, t.task_name, t.payload, t.attempts, t.max_attempts
+RETURNING t.id, t.queue, t.task_name, t.payload, t.attempts, t.max_attempts, c.lapsed
 
--- name: claim_queues
--- the best `limit` of each queue the worker takes (a walk of that queue's part of the
--- index), then the best `limit` of those; rows locked here and not taken are free again
--- at commit
-UPDATE {prefix}queue_tasks t
-   SET status = 'processing',
-       attempts = t.attempts + 1,
-       locked_by = %(worker)s,
-       locked_until = {prefix}queue_now() + %(lease)s,
-       updated = {prefix}queue_now()
-  FROM (SELECT c.id
-          FROM unnest(%(queues)s::text[]) AS q(name),
-               LATERAL (SELECT id, priority, next_run FROM {prefix}queue_tasks
-                         WHERE status = 'pending' AND next_run <= {prefix}queue_now()
-                           AND queue = q.name
-                         ORDER BY priority DESC, next_run, id
-                         LIMIT %(limit)s
-                         FOR UPDATE SKIP LOCKED) c
-         ORDER BY c.priority DESC, c.next_run, c.id
-         LIMIT %(limit)s) c
- WHERE t.id = c.id
-RETURNING t.id, t.queue, t.task_name, t.payload, t.attempts, t.max_attempts
+-- name: ready_all
+-- the claim's walk of the ready index (workers on every queue)
+SELECT id, priority, next_run FROM {prefix}queue_tasks
+ WHERE status = 'pending' AND next_run <= {prefix}queue_now()
+ ORDER BY priority DESC, next_run, id
+ LIMIT %(limit)s
+ FOR UPDATE SKIP LOCKED
+
+-- name: ready_queues
+-- the same for workers on some queues: one walk of the per-queue index for each
+SELECT r.id, r.priority, r.next_run
+  FROM unnest(%(queues)s::text[]) AS q(name),
+       LATERAL (SELECT id, priority, next_run FROM {prefix}queue_tasks
+                 WHERE status = 'pending' AND next_run <= {prefix}queue_now()
+                   AND queue = q.name
+                 ORDER BY priority DESC, next_run, id
+                 LIMIT %(limit)s
+                 FOR UPDATE SKIP LOCKED) r
 
 -- name: has_ready
 -- "is anything claimable?" for idle workers: EXISTS plans stop at the first row found, so
@@ -170,7 +174,8 @@ RETURNING t.id, t.queue, t.task_name, t.payload, t.attempts, t.max_attempts
 SELECT EXISTS (SELECT 1 FROM {prefix}queue_tasks
                 WHERE status = 'pending' AND next_run <= {prefix}queue_now() {queue_filter})
     OR EXISTS (SELECT 1 FROM {prefix}queue_tasks
-                WHERE status = 'processing' AND locked_until <= {prefix}queue_now())
+                WHERE status = 'processing' AND locked_until <= {prefix}queue_now()
+                      {queue_filter})
 
 -- name: due
 -- the earliest next_run among pending tasks (one index probe per distinct priority, a
@@ -188,7 +193,8 @@ WITH RECURSIVE p(priority) AS (
 SELECT min((SELECT next_run FROM {prefix}queue_tasks
              WHERE status = 'pending' AND priority = p.priority {queue_filter}
              ORDER BY priority DESC, next_run LIMIT 1)),
-       (SELECT min(locked_until) FROM {prefix}queue_tasks WHERE status = 'processing'),
+       (SELECT min(locked_until) FROM {prefix}queue_tasks
+         WHERE status = 'processing' {queue_filter}),
        {prefix}queue_now()
   FROM p WHERE p.priority IS NOT NULL
 
