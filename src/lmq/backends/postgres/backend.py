@@ -8,8 +8,9 @@ too).  Options, besides libpq's own connection parameters (``sslmode``, ``sslroo
 ``prefix``
     table prefix (up to 16 letters, digits, underscores): ``P`` + ``queue_tasks`` …
 ``pool_size`` (10)
-    most connections one backend object opens (the worker uses two at a time, plus one
-    per producer thread enqueuing at that moment).
+    most connections each of a backend object's two pools opens: one for the worker's
+    verbs (a worker uses two at a time), one for everything else (one per producer
+    thread enqueuing at that moment).  Plus one LISTEN connection per worker.
 ``pool_timeout`` (10)
     seconds a call waits for a free connection (BackendBusy after that).
 ``connect_timeout`` (5)
@@ -21,21 +22,23 @@ too).  Options, besides libpq's own connection parameters (``sslmode``, ``sslroo
 ``pipeline`` (false)
     send a transaction's statements in one round trip (libpq pipeline mode).  Worth it
     over a slow network; on a local one psycopg's pipeline bookkeeping costs more than
-    the round trips it saves (claims took 4 ms instead of 3 here).
+    the round trips it saves.
 ``async_ack`` (true)
-    claims and acknowledgements commit without waiting for the WAL flush
-    (``synchronous_commit=off`` for those transactions only; a flush costs a few
-    milliseconds on an ordinary disk).  A server *crash* may then forget the last fraction
-    of a second of them, so those tasks run again: at-least-once still holds and nothing
-    enqueued is lost (enqueues, dead-letter changes and migrations always wait for the
-    flush; a clean server restart flushes everything).  ``false`` waits for every commit.
+    the worker's claims, acknowledgements, renewals and heartbeats commit without waiting
+    for the WAL flush (``synchronous_commit=off`` on the worker's own connections only; a
+    flush costs a few milliseconds on an ordinary disk).  A server *crash* may then
+    forget the last fraction of a second of them, so those tasks run again: at-least-once
+    still holds and nothing enqueued is lost (enqueues, dead-letter changes and migrations
+    always wait for the flush; a clean server restart flushes everything).  ``false``
+    waits for every commit.
 
 Every statement takes "now" from the server (``{prefix}queue_now()``), so workers on
 several hosts agree on leases.  The claim is one ``UPDATE … FROM (SELECT … ORDER BY
-priority DESC, next_run, id LIMIT n FOR UPDATE SKIP LOCKED) RETURNING``; expired leases
-are rescued in the same transaction (SKIP LOCKED too).  An acknowledgement writes its
-whole batch (done, retry, bury, release) in one transaction with array parameters and
-claims the freed slots in the same one.  Tables are created by ``lmq migrate`` only;
+priority DESC, next_run, id LIMIT n FOR UPDATE SKIP LOCKED) RETURNING``, whose
+candidates also include expired leases (SKIP LOCKED too): those are rescued by the same
+statement, their lapse recorded as a ``LeaseExpired`` error.  An acknowledgement writes
+its whole batch (done, retry, bury, release) in one transaction with array parameters
+and claims the freed slots in the same one.  Tables are created by ``lmq migrate`` only;
 other calls on a database without them (or with an older schema) raise SchemaMissing
 naming it.
 
