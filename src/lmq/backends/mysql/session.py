@@ -67,6 +67,10 @@ _CONNECTION_LOST = {
     1317,  # query execution was interrupted (connection killed)
     1927,  # MariaDB: connection was killed
     4031,  # MySQL 8: disconnected by the server for inactivity
+    # a read-only server (a replica after a failover): reconnect, the name may move
+    1290,  # running with --read-only
+    1792,  # read-only transaction
+    1836,  # read-only mode
 }
 _NO_TABLE = {1146}  # table doesn't exist
 _BAD_SCHEMA = {1054}  # unknown column: an older or damaged schema
