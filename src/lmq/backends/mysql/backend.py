@@ -9,9 +9,13 @@ Options (anything else is refused with ConfigError):
 ``claim``
     ``auto`` (default): ``skip_locked`` on MySQL 8.0.1+ and MariaDB 10.6+, else ``update``.
     ``skip_locked``: ``SELECT ... FOR UPDATE SKIP LOCKED`` then ``UPDATE ... WHERE id IN``
-    in one short transaction.  ``update``: the fallback for servers without SKIP LOCKED,
-    one atomic ``UPDATE ... ORDER BY ... LIMIT n`` then a read-back of the rows that claim
-    marked (forceable, so tests run both).
+    in one short transaction.  ``update``: the fallback for servers without SKIP LOCKED
+    (forceable, so tests run both): the best ready ids from an ordered index read, then one
+    ``UPDATE ... WHERE id IN (...) AND status = 'pending'`` that re-checks every row under
+    its row lock (a row another claim took first drops out, so none is claimed twice), then
+    a read-back of the rows carrying this claim's token (worker, lease expiry, time).  A
+    single ``UPDATE ... ORDER BY ... LIMIT n`` would do it in one statement, but it sorts
+    every ready row (it changes the columns of the index it would read in order).
 ``connect_timeout`` (default 5), ``read_timeout`` / ``write_timeout`` (default 60)
     seconds; an unreachable server raises BackendUnavailable within connect_timeout.
 ``lock_wait_timeout`` (default 10)
@@ -31,8 +35,14 @@ Semantics are SQLite's (see :mod:`lmq.backends.base`); the differences are the s
   short jittered pause, and never reach the caller.
 * One connection per thread (a thread-local), opened on first use.  A lost connection
   (server restart, network) raises BackendUnavailable and the next call reconnects; a
-  connection found dead before anything was sent on it (an idle connection the server
-  closed) is replaced at once, transparently.
+  reused connection found dead before COMMIT was sent (an idle connection the server
+  closed) is replaced and the call re-run once, transparently.
+* ``next_run`` is when the row next matters to the scheduler: while a task is processing
+  it holds the lease expiry, once it is done the time it finished (see schema.sql), so
+  one index answers readiness, lease expiry and pruning.
+* Enqueue: multi-row INSERTs of ~2 MB; the ids of one are LAST_INSERT_ID() onwards,
+  stepping by auto_increment_increment (InnoDB gives a "simple insert" one consecutive
+  block in every innodb_autoinc_lock_mode), checked by counting the range afterwards.
 * Tables are never created implicitly: ``lmq migrate`` does, under ``GET_LOCK``.
 * There are no notifications: :meth:`wake_source` returns None and idle workers poll
   :meth:`has_ready`, a read of a few index entries.
