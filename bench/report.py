@@ -280,9 +280,48 @@ def render_servers(doc: dict) -> str:  # type: ignore[type-arg]
     return "\n".join(render_backend(doc, b) for b in doc["backends"])
 
 
+def render_runs(docs: list[dict], backend: str) -> str:  # type: ignore[type-arg]
+    """One row per results JSON that measured ``backend``: how the figures move between
+    runs on a shared machine (lmq's drain and pickup, the best peer's drain, CPU a task)."""
+    rows = [
+        "| run (UTC) | load at start | lmq drain/s (start to exit / first to last) "
+        "| best peer drain/s | lmq/peer | lmq CPU µs/task | lmq pickup p50 ms |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: |",
+    ]
+    for doc in docs:
+        data = doc["backends"].get(backend)
+        if not data or "drain" not in data["values"].get("lmq", {}):
+            continue
+        if doc.get("sizes", {}).get("drain", 0) < 20_000:  # --quick runs
+            continue
+        v = data["values"]
+        mine = v["lmq"]
+        peer_rates = {
+            s: v[s]["drain"] for s in data["systems"]
+            if s not in {"lmq", "bare loop"} and v.get(s, {}).get("drain")
+        }  # fmt: skip
+        best = max(peer_rates, key=lambda k: peer_rates[k]) if peer_rates else None
+        peer = f"{peer_rates[best]:,.0f} ({best})" if best else "—"
+        ratio = f"{mine['drain'] / peer_rates[best]:.2f}x" if best else "—"
+        rows.append(
+            f"| {doc['started']} | {doc['load'][0].split(',')[0]} "
+            f"| {mine['drain']:,.0f} / {mine.get('drain_run', math.nan):,.0f} | {peer} "
+            f"| {ratio} | {_fmt(mine.get('drain_cpu'), 0)} "
+            f"| {_fmt(mine.get('pickup_p50'), 2)} |"
+        )
+    return "\n".join(rows)
+
+
 if __name__ == "__main__":
     import json
     import sys
 
-    with open(sys.argv[1]) as f:
-        print(render_servers(json.load(f)), end="")
+    if sys.argv[1] == "--runs":  # report.py --runs BACKEND FILE...
+        docs = []
+        for name in sys.argv[3:]:
+            with open(name) as f:
+                docs.append(json.load(f))
+        print(render_runs(sorted(docs, key=lambda d: d["started"]), sys.argv[2]))
+    else:
+        with open(sys.argv[1]) as f:
+            print(render_servers(json.load(f)), end="")
