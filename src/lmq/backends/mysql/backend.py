@@ -302,6 +302,12 @@ class MySQLBackend(MySQLSession):
         return sql, params
 
     def claim(self, request: ClaimRequest) -> ClaimResult:
+        if self.claim_mode() == "skip_locked":
+            result = self._run(
+                lambda cur: self._batched(cur, CompleteBatch(""), request), begin=False
+            )
+            assert result is not None  # a claim was asked for
+            return result
         return self._run(lambda cur: self._claim_in(cur, request))
 
     def _claim_in(self, cur: Cursor, request: ClaimRequest) -> ClaimResult:
@@ -310,17 +316,7 @@ class MySQLBackend(MySQLSession):
         if self.claim_mode() == "update":
             return ClaimResult(self._claim_by_update(cur, request, sql, qparams), rescued)
         cur.execute(sql, {"limit": request.limit, **qparams})
-        rows: list[Any] = list(cur.fetchall())
-        if request.queues and len(request.queues) > 1:
-            rows.sort(key=lambda r: (r[6], r[7], r[0]))
-            rows = [r[:6] for r in rows[: request.limit]]
-        if not rows:
-            return ClaimResult([], rescued)
-        cur.execute(
-            self.q["claim_mark"].replace("{ids}", _ids_sql([r[0] for r in rows])),
-            {"worker": request.worker_id, "lease": request.lease},
-        )
-        return ClaimResult(list(map(Claimed._make, rows)), rescued)
+        return self._mark(cur, request, list(cur.fetchall()), rescued)
 
     def _claim_by_update(
         self, cur: Cursor, request: ClaimRequest, sql: str, qparams: dict[str, str]
@@ -405,7 +401,53 @@ class MySQLBackend(MySQLSession):
     ) -> ClaimResult | None:
         if not len(batch):
             return self.claim(claim) if claim is not None else None
+        if not batch.burials and (claim is None or self.claim_mode() == "skip_locked"):
+            return self._run(lambda cur: self._batched(cur, batch, claim), begin=False)
         return self._run(lambda cur: self._complete_in(cur, batch, claim))
+
+    def _batched(
+        self, cur: Cursor, batch: CompleteBatch, claim: ClaimRequest | None
+    ) -> ClaimResult | None:
+        """The hot path in three round trips: START TRANSACTION, the acknowledgements, the
+        rescue and the SKIP LOCKED select in one; the claim's UPDATE; COMMIT (by _run)."""
+        statements = ["START TRANSACTION"]
+        params: dict[str, Any] = {"worker": batch.worker_id}
+        if batch.done:
+            statements.append(self.q["ack_done"].replace("{ids}", _ids_sql(batch.done)))
+        if batch.retries:
+            sql, retry_params = self._retry_sql(batch)
+            statements.append(sql)
+            params.update(retry_params)
+        if batch.released:
+            statements.append(self.q["release"].replace("{ids}", _ids_sql(batch.released)))
+        if claim is not None:
+            sql, qparams = self._claim_statement(claim.queues)
+            statements += [self.q["rescue"], sql]
+            params.update(qparams, limit=claim.limit)
+        cur.execute(";\n".join(statements), params)
+        counts = [cur.rowcount]
+        for _ in statements[1:]:
+            cur.nextset()
+            counts.append(cur.rowcount)
+        if claim is None:
+            return None
+        rows: list[Any] = list(cur.fetchall())
+        return self._mark(cur, claim, rows, rescued=int(counts[-2]))
+
+    def _mark(
+        self, cur: Cursor, request: ClaimRequest, rows: list[Any], rescued: int
+    ) -> ClaimResult:
+        """Lease the rows a SKIP LOCKED select locked (the best ``limit`` of them)."""
+        if request.queues and len(request.queues) > 1:
+            rows.sort(key=lambda r: (r[6], r[7], r[0]))
+            rows = [r[:6] for r in rows[: request.limit]]
+        if not rows:
+            return ClaimResult([], rescued)
+        cur.execute(
+            self.q["claim_mark"].replace("{ids}", _ids_sql([r[0] for r in rows])),
+            {"worker": request.worker_id, "lease": request.lease},
+        )
+        return ClaimResult(list(map(Claimed._make, rows)), rescued)
 
     def _complete_in(
         self, cur: Cursor, batch: CompleteBatch, claim: ClaimRequest | None
@@ -433,8 +475,12 @@ class MySQLBackend(MySQLSession):
         return self._claim_in(cur, claim) if claim is not None else None
 
     def _retry(self, cur: Cursor, batch: CompleteBatch) -> None:
+        sql, params = self._retry_sql(batch)
+        cur.execute(sql, {"worker": batch.worker_id, **params})
+
+    def _retry_sql(self, batch: CompleteBatch) -> tuple[str, dict[str, Any]]:
         """Every retry of the batch in one UPDATE (a CASE per column)."""
-        params: dict[str, Any] = {"worker": batch.worker_id}
+        params: dict[str, Any] = {}
         delays, messages, errors = [], [], []
         for i, r in enumerate(batch.retries):
             task_id = int(r.id)
@@ -451,7 +497,7 @@ class MySQLBackend(MySQLSession):
             .replace("{message_cases}", " ".join(messages))
             .replace("{error_cases}", " ".join(errors))
         )
-        cur.execute(sql, params)
+        return sql, params
 
     def renew(self, request: RenewRequest) -> list[TaskId]:
         if not request.ids:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import pymysql  # type: ignore[import-untyped]  # no stubs shipped (types-PyMySQL not pinned)
+import pymysql.constants.CLIENT  # type: ignore[import-untyped]
 import pymysql.cursors  # type: ignore[import-untyped]
 from pymysql.connections import Connection  # type: ignore[import-untyped]
 from pymysql.cursors import Cursor
@@ -161,6 +162,9 @@ class MySQLSession:
             "read_timeout": _seconds(url, "read_timeout", 60),
             "write_timeout": _seconds(url, "write_timeout", 60),
             "autocommit": True,
+            # several statements per round trip on the hot path (claim, complete); every
+            # value in them is still a bound, escaped parameter
+            "client_flag": pymysql.constants.CLIENT.MULTI_STATEMENTS,
         }
         if "unix_socket" in url.options:
             self._params["unix_socket"] = url.options["unix_socket"]
@@ -262,6 +266,7 @@ class MySQLSession:
         fn: Callable[[Any], T],
         *,
         tx: bool = True,
+        begin: bool = True,
         cursor: type[Cursor] = Cursor,
         schema: bool = True,
     ) -> T:
@@ -283,7 +288,7 @@ class MySQLSession:
                 self._ensure_schema(conn)
             committing = False
             try:
-                if tx:
+                if tx and begin:  # begin=False: fn's first statement is START TRANSACTION
                     conn.begin()
                 with conn.cursor(cursor) as cur:
                     result = fn(cur)
