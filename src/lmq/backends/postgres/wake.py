@@ -6,17 +6,20 @@ transactional enqueue, another program's bare INSERT) sends one notification, de
 at commit; the backend also notifies when a retry or release makes a task ready at once.
 
 :class:`ListenWakeSource` holds its own autocommit connection (not one of the pool's: a
-pooled connection must not keep session state), blocks in ``conn.notifies(timeout=…)``
-and calls the callback for each notification.  When the server goes away it reconnects
-with backoff and calls the callback once it is back (something may have arrived while it
-was gone).  The worker keeps polling (``idle_poll``) anyway, so a lost notification only
-delays pickup.
+pooled connection must not keep session state), sleeps in ``select()`` on its socket (and
+on a pipe that ``stop()`` writes to, so stopping takes no time), reads what arrived with
+``conn.notifies(timeout=0)`` and calls the callback for each notification.  When the
+server goes away it reconnects with backoff and calls the callback once it is back
+(something may have arrived while it was gone).  The worker keeps polling
+(``idle_poll``) anyway, so a lost notification only delays pickup.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import select
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +28,6 @@ import psycopg
 
 log = logging.getLogger("lmq.backends.postgres")
 
-_WAIT = 0.25  # longest block in notifies(): how quickly stop() is noticed
 _PING_EVERY = 30.0  # idle seconds between liveness checks of the LISTEN connection
 
 
@@ -38,12 +40,14 @@ class ListenWakeSource:
         self.channel = channel
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pipe: tuple[int, int] | None = None  # stop() wakes the select() through it
         self._conn: psycopg.Connection[Any] | None = None
         self.connected = threading.Event()  # set while LISTEN is in effect (for tests)
         self.reconnects = 0
 
     def start(self, callback: Callable[[], None]) -> None:
         self._stop.clear()
+        self._pipe = os.pipe()
         self._thread = threading.Thread(
             target=self._run, args=(callback,), name="lmq-pg-listen", daemon=True
         )
@@ -51,10 +55,18 @@ class ListenWakeSource:
 
     def stop(self) -> None:
         self._stop.set()
-        thread = self._thread
+        pipe, thread = self._pipe, self._thread
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                os.write(pipe[1], b"x")
         if thread is not None and thread is not threading.current_thread():
-            thread.join(_WAIT * 4 + 0.5)
+            thread.join(1.0)  # a connection attempt in progress is left to time out
         self._thread = None
+        if pipe is not None and (thread is None or not thread.is_alive()):
+            self._pipe = None
+            for fd in pipe:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     # --- the thread ------------------------------------------------------------------
 
@@ -101,18 +113,13 @@ class ListenWakeSource:
         return conn
 
     def _listen(self, conn: psycopg.Connection[Any], callback: Callable[[], None]) -> None:
-        idle = 0.0
+        assert self._pipe is not None
+        stop_fd, sock = self._pipe[0], conn.fileno()
         while not self._stop.is_set():
-            got = False
-            for _ in conn.notifies(timeout=_WAIT):
-                got = True
-                callback()
-                if self._stop.is_set():
-                    return
-            if got:
-                idle = 0.0
-                continue
-            idle += _WAIT
-            if idle >= _PING_EVERY:  # a silent network loss shows only on a write
+            ready, _, _ = select.select([sock, stop_fd], [], [], _PING_EVERY)
+            if stop_fd in ready:
+                return
+            if not ready:  # a silent network loss shows only on a write
                 conn.execute("SELECT 1")
-                idle = 0.0
+            for _ in conn.notifies(timeout=0):  # what arrived (a closed socket raises)
+                callback()
