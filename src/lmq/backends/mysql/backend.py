@@ -432,21 +432,30 @@ class MySQLBackend(MySQLSession):
         if claim is None:
             return None
         rows: list[Any] = list(cur.fetchall())
-        return self._mark(cur, claim, rows, rescued=int(counts[-2]))
+        return self._mark(cur, claim, rows, rescued=int(counts[-2]), commit=True)
 
     def _mark(
-        self, cur: Cursor, request: ClaimRequest, rows: list[Any], rescued: int
+        self,
+        cur: Cursor,
+        request: ClaimRequest,
+        rows: list[Any],
+        rescued: int,
+        *,
+        commit: bool = False,
     ) -> ClaimResult:
-        """Lease the rows a SKIP LOCKED select locked (the best ``limit`` of them)."""
+        """Lease the rows a SKIP LOCKED select locked (the best ``limit`` of them); with
+        ``commit``, the UPDATE and the COMMIT go in one round trip."""
         if request.queues and len(request.queues) > 1:
             rows.sort(key=lambda r: (r[6], r[7], r[0]))
             rows = [r[:6] for r in rows[: request.limit]]
         if not rows:
             return ClaimResult([], rescued)
-        cur.execute(
-            self.q["claim_mark"].replace("{ids}", _ids_sql([r[0] for r in rows])),
-            {"worker": request.worker_id, "lease": request.lease},
-        )
+        sql = self.q["claim_mark"].replace("{ids}", _ids_sql([r[0] for r in rows]))
+        params = {"worker": request.worker_id, "lease": request.lease}
+        if commit:
+            self.commit_with(cur, sql, params)
+        else:
+            cur.execute(sql, params)
         return ClaimResult(list(map(Claimed._make, rows)), rescued)
 
     def _complete_in(

@@ -287,16 +287,18 @@ class MySQLSession:
             if schema and not self._schema_checked:
                 self._ensure_schema(conn)
             committing = False
+            self._local.committed = False  # fn may send COMMIT itself (commit_with)
             try:
                 if tx and begin:  # begin=False: fn's first statement is START TRANSACTION
                     conn.begin()
                 with conn.cursor(cursor) as cur:
                     result = fn(cur)
-                if tx:
+                if tx and not self._local.committed:
                     committing = True
                     conn.commit()
                 return result
             except (pymysql.err.MySQLError, OSError) as exc:
+                committing = committing or self._local.committed
                 if self._lost(exc):
                     self._drop(conn)
                     if not (fresh or replaced or committing):
@@ -317,6 +319,12 @@ class MySQLSession:
             except BaseException:
                 self._rollback(conn)
                 raise
+
+    def commit_with(self, cur: Cursor, sql: str, params: Any) -> None:
+        """Run ``sql`` and COMMIT in one round trip, as the last step of a ``_run`` fn."""
+        self._local.committed = True  # from here on, a lost connection may have committed
+        cur.execute(sql + ";\nCOMMIT", params)
+        cur.nextset()
 
     def _rollback(self, conn: Connection) -> None:
         try:
