@@ -34,6 +34,8 @@ _PING_EVERY = 30.0  # idle seconds between liveness checks of the LISTEN connect
 class ListenWakeSource:
     """``start(callback)`` runs a thread that LISTENs on ``channel``; ``stop()`` ends it."""
 
+    announces_work = True  # NOTIFY comes from the insert trigger: claim at once
+
     def __init__(self, conninfo: str, connect_kwargs: dict[str, Any], channel: str) -> None:
         self.conninfo = conninfo
         self.connect_kwargs = dict(connect_kwargs)
