@@ -26,7 +26,6 @@ import pytest
 import lmq
 from lmq.backends.mysql.backend import SCHEMA_VERSION, MySQLBackend, supports_skip_locked
 from lmq.models import ClaimRequest, CompleteBatch, NewTask, TaskId
-from lmq_testservers import drop_prefix
 
 from .helpers import EMPTY, claim, complete, ids, kill, retry, run_burst, wait_for
 
@@ -57,6 +56,21 @@ def connect(url: str = BASE, database: str | None = None, **kw: Any) -> Any:
         connect_timeout=5,
         **kw,
     )
+
+
+def drop_prefix(_url: str, prefix: str) -> None:
+    """Drop every table named ``prefix...`` in the test database (prefix compared as text,
+    not as a LIKE pattern)."""
+    assert prefix and prefix.replace("_", "").isalnum(), prefix
+    with connect() as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()"
+            " AND LEFT(table_name, CHAR_LENGTH(%s)) = %s",
+            (prefix, prefix),
+        )
+        names = [r[0] for r in cur.fetchall()]
+        if names:
+            cur.execute("DROP TABLE IF EXISTS " + ", ".join(f"`{n}`" for n in names))
 
 
 def fresh_prefix() -> str:
