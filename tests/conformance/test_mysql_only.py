@@ -164,6 +164,9 @@ def test_expired_leases_are_rescued_by_the_claim(mode_queue: lmq.Queue) -> None:
     task = q.get(task_id)
     assert task is not None and (task.locked_by, task.attempts) == ("w2", 2)
     assert [e.type for e in task.errors] == ["LeaseExpired"]
+    (lapse,) = task.errors
+    assert lapse.attempt == 1 and "gone" in lapse.message
+    assert abs(lapse.at.timestamp() - time.time()) < 60  # the server's UTC time, parsed
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -352,7 +352,7 @@ class MySQLBackend(MySQLSession):
         that claims a task whose attempts exceed its limit buries it unrun, so a task
         that kills its worker every time ends in the dead letters, not in a crash loop.
         """
-        return int(cur.execute(self.q["rescue"]))
+        return int(cur.execute(self.q["rescue"], {}))  # {}: its %% become %
 
     def _ready_state(
         self, queues: tuple[str, ...] | None
