@@ -12,9 +12,9 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from lmq.backends.rows import split_sql
 from lmq.backends.sqlfile import load_migrations, load_schema
 from lmq.backends.sqlite.backend import SCHEMA_VERSION
-from lmq.backends.sqlite.rows import split_sql
 
 
 def _catalog(conn: sqlite3.Connection, prefix: str) -> dict[str, Any]:

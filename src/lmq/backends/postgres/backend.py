@@ -83,9 +83,9 @@ from ...models import (
 )
 from ...url import QueueURL, mask
 from ..external import app_connection
+from ..rows import dead_from_row, error_line, task_from_row
 from ..sqlfile import check_prefix, load_migrations, load_queries
 from .connection import Pool, translate
-from .rows import dead_from_row, error_line, task_from_row
 from .wake import ListenWakeSource
 
 SCHEMA_VERSION = 1

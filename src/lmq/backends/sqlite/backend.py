@@ -52,8 +52,8 @@ from ...models import (
 )
 from ...url import QueueURL
 from ..external import app_connection
+from ..rows import dead_from_row, error_line, split_sql, task_from_row
 from ..sqlfile import check_prefix, load_migrations, load_queries, load_schema
-from .rows import dead_from_row, error_line, split_sql, task_from_row
 from .watch import WalWatcher
 
 T = TypeVar("T")

@@ -1,21 +1,55 @@
-"""Rows of the PostgreSQL tables (dicts from psycopg's ``dict_row``) as lmq's models."""
+"""What every backend's rows have in common: error histories, error lines, schema files,
+and tasks and dead letters built from a mapping of their columns.
+
+Each backend reads its rows into something indexable by column name (``sqlite3.Row``,
+psycopg's ``dict_row``, a PyMySQL dict) and passes it here with the one conversion that
+differs, the ``created`` column (text on SQLite and PostgreSQL, a DATETIME on MySQL).
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from ...models import DeadLetter, Task, TaskError, utc_from_epoch
-from ...payload import loads_lenient
+from ..models import DeadLetter, Task, TaskError, utc_from_epoch
+from ..payload import loads_lenient
+
+Row = Any  # a mapping of column name to value: sqlite3.Row, a dict...
+
+
+def split_sql(sql: str) -> list[str]:
+    """Statements of a schema file: comment lines dropped first (they may hold a ';')."""
+    code = "\n".join(ln for ln in sql.splitlines() if not ln.strip().startswith("--"))
+    return [text for chunk in code.split(";") if (text := chunk.strip())]
 
 
 def error_line(error: TaskError) -> str:
+    """``Type: message``, the one line kept in ``last_error`` and the dead letter."""
     return f"{error.type}: {error.message}" if error.message else error.type
 
 
+def error_json(error: TaskError) -> str:
+    return json.dumps(error.to_json(), ensure_ascii=False)
+
+
+def error_time(value: Any) -> datetime:
+    """An error's ``at``: ISO 8601 text (Python writes it) or epoch seconds (Lua does)."""
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, UTC)
+    try:
+        return datetime.fromisoformat(str(value))
+    except (TypeError, ValueError):
+        return datetime.fromtimestamp(0, UTC)
+
+
 def parse_errors(value: Any) -> tuple[TaskError, ...]:
-    """The ``errors`` column (jsonb, already decoded by psycopg; text is accepted too)."""
+    """The ``errors`` column: a JSON list as text, or already decoded (PostgreSQL jsonb).
+
+    Anything malformed (written by another program) reads as no history rather than
+    failing the read.
+    """
     if not value:
         return ()
     if isinstance(value, str | bytes):
@@ -27,14 +61,10 @@ def parse_errors(value: Any) -> tuple[TaskError, ...]:
     for e in value if isinstance(value, list) else []:
         if not isinstance(e, dict):
             continue
-        try:
-            at = datetime.fromisoformat(e["at"])
-        except (KeyError, TypeError, ValueError):
-            at = datetime.fromtimestamp(0, UTC)
         out.append(
             TaskError(
                 attempt=int(e.get("attempt") or 0),
-                at=at,
+                at=error_time(e.get("at")),
                 type=str(e.get("type", "")),
                 message=str(e.get("message", "")),
                 traceback=e.get("traceback"),
@@ -47,7 +77,7 @@ def text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def task_from_row(r: dict[str, Any]) -> Task:
+def task_from_row(r: Row, created: Callable[[Any], str | None] = text) -> Task:
     return Task(
         id=r["id"],
         queue=r["queue"],
@@ -58,7 +88,7 @@ def task_from_row(r: dict[str, Any]) -> Task:
         attempts=r["attempts"],
         max_attempts=r["max_attempts"],
         next_run=utc_from_epoch(r["next_run"]),
-        created=text(r["created"]),
+        created=created(r["created"]),
         updated=utc_from_epoch(r["updated"]),
         locked_by=r["locked_by"],
         locked_until=utc_from_epoch(r["locked_until"]),
@@ -69,7 +99,7 @@ def task_from_row(r: dict[str, Any]) -> Task:
     )
 
 
-def dead_from_row(r: dict[str, Any]) -> DeadLetter:
+def dead_from_row(r: Row, created: Callable[[Any], str | None] = text) -> DeadLetter:
     died = utc_from_epoch(r["died_at"])
     assert died is not None  # NOT NULL column
     return DeadLetter(
@@ -84,7 +114,7 @@ def dead_from_row(r: dict[str, Any]) -> DeadLetter:
         error=r["error"] or "",
         reason=r["reason"] or "",
         fingerprint=r["fingerprint"] or "",
-        created=text(r["created"]),
+        created=created(r["created"]),
         died_at=died,
         status=r["status"],
         errors=parse_errors(r["errors"]),
