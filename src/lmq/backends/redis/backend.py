@@ -115,8 +115,9 @@ from ...models import (
 )
 from ...url import QueueURL, mask
 from ..external import refuse_connection
+from ..rows import error_line
 from .connection import pool_from_url
-from .rows import dead_from_hash, error_line, task_from_hash
+from .rows import dead_from_hash, task_from_hash
 from .wake import RedisWake
 
 T = TypeVar("T")

@@ -7,16 +7,9 @@ formatting in Lua), Python writes ISO 8601: both are read here.
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime
-from typing import Any
-
-from ...models import DeadLetter, Task, TaskError, utc_from_epoch
+from ...models import DeadLetter, Task, utc_from_epoch
 from ...payload import loads_lenient
-
-
-def error_line(error: TaskError) -> str:
-    return f"{error.type}: {error.message}" if error.message else error.type
+from ..rows import error_time, parse_errors
 
 
 def _float(text: str | float | None) -> float | None:
@@ -35,38 +28,6 @@ def _int(text: str | None) -> int | None:
         return int(text)
     except ValueError:
         return None
-
-
-def _when(value: Any) -> datetime:
-    if isinstance(value, int | float):
-        return datetime.fromtimestamp(value, UTC)
-    try:
-        return datetime.fromisoformat(str(value))
-    except (TypeError, ValueError):
-        return datetime.fromtimestamp(0, UTC)
-
-
-def parse_errors(text: str | None) -> tuple[TaskError, ...]:
-    if not text:
-        return ()
-    try:
-        items = json.loads(text)
-    except ValueError:
-        return ()
-    out = []
-    for e in items if isinstance(items, list) else []:
-        if not isinstance(e, dict):
-            continue
-        out.append(
-            TaskError(
-                attempt=int(e.get("attempt") or 0),
-                at=_when(e.get("at")),
-                type=str(e.get("type", "")),
-                message=str(e.get("message", "")),
-                traceback=e.get("traceback"),
-            )
-        )
-    return tuple(out)
 
 
 def task_from_hash(task_id: str, h: dict[str, str | None]) -> Task:
@@ -108,7 +69,7 @@ def dead_from_hash(dead_id: str, h: dict[str, str]) -> DeadLetter:  # one hash p
         reason=h.get("reason", ""),
         fingerprint=h.get("fingerprint", ""),
         created=h.get("created") or None,
-        died_at=_when(_float(h.get("died_at")) or 0.0),
+        died_at=error_time(_float(h.get("died_at")) or 0.0),
         status=h.get("status", "dead"),
         errors=parse_errors(h.get("errors")),
         requeued_at=utc_from_epoch(_float(h.get("requeued_at"))),
