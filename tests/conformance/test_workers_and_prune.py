@@ -60,6 +60,7 @@ def test_prune_removes_old_done_rows_and_stale_workers_only(
     complete(backend, done=[old_done])
     backend.heartbeat(beat("old-worker"))
     time.sleep(0.6)  # the only way to make rows "old" through the public API
+    mark = time.time()  # old rows are >= 0.6 s older than this, new ones younger
     new_done = queue.enqueue("t")
     pending = queue.enqueue("t")
     processing = queue.enqueue("t", queue="busy")
@@ -70,7 +71,9 @@ def test_prune_removes_old_done_rows_and_stale_workers_only(
     backend.heartbeat(beat("new-worker"))
 
     assert backend.prune(PruneRequest(done_older_than=3600, workers_stale_after=3600)) == 0
-    removed = backend.prune(PruneRequest(done_older_than=0.3, workers_stale_after=0.3))
+    # a window that keeps everything made since `mark` however slow the machine was
+    window = time.time() - mark + 0.3
+    removed = backend.prune(PruneRequest(done_older_than=window, workers_stale_after=window))
     assert removed == 2
     assert queue.get(old_done) is None
     for kept in (new_done, pending, processing):
