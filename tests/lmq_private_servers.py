@@ -9,7 +9,9 @@ port, with its own data directory under the test's ``tmp_path``, and removes it 
         srv.url_for("10.77.3.1")     # the same server through another listen address
 
 * PostgreSQL: ``initdb``/``pg_ctl`` as the ``postgres`` user (``initdb`` refuses root),
-  trust authentication, database ``test``.
+  trust authentication, database ``test``.  Its files live in a ``lmq-pg-*`` directory of
+  the system temp dir, linked from ``tmp_path`` (the postgres user cannot pass pytest's
+  0700 temp root), and are removed with the server.
 * MariaDB: ``mariadb-install-db`` into its own datadir, ``mariadbd --no-defaults`` as
   root; real grants (root, empty password, from 127.0.0.1 and from 10.77.0.0/16, the
   network-namespace test hosts), database ``test``.
@@ -31,8 +33,8 @@ import os
 import shutil
 import signal
 import socket
-import stat
 import subprocess
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -146,20 +148,6 @@ def _kill_tree(pid: int) -> None:
     psutil.wait_procs(procs, timeout=10)
 
 
-def _make_traversable(path: Path) -> None:
-    """Let another user (postgres) reach ``path``: add o+x to ancestors that lack it.
-
-    pytest makes its base temp directory 0700 (and restores that itself next session);
-    execute-only lets the server find its data directory without listing anything.
-    """
-    for parent in [path, *path.parents]:
-        if parent == Path("/"):
-            break
-        mode = parent.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            parent.chmod(mode | stat.S_IXOTH)
-
-
 def _wait(
     ready: Callable[[], bool],
     what: str,
@@ -259,6 +247,10 @@ class PrivateServer:
                 self.stop("immediate")
         self._kill()
 
+    def remove(self) -> None:
+        """Delete the data directory (after :meth:`close`)."""
+        shutil.rmtree(self.base / "data", ignore_errors=True)
+
 
 class PostgresServer(PrivateServer):
     kind = "postgresql"
@@ -267,8 +259,15 @@ class PostgresServer(PrivateServer):
         self, base: Path, hosts: Sequence[str] = ("127.0.0.1",), port: int | None = None
     ) -> None:
         super().__init__(base, hosts, port)
-        self.data = base / "data"
-        self.sock = base / "sock"
+        # The postgres user must reach its files, and pytest keeps its base temp directory
+        # 0700 (resetting it whenever another session starts), so the files live in a
+        # directory of their own in the system temp dir; base/ links to it.
+        self.home = Path(tempfile.mkdtemp(prefix="lmq-pg-"))
+        self.data = self.home / "data"
+        self.sock = self.home / "sock"
+        self.log = self.home / "server.log"
+        for name in ("data", "server.log"):
+            (base / name).symlink_to(self.home / name)
         self.initdb = _pg_bin("initdb") or "initdb"
         self.pg_ctl = _pg_bin("pg_ctl") or "pg_ctl"
         self._created_db = False
@@ -280,10 +279,9 @@ class PostgresServer(PrivateServer):
         import pwd
 
         pw = pwd.getpwnam("postgres")
-        _make_traversable(self.base)
         self.sock.mkdir(exist_ok=True)
         self.log.touch()
-        for p in (self.base, self.sock, self.log):
+        for p in (self.home, self.sock, self.log):
             os.chown(p, pw.pw_uid, pw.pw_gid)
         _run(
             self._as_postgres(
@@ -371,6 +369,14 @@ class PostgresServer(PrivateServer):
 
     def url_for(self, host: str, db: str = "test") -> str:
         return f"postgresql://postgres@{host}:{self.port}/{db}"
+
+    def remove(self) -> None:
+        # keep the log next to the test's other files, then drop the server's own directory
+        with contextlib.suppress(OSError):
+            (self.base / "server.log").unlink()
+            shutil.copyfile(self.log, self.base / "server.log")
+        (self.base / "data").unlink(missing_ok=True)
+        shutil.rmtree(self.home, ignore_errors=True)
 
 
 class MariaDBServer(PrivateServer):
@@ -569,7 +575,7 @@ def private_server(
         yield server
     finally:
         server.close()
-        shutil.rmtree(server.base / "data", ignore_errors=True)
+        server.remove()
 
 
 def private_postgres(

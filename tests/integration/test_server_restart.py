@@ -3,9 +3,11 @@
 Against a PRIVATE server (tests/lmq_private_servers.py: its own data directory and port;
 Redis with ``appendonly yes`` + ``appendfsync always``), never the shared one.  Two ``lmq
 worker`` processes drain 20,000 tasks; when about a third is done the server is stopped,
-stays down ~1.5 s and starts again on the same port and data.  The workers must log the
-lost backend and its return, keep running, and finish everything: done == 20,000, dead ==
-0, every task ran, and a task ran twice only if it was in flight at the restart.
+stays down ~1.5 s and starts again on the same port and data, once after a clean
+shutdown and once after a crash (``immediate``: what the server acknowledged must survive).
+The workers must log the lost backend and its return, keep running, and finish everything:
+done == 20,000, dead == 0, every task ran, and a task ran twice only if it was in flight at
+the restart.
 """
 
 from __future__ import annotations
@@ -61,15 +63,20 @@ def _runs_so_far(h: Harness) -> int:
         return 0
 
 
-def test_server_restart_mid_run_loses_nothing(private: PrivateServer, tmp_path: Path) -> None:
+# fast: a clean shutdown (pg_ctl -m fast, SIGTERM); immediate: a crash (pg_ctl -m immediate,
+# SIGKILL), so the server must recover what it acknowledged (fsync, InnoDB redo, the AOF)
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_server_restart_mid_run_loses_nothing(
+    private: PrivateServer, tmp_path: Path, mode: str
+) -> None:
     h = Harness(tmp_path, private.kind, private.url)
     try:
-        _run(h, private)
+        _run(h, private, mode)
     finally:
         h.close()
 
 
-def _run(h: Harness, server: PrivateServer) -> None:
+def _run(h: Harness, server: PrivateServer, mode: str) -> None:
     h.migrate()
     for start in range(0, N, 5000):
         h.queue.enqueue_many(
@@ -91,7 +98,7 @@ def _run(h: Harness, server: PrivateServer) -> None:
 
     stop_began = time.time()
     done_before = _runs_so_far(h)
-    server.restart(down=1.5)
+    server.restart(down=1.5, mode=mode)
     restarted = time.time()
     assert done_before < N * 0.9, f"the run was nearly over ({done_before}) at the restart"
 
@@ -139,8 +146,9 @@ def _run(h: Harness, server: PrivateServer) -> None:
     )
     late = {k: v for k, v in twice.items() if v[0] >= restarted}
     assert not late, f"tasks first run after the restart ran twice: {dict(list(late.items())[:5])}"
+    down = restarted - stop_began
     print(
-        f"\n{server.kind}: restart at {done_before}/{N} runs, down {restarted - stop_began:.1f}s;"
+        f"\n{server.kind} ({mode}): restart at {done_before}/{N} runs, down {down:.1f}s;"
         f" {len(twice)} tasks ran twice"
     )
 
