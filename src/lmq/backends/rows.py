@@ -77,6 +77,11 @@ def text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+def epoch(value: Any) -> datetime | None:
+    """A time column (epoch seconds: float, or Decimal from MySQL arithmetic) as UTC."""
+    return utc_from_epoch(None if value is None else float(value))
+
+
 def task_from_row(r: Row, created: Callable[[Any], str | None] = text) -> Task:
     return Task(
         id=r["id"],
@@ -87,11 +92,11 @@ def task_from_row(r: Row, created: Callable[[Any], str | None] = text) -> Task:
         status=r["status"],
         attempts=r["attempts"],
         max_attempts=r["max_attempts"],
-        next_run=utc_from_epoch(r["next_run"]),
+        next_run=epoch(r["next_run"]),
         created=created(r["created"]),
-        updated=utc_from_epoch(r["updated"]),
+        updated=epoch(r["updated"]),
         locked_by=r["locked_by"],
-        locked_until=utc_from_epoch(r["locked_until"]),
+        locked_until=epoch(r["locked_until"]),
         last_error=r["last_error"],
         unique_key=r["unique_key"],
         errors=parse_errors(r["errors"]),
@@ -100,7 +105,7 @@ def task_from_row(r: Row, created: Callable[[Any], str | None] = text) -> Task:
 
 
 def dead_from_row(r: Row, created: Callable[[Any], str | None] = text) -> DeadLetter:
-    died = utc_from_epoch(r["died_at"])
+    died = epoch(r["died_at"])
     assert died is not None  # NOT NULL column
     return DeadLetter(
         id=r["id"],
@@ -118,5 +123,5 @@ def dead_from_row(r: Row, created: Callable[[Any], str | None] = text) -> DeadLe
         died_at=died,
         status=r["status"],
         errors=parse_errors(r["errors"]),
-        requeued_at=utc_from_epoch(r["requeued_at"]),
+        requeued_at=epoch(r["requeued_at"]),
     )

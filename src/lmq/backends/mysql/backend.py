@@ -79,8 +79,9 @@ from ...models import (
     WorkerInfo,
 )
 from ..external import app_connection
+from ..rows import error_json, error_line, split_sql
 from ..sqlfile import load_migrations, load_schema
-from .rows import dead_from_row, error_json, error_line, split_sql, task_from_row
+from .rows import dead_from_row, task_from_row
 from .session import (
     _DEADLOCK,
     _TABLES,
