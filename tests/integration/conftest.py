@@ -3,7 +3,8 @@
 ``h`` is a :class:`Harness` on a SQLite file in ``tmp_path`` (tests that look at the file
 with raw ``sqlite3`` through :meth:`Harness.sql` use it).  ``hb`` is the same harness once
 per backend: SQLite always, and PostgreSQL, MySQL and Redis when ``LMQ_TEST_POSTGRES_URL``,
-``LMQ_TEST_MYSQL_URL`` or ``LMQ_TEST_REDIS_URL`` name a server (``.ci/run`` sets all three).
+``LMQ_TEST_MYSQL_URL`` or ``LMQ_TEST_REDIS_URL`` name a server (``.ci/run`` sets all three;
+an unset one is a skip with its reason, and a failure when ``$CI`` is set).
 A server harness works under a fresh ``?prefix=`` of its own, runs ``lmq migrate`` through
 the CLI first and drops every object under the prefix afterwards.
 
@@ -104,10 +105,6 @@ SERVER_ENVS = {
     "mysql": "LMQ_TEST_MYSQL_URL",
     "redis": "LMQ_TEST_REDIS_URL",
 }
-
-
-def configured_servers() -> list[str]:
-    return [name for name, env in SERVER_ENVS.items() if os.environ.get(env)]
 
 
 def in_ci() -> bool:
