@@ -39,6 +39,11 @@ class BackendSpec:
     enabled: Callable[[], str | None]  # None when usable here, else how to enable it
     shares_processes: bool = True  # separate processes see one store (not memory://)
 
+    @property
+    def kind(self) -> str:
+        """The database kind (``mysql`` for ``mysql-update``)."""
+        return self.name.split("-", 1)[0]
+
 
 @contextmanager
 def _sqlite(tmp_path: Path) -> Iterator[str]:
@@ -55,7 +60,7 @@ def _always() -> str | None:
     return None
 
 
-def _server(env: str) -> tuple[UrlFactory, Callable[[], str | None]]:
+def _server(env: str, options: str = "") -> tuple[UrlFactory, Callable[[], str | None]]:
     """A server backend named by ``$env``, isolated per test by a fresh prefix.
 
     The test gets the URL with its tables already migrated (server backends need ``lmq
@@ -67,7 +72,7 @@ def _server(env: str) -> tuple[UrlFactory, Callable[[], str | None]]:
         base = os.environ[env]
         sep = "&" if "?" in base else "?"
         prefix = f"t{uuid.uuid4().hex[:8]}_"
-        url = f"{base}{sep}prefix={prefix}"
+        url = f"{base}{sep}prefix={prefix}" + (f"&{options}" if options else "")
         with lmq.Queue(url) as q:
             q.migrate()
         try:
@@ -85,6 +90,8 @@ BACKENDS: list[BackendSpec] = [
     BackendSpec("memory", _memory, _always, shares_processes=False),
     BackendSpec("postgresql", *_server("LMQ_TEST_POSTGRES_URL")),
     BackendSpec("mysql", *_server("LMQ_TEST_MYSQL_URL")),
+    # the claim for servers without SKIP LOCKED, forced on the same server
+    BackendSpec("mysql-update", *_server("LMQ_TEST_MYSQL_URL", "claim=update")),
     BackendSpec("redis", *_server("LMQ_TEST_REDIS_URL")),
 ]
 

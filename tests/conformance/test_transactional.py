@@ -110,7 +110,7 @@ class App:
             self._engine.dispose()
 
 
-@pytest.fixture(params=[b for b in _enabled() if b.name in SQL_KINDS], ids=lambda b: b.name)
+@pytest.fixture(params=[b for b in _enabled() if b.kind in SQL_KINDS], ids=lambda b: b.name)
 def backend_spec(request: pytest.FixtureRequest) -> BackendSpec:
     """This module runs on the SQL backends only (test_transactional_refused.py: the rest)."""
     spec: BackendSpec = request.param
@@ -121,7 +121,7 @@ def backend_spec(request: pytest.FixtureRequest) -> BackendSpec:
 def app(
     request: pytest.FixtureRequest, backend_spec: BackendSpec, backend_url: str
 ) -> Iterator[App]:
-    application = App(backend_spec.name, backend_url, request.param)
+    application = App(backend_spec.kind, backend_url, request.param)
     try:
         yield application
     finally:

@@ -14,7 +14,7 @@ from .helpers import EMPTY
 from .test_transactional import SQL_KINDS
 
 
-@pytest.fixture(params=[b for b in _enabled() if b.name not in SQL_KINDS], ids=lambda b: b.name)
+@pytest.fixture(params=[b for b in _enabled() if b.kind not in SQL_KINDS], ids=lambda b: b.name)
 def backend_spec(request: pytest.FixtureRequest) -> BackendSpec:
     spec: BackendSpec = request.param
     return spec
