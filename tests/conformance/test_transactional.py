@@ -170,8 +170,9 @@ def _idle_worker(queue: lmq.Queue, idle_poll: float) -> tuple[lmq.Worker, thread
 
 def test_commit_wakes_an_idle_worker(queue: lmq.Queue, app: App) -> None:
     """The wake-up comes with the commit: from the backend's notification where it has
-    one (PostgreSQL NOTIFY, SQLite's WAL watcher) — the worker's idle poll is set to
-    30 s so only a wake-up can be that fast — else from the 1 s idle poll (MySQL)."""
+    one (PostgreSQL NOTIFY, SQLite's WAL watcher), else from the backend's own short
+    poll (MySQL, 0.1 s). The worker's idle poll is set to 30 s, so only those can be
+    that fast."""
     queue.migrate()
     done = threading.Event()
 
@@ -179,8 +180,7 @@ def test_commit_wakes_an_idle_worker(queue: lmq.Queue, app: App) -> None:
     def ship(order_id: int) -> None:
         done.set()
 
-    has_wake = queue.backend.wake_source() is not None
-    worker, thread = _idle_worker(queue, idle_poll=30.0 if has_wake else 1.0)
+    worker, thread = _idle_worker(queue, idle_poll=30.0)
     try:
         app.insert_order(5, "C-5")
         task_id = queue.enqueue("ship", {"order_id": 5}, connection=app.conn)

@@ -130,7 +130,11 @@ class Backend(Protocol):
         ...
 
     def wake_source(self) -> WakeSource | None:
-        """A source of wake-ups for idle workers, or None to rely on polling."""
+        """A source of wake-ups for idle workers, or None to rely on polling.
+
+        A backend that relies on polling may set a ``poll_interval`` attribute (seconds):
+        idle workers then check at least that often (MySQL: 0.1 s by default).
+        """
         ...
 
     def prepare_worker(self) -> None:

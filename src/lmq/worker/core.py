@@ -138,6 +138,8 @@ class Worker:
         self._reserved = 0  # slots promised to a claim under way
         self._more = False  # the last claim was full: more tasks are probably ready
         self._announced = False  # a wake-up said tasks were just made ready
+        # a backend without wake-ups may ask idle workers to look more often (MySQL)
+        self._idle_poll = min(s.idle_poll, getattr(self.backend, "poll_interval", s.idle_poll))
         self._flushing = False  # the completer is writing (and maybe claiming)
 
     # --- public ---------------------------------------------------------------------------
@@ -383,8 +385,8 @@ class Worker:
         try:
             due = await self._db(self.backend.next_due, self.settings.queues)
         except BackendError:
-            return self.settings.idle_poll
-        poll = self.settings.idle_poll
+            return self._idle_poll
+        poll = self._idle_poll
         return poll if due is None else min(poll, max(due, 0.001))
 
     async def _wait_idle(self, timeout: float) -> None:

@@ -20,6 +20,9 @@ Options (anything else is refused with ConfigError):
     seconds; an unreachable server raises BackendUnavailable within connect_timeout.
 ``lock_wait_timeout`` (default 10)
     the session's ``innodb_lock_wait_timeout``; a wait that long is retried like a deadlock.
+``poll`` (default 0.1)
+    seconds between an idle worker's checks for ready tasks (MySQL has no notifications);
+    each check is a read of a few index entries.
 ``unix_socket``, ``ssl_ca``, ``ssl_cert``, ``ssl_key``
     passed to PyMySQL.
 ``charset``
@@ -566,6 +569,11 @@ class MySQLBackend(MySQLSession):
     def wake_source(self) -> None:
         """MySQL has no notifications: idle workers poll :meth:`has_ready` (cheap)."""
         return None
+
+    @property
+    def poll_interval(self) -> float:
+        """How often an idle worker checks for ready tasks (``?poll=``, default 0.1 s)."""
+        return self.poll
 
     # --- inspection ----------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ _OPTIONS = {
     "read_timeout",
     "write_timeout",
     "lock_wait_timeout",
+    "poll",
     "unix_socket",
     "ssl_ca",
     "ssl_cert",
@@ -151,6 +152,7 @@ class MySQLSession:
             raise ConfigError(f"invalid port in {self.url!r}") from None
         self.database = database
         self.lock_wait_timeout = int(_seconds(url, "lock_wait_timeout", 10))
+        self.poll = _seconds(url, "poll", 0.1)
         self._params: dict[str, Any] = {
             "host": parts.hostname or "127.0.0.1",
             "port": port,
