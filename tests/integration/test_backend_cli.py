@@ -2,7 +2,8 @@
 
 ``python -m lmq …`` processes only: ``lmq migrate`` (idempotent), the one-line exit-2
 errors before migrating, for an unreachable or silent server, a wrong database and bad
-credentials; ``lmq enqueue`` + ``lmq worker --burst``; ``lmq status --json`` with a live
+credentials; ``lmq enqueue`` + ``lmq worker --burst``; ``tasks``, ``show`` and ``dead
+…`` on the server's ids; ``lmq status --json`` with a live
 worker.  Each test works under a fresh prefix that is dropped afterwards.
 """
 
@@ -217,3 +218,37 @@ def test_status_json_shows_counts_and_the_live_worker(fresh: Harness) -> None:
     h.queue.enqueue("record", {"n": 99})
     check = h.run("status", "--check")
     assert check.returncode == 1, (check.stdout, check.stderr)
+
+
+def test_inspection_and_dead_letter_commands(fresh: Harness) -> None:
+    """`lmq tasks`, `show`, `dead list|show|requeue|discard` on the server's ids."""
+    h = fresh
+    h.migrate()
+    ok_id = h.queue.enqueue("record", {"n": 1})
+    lost = [h.queue.enqueue("no_such_handler", {"n": n}) for n in (2, 3)]
+    w = h.worker("--burst", "-c", "4")
+    assert w.wait(60) == 0, w.stderr()[-3000:]
+
+    listed = h.run_json("tasks", "--json", "--status", "done")
+    assert [t["id"] for t in listed] == [ok_id]
+    shown = h.run_json("show", str(ok_id), "--json")
+    assert (shown["status"], shown["payload"], shown["attempts"]) == ("done", {"n": 1}, 1)
+    dead_task = h.run_json("show", str(lost[0]), "--json")
+    assert dead_task["status"] == "dead" and "no handler registered" in dead_task["last_error"]
+
+    letters = h.run_json("dead", "list", "--json")
+    assert sorted(str(d["task_id"]) for d in letters) == sorted(map(str, lost))
+    by_task = {str(d["task_id"]): d for d in letters}
+    first, second = by_task[str(lost[0])], by_task[str(lost[1])]
+    res = h.run("dead", "show", str(first["id"]))
+    assert res.returncode == 0 and "no_such_handler" in res.stdout, res.stderr
+
+    res = h.run("dead", "requeue", str(first["id"]))
+    assert res.returncode == 0, res.stderr
+    assert h.run_json("show", str(lost[0]), "--json")["status"] == "pending"
+    res = h.run("dead", "discard", str(second["id"]))
+    assert res.returncode == 0, res.stderr
+    assert h.counts() == {"pending": 1, "processing": 0, "done": 1, "dead": 0}
+
+    one_error_line(h.run("dead", "requeue", str(second["id"])), "no dead letter")
+    one_error_line(h.run("show", "987654321"), "987654321")
