@@ -379,8 +379,34 @@ class PostgresServer(PrivateServer):
         shutil.rmtree(self.home, ignore_errors=True)
 
 
-class MariaDBServer(PrivateServer):
+class _ChildProcessServer(PrivateServer):
+    """A server that runs as our child process (``self.proc``): SIGTERM or SIGKILL it."""
+
+    proc: subprocess.Popen[bytes] | None
+    shutdown_timeout = 30.0
+
+    def _stop(self, mode: str) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM if mode == "fast" else signal.SIGKILL)
+        try:
+            self.proc.wait(self.shutdown_timeout)
+        except subprocess.TimeoutExpired:
+            raise ServerError(
+                f"{self.kind} did not shut down in {self.shutdown_timeout:g}s:\n"
+                f"{_tail(self.log)}"
+            ) from None
+
+    def _kill(self) -> None:
+        if self.proc is not None:
+            _kill_tree(self.proc.pid)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(10)
+
+
+class MariaDBServer(_ChildProcessServer):
     kind = "mysql"
+    shutdown_timeout = 60.0
 
     def __init__(
         self, base: Path, hosts: Sequence[str] = ("127.0.0.1",), port: int | None = None
@@ -456,26 +482,11 @@ class MariaDBServer(PrivateServer):
         conn.close()
         return True
 
-    def _stop(self, mode: str) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM if mode == "fast" else signal.SIGKILL)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            raise ServerError(f"mariadbd did not shut down in 60s:\n{_tail(self.log)}") from None
-
-    def _kill(self) -> None:
-        if self.proc is not None:
-            _kill_tree(self.proc.pid)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(10)
-
     def url_for(self, host: str) -> str:
         return f"mysql://root@{host}:{self.port}/test"
 
 
-class RedisServer(PrivateServer):
+class RedisServer(_ChildProcessServer):
     kind = "redis"
 
     def __init__(
@@ -532,21 +543,6 @@ class RedisServer(PrivateServer):
         )
         with contextlib.closing(client):
             return bool(client.ping())  # raises BusyLoadingError while loading the AOF
-
-    def _stop(self, mode: str) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM if mode == "fast" else signal.SIGKILL)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            raise ServerError(f"redis did not shut down in 30s:\n{_tail(self.log)}") from None
-
-    def _kill(self) -> None:
-        if self.proc is not None:
-            _kill_tree(self.proc.pid)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(10)
 
     def url_for(self, host: str) -> str:
         return f"redis://{host}:{self.port}/0"
