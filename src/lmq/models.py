@@ -70,7 +70,8 @@ class Task:
     last_error: str | None = None
     unique_key: str | None = None
     errors: tuple[TaskError, ...] = ()
-    dead_letter_id: TaskId | None = None
+    dead_letter_id: TaskId | None = None  # the dead letter it went to, or was re-queued from
+    batch: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -90,6 +91,7 @@ class Task:
             "last_error": self.last_error,
             "unique_key": self.unique_key,
             "dead_letter_id": self.dead_letter_id,
+            "batch": self.batch,
             "errors": [e.to_json() for e in self.errors],
         }
 
@@ -114,6 +116,12 @@ class DeadLetter:
     status: str = "dead"  # dead | requeued | discarded
     errors: tuple[TaskError, ...] = ()
     requeued_at: datetime | None = None
+    review: str | None = None  # None (not reviewed) | "approved" | "rejected"
+    reviewed_by: str | None = None
+    reviewed_at: datetime | None = None
+    review_note: str | None = None
+    requeue_at: datetime | None = None  # approved: when the worker re-queues it
+    discarded_at: datetime | None = None
 
     def as_task(self) -> Task:
         """The dead-lettered task as ``get(task_id)`` shows it (status ``dead``)."""
@@ -151,7 +159,99 @@ class DeadLetter:
             "created": self.created,
             "died_at": iso(self.died_at),
             "requeued_at": iso(self.requeued_at),
+            "discarded_at": iso(self.discarded_at),
+            "review": self.review,
+            "reviewed_by": self.reviewed_by,
+            "reviewed_at": iso(self.reviewed_at),
+            "review_note": self.review_note,
+            "requeue_at": iso(self.requeue_at),
             "errors": [e.to_json() for e in self.errors],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DeadGroup:
+    """Dead letters that share an error fingerprint (task name + exception type + the
+    message with numbers, ids and quoted values normalised): one outage, one line."""
+
+    fingerprint: str
+    count: int
+    task_name: str
+    example: str  # one member's error message
+    example_id: TaskId  # that member's dead-letter id
+    first_seen: datetime
+    last_seen: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "fingerprint": self.fingerprint,
+            "count": self.count,
+            "task_name": self.task_name,
+            "example": self.example,
+            "example_id": self.example_id,
+            "first_seen": iso(self.first_seen),
+            "last_seen": iso(self.last_seen),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class BatchInfo:
+    """A named batch's progress (``enqueue_many(..., batch=NAME)``).
+
+    Member counts come from the task rows: ``pending`` includes members not yet due,
+    ``dead`` the members in the dead letters (status ``dead``), ``cancelled`` the ones
+    cancelled before they ran.  ``completed`` is set once no member is pending or
+    processing (then the ``on_complete`` task, if any, was enqueued: ``followup_id``).
+    """
+
+    name: str
+    total: int
+    pending: int
+    processing: int
+    done: int
+    dead: int
+    cancelled: int
+    created: datetime
+    last_finished: datetime | None  # the newest done/dead member's finish time
+    completed: datetime | None
+    on_complete: str | None  # the follow-up task's name
+    followup_id: TaskId | None
+
+    @property
+    def finished(self) -> int:
+        return self.done + self.dead + self.cancelled
+
+    def rate(self) -> float | None:
+        """Members finished per second, from the batch's creation to its newest finish."""
+        if not self.finished or self.last_finished is None:
+            return None
+        span = (self.last_finished - self.created).total_seconds()
+        return self.finished / span if span > 0 else None
+
+    def eta(self) -> float | None:
+        """Seconds until the last member finishes at the rate so far (0 when complete)."""
+        if self.completed is not None:
+            return 0.0
+        rate = self.rate()
+        return (self.pending + self.processing) / rate if rate else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "total": self.total,
+            "pending": self.pending,
+            "processing": self.processing,
+            "running": self.processing,
+            "done": self.done,
+            "dead": self.dead,
+            "cancelled": self.cancelled,
+            "created": iso(self.created),
+            "last_finished": iso(self.last_finished),
+            "completed": iso(self.completed),
+            "on_complete": self.on_complete,
+            "followup_id": self.followup_id,
+            "rate": self.rate(),
+            "eta_seconds": self.eta(),
         }
 
 
@@ -202,6 +302,21 @@ class NewTask(NamedTuple):
     run_at: float | None = None  # epoch seconds; None = now (the backend's clock)
     delay: float = 0.0
     unique_key: str | None = None
+    batch: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSpec:
+    """Passed with an ``enqueue`` whose tasks all carry ``batch=name``: creates the batch
+    row (or adds ``total`` to an existing one) in the same transaction.  ``on_complete``
+    is the follow-up task, enqueued once when the last member finishes or dies; an
+    existing batch keeps the follow-up it has unless it had none."""
+
+    name: str
+    total: int
+    on_complete_task: str | None = None
+    on_complete_payload_json: str = "{}"
+    on_complete_queue: str = "default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +325,7 @@ class ClaimRequest:
     limit: int
     lease: float
     queues: tuple[str, ...] | None = None  # None = every queue
+    exclude: tuple[str, ...] = ()  # paused queues: never claimed (with any ``queues``)
 
 
 class Claimed(NamedTuple):
@@ -297,23 +413,56 @@ class DeadFilter:
     error_contains: str | None = None
     include_all: bool = False  # also requeued / discarded records
     limit: int | None = 50
+    fingerprint: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class DeadSelector:
-    """Which dead letters a requeue or discard acts on: ids, or every one matching."""
+    """Which dead letters a requeue, discard or review acts on: ids, or every one
+    matching the rest (``all`` alone: every one; ``task_name``/``queue``/``fingerprint``
+    narrow it; several given: all must match).  Only letters with status ``dead``."""
 
     ids: Sequence[TaskId] = ()
     all: bool = False
     task_name: str | None = None
     queue: str | None = None
+    fingerprint: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Review:
+    """A person's verdict on dead letters.  Approved ones are re-queued by a worker at
+    ``requeue_at`` (``after``, else now; with ``rate`` per second, the i-th of the
+    selection, oldest first, at ``after + i / rate``); rejected ones stay as the record
+    (still counted as dead).  A later review replaces an earlier one."""
+
+    selector: DeadSelector
+    approve: bool
+    by: str
+    note: str | None = None
+    after: float | None = None  # epoch seconds
+    rate: float | None = None  # re-queues per second
+
+
+@dataclass(frozen=True, slots=True)
+class CancelSelector:
+    """Which tasks ``cancel`` acts on: ids, or every pending one of a task name / queue /
+    batch (several given: all must match).  Only ``pending`` tasks change (running ones
+    finish); they become ``cancelled``."""
+
+    ids: Sequence[TaskId] = ()
+    task_name: str | None = None
+    queue: str | None = None
+    batch: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class PruneRequest:
-    done_older_than: float  # seconds
+    done_older_than: float  # seconds (done and cancelled tasks)
     workers_stale_after: float  # seconds without a heartbeat
     batch: int = 1000
+    # dead letters re-queued, discarded or reviewed longer ago than this (None: keep)
+    dead_older_than: float | None = None
 
 
 @dataclass(slots=True)
@@ -326,6 +475,7 @@ class Counts:
     ready: int = 0
     scheduled: int = 0
     oldest_ready_age: float | None = None
+    cancelled: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {

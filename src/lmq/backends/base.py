@@ -33,17 +33,22 @@ from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from ..models import (
+    BatchInfo,
+    BatchSpec,
+    CancelSelector,
     ClaimRequest,
     ClaimResult,
     CompleteBatch,
     Counts,
     DeadFilter,
+    DeadGroup,
     DeadLetter,
     DeadSelector,
     Heartbeat,
     NewTask,
     PruneRequest,
     RenewRequest,
+    Review,
     Task,
     TaskFilter,
     TaskId,
@@ -86,9 +91,15 @@ class Backend(Protocol):
 
     # --- producer ---------------------------------------------------------------
     def enqueue(
-        self, tasks: Sequence[NewTask], connection: object | None = None
+        self,
+        tasks: Sequence[NewTask],
+        connection: object | None = None,
+        batch: BatchSpec | None = None,
     ) -> list[TaskId]:
         """Insert ``tasks`` in one transaction and return their ids, in order.
+
+        With ``batch``, the batch row is created (or its ``total`` grows) in the same
+        transaction; every task then carries ``batch=batch.name``.
 
         With ``connection`` (the application's own sqlite3 / psycopg / PyMySQL /
         SQLAlchemy connection, see :mod:`lmq.backends.external`), the rows are written
@@ -101,11 +112,14 @@ class Backend(Protocol):
     # --- worker -----------------------------------------------------------------
     def claim(self, request: ClaimRequest) -> ClaimResult: ...
 
-    def has_ready(self, queues: tuple[str, ...] | None) -> bool:
-        """A cheap read: is any task claimable now?  Lets idle workers skip a write."""
+    def has_ready(self, queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()) -> bool:
+        """A cheap read: is any task claimable now?  Lets idle workers skip a write.
+        ``exclude``: paused queues, never claimable."""
         ...
 
-    def next_due(self, queues: tuple[str, ...] | None) -> float | None:
+    def next_due(
+        self, queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()
+    ) -> float | None:
         """Seconds until the earliest pending task is due (0 if one is), or None."""
         ...
 
@@ -155,12 +169,69 @@ class Backend(Protocol):
 
     def get_dead(self, dead_id: TaskId) -> DeadLetter | None: ...
 
-    def requeue_dead(self, selector: DeadSelector) -> list[TaskId]:
-        """Put dead letters back as pending tasks (same task id, attempts reset)."""
+    def dead_groups(self, flt: DeadFilter) -> list[DeadGroup]:
+        """Dead letters grouped by fingerprint, largest group first (``flt.limit`` groups)."""
+        ...
+
+    def requeue_dead(
+        self,
+        selector: DeadSelector,
+        *,
+        payload_json: str | None = None,
+        delay: float = 0.0,
+        spread: float = 0.0,
+    ) -> list[TaskId]:
+        """Put dead letters back as pending tasks (same task id, attempts reset).
+
+        The task keeps ``dead_letter_id`` (the link back); the letter becomes
+        ``requeued``.  ``payload_json`` replaces the payload (only with exactly one id in
+        ``selector.ids``, else ValueError).  The i-th of n re-queued (oldest death first)
+        is due at ``now + delay + spread * i / n``, so thousands return gradually.
+        Ids given one by one that are unknown or not waiting raise NotFound, and then
+        nothing changes.
+        """
+        ...
+
+    def review_dead(self, review: Review) -> int:
+        """Record a person's verdict on the selected dead letters; return how many."""
+        ...
+
+    def requeue_approved(self, limit: int = 500) -> list[TaskId]:
+        """Re-queue approved dead letters whose ``requeue_at`` has come (at most
+        ``limit``, oldest ``requeue_at`` first); atomic, so concurrent workers never
+        re-queue one twice.  Called by workers about once a second."""
         ...
 
     def discard_dead(self, selector: DeadSelector) -> int:
         """Mark dead letters discarded (kept as a record, no longer counted)."""
+        ...
+
+    # --- control ----------------------------------------------------------------
+    def cancel(self, selector: CancelSelector) -> list[TaskId]:
+        """Make the selected ``pending`` tasks ``cancelled``; return their ids.  Ids given
+        one by one that are unknown raise NotFound (nothing changes); ones not pending
+        (running, finished) are left alone and not returned."""
+        ...
+
+    def pause_queue(self, queue: str, paused: bool) -> None:
+        """Pause (workers stop claiming its tasks) or resume a queue by name."""
+        ...
+
+    def paused_queues(self) -> dict[str, float]:
+        """Paused queue names and when each was paused (epoch seconds)."""
+        ...
+
+    # --- batches ----------------------------------------------------------------
+    def batch(self, name: str) -> BatchInfo | None: ...
+
+    def batches(self, limit: int = 50) -> list[BatchInfo]:
+        """Newest first."""
+        ...
+
+    def settle_batches(self) -> list[tuple[str, TaskId | None]]:
+        """Mark complete every open batch with no member pending or processing, and
+        enqueue its ``on_complete`` task in the same transaction (exactly once however
+        many workers call this); return ``(name, follow-up id or None)`` for each."""
         ...
 
     def parse_id(self, text: str) -> TaskId:
