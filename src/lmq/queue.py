@@ -6,13 +6,16 @@ import inspect
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from . import payload as payload_mod
 from .backends import Backend, open_backend
 from .exceptions import ConfigError, NotFound
 from .models import (
+    BatchInfo,
+    BatchSpec,
+    CancelSelector,
     Counts,
     DeadFilter,
     DeadLetter,
@@ -226,6 +229,7 @@ class Queue:
         delay: float,
         unique_key: str | None,
         max_attempts: int | None,
+        batch: str | None = None,
     ) -> NewTask:
         if type(task_name) is not str or not task_name:
             raise TypeError("task_name must be a non-empty string")
@@ -243,6 +247,7 @@ class Queue:
             at,
             delay,
             unique_key,
+            batch,
         )
 
     def enqueue(
@@ -287,20 +292,54 @@ class Queue:
         run_at: datetime | None = None,
         max_attempts: int | None = None,
         connection: object | None = None,
+        batch: str | None = None,
+        on_complete: tuple[str, Mapping[str, Any] | None] | None = None,
     ) -> list[TaskId]:
         """Store many ``(task_name, payload)`` tasks in one transaction; return their ids.
 
         With ``connection`` (see :meth:`enqueue`) that transaction is the application's.
 
+        ``batch`` names the tasks' batch (:meth:`batch` shows its progress; enqueueing
+        again under the same name adds to it).  ``on_complete=("task_name", payload)``
+        enqueues one follow-up task once every member has finished or died.
+
         Every payload is checked before anything is written: one bad payload stores none.
         """
         at = self._when(delay, run_at, max_attempts)
         delay = float(delay)
+        spec = None
+        if batch is not None or on_complete is not None:
+            spec = self._batch_spec(batch, on_complete)
         new = [
-            self._new_task(name, payload, queue, priority, at, delay, None, max_attempts)
+            self._new_task(name, payload, queue, priority, at, delay, None, max_attempts, batch)
             for name, payload in items
         ]
-        return self.backend.enqueue(new, connection)
+        if spec is None:
+            return self.backend.enqueue(new, connection)
+        return self.backend.enqueue(new, connection, batch=BatchSpec(**{**spec, "total": len(new)}))
+
+    def _batch_spec(
+        self, batch: str | None, on_complete: tuple[str, Mapping[str, Any] | None] | None
+    ) -> dict[str, Any]:
+        """Check ``batch=`` and ``on_complete=``; the BatchSpec's fields but ``total``."""
+        if batch is None:
+            raise ValueError("on_complete needs a batch name (batch=...)")
+        if type(batch) is not str or not batch.strip():
+            raise TypeError("batch must be a non-empty string")
+        if len(batch) > 191:
+            raise ValueError("batch names are at most 191 characters")
+        spec: dict[str, Any] = {"name": batch}
+        if on_complete is not None:
+            if not isinstance(on_complete, tuple) or len(on_complete) != 2:
+                raise TypeError('on_complete must be a ("task_name", payload) tuple')
+            name, payload = on_complete
+            if type(name) is not str or not name:
+                raise TypeError("on_complete's task name must be a non-empty string")
+            handler = self.registry.get(name)
+            spec["on_complete_task"] = name
+            spec["on_complete_payload_json"] = payload_mod.encode_payload(payload)
+            spec["on_complete_queue"] = handler.options.queue if handler else DEFAULT_QUEUE
+        return spec
 
     # --- inspection -----------------------------------------------------------------------
 
@@ -333,6 +372,74 @@ class Queue:
     def migrate(self) -> list[int]:
         """Create or upgrade the tables (idempotent); return the migrations applied."""
         return self.backend.migrate()
+
+    # --- control: cancel, pause, batches ---------------------------------------------------
+
+    def cancel(
+        self,
+        id_or_ids: TaskId | Iterable[TaskId] | None = None,
+        *,
+        task_name: str | None = None,
+        queue: str | None = None,
+        batch: str | None = None,
+    ) -> list[TaskId]:
+        """Cancel tasks that have not started: one id, several, or every pending task of
+        a task name / queue / batch (several given: all must match).
+
+        Running and finished tasks are left alone (a running one finishes) and are not
+        in the returned list of cancelled ids.  An unknown id raises NotFound, and then
+        nothing is cancelled.
+        """
+        if id_or_ids is None:
+            ids: tuple[TaskId, ...] = ()
+        elif isinstance(id_or_ids, int | str):
+            ids = (id_or_ids,)
+        else:
+            ids = tuple(id_or_ids)
+        if ids and (task_name or queue or batch):
+            raise ValueError("cancel ids, or task_name/queue/batch, not both")
+        if not ids and not (task_name or queue or batch):
+            raise ValueError("say which tasks to cancel: ids, task_name, queue or batch")
+        return self.backend.cancel(CancelSelector(ids, task_name, queue, batch))
+
+    def pause(self, name: str) -> bool:
+        """Stop workers claiming tasks of queue ``name`` (running ones finish).  A queue
+        with no tasks yet can be paused too.  True if it was not paused before."""
+        name = self._queue_name(name)
+        was = name in self.backend.paused_queues()
+        self.backend.pause_queue(name, True)
+        return not was
+
+    def resume(self, name: str) -> bool:
+        """Let workers claim queue ``name`` again.  True if it was paused."""
+        name = self._queue_name(name)
+        was = name in self.backend.paused_queues()
+        self.backend.pause_queue(name, False)
+        return was
+
+    def paused_queues(self) -> dict[str, datetime]:
+        """The paused queues and when each was paused."""
+        return {
+            name: datetime.fromtimestamp(at, UTC)
+            for name, at in sorted(self.backend.paused_queues().items())
+        }
+
+    @staticmethod
+    def _queue_name(name: str) -> str:
+        if type(name) is not str or not name:
+            raise TypeError("a queue name must be a non-empty string")
+        return name
+
+    def batch(self, name: str) -> BatchInfo:
+        """A batch's progress (``enqueue_many(..., batch=name)``); NotFound if unknown."""
+        info = self.backend.batch(name)
+        if info is None:
+            raise NotFound(f"no batch named {name!r}")
+        return info
+
+    def batches(self, limit: int = 50) -> list[BatchInfo]:
+        """The newest batches first."""
+        return self.backend.batches(limit)
 
     # --- dead letters ---------------------------------------------------------------------
 

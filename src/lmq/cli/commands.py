@@ -1,18 +1,23 @@
-"""One-shot commands: enqueue, status, tasks, show, migrate, demo."""
+"""One-shot commands: enqueue, status, show, migrate, demo (`lmq tasks`: control.py)."""
 
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import click
-from rich.console import Console
+from rich.console import Console, Group
 from rich.markup import escape as esc
 from rich.table import Table
+from rich.text import Text
 
 from ..exceptions import BackendError, LmqError, NotFound
-from ..models import STATUSES, Task, TaskError
+from ..models import Counts, Task, TaskError, WorkerInfo, iso
+from ..queue import Queue
 from .common import (
     ago,
     cli,
@@ -105,85 +110,165 @@ def enqueue(
     metavar="S",
     help="With --check: also unhealthy when the oldest ready task waited over S s.",
 )
+@click.option(
+    "--watch",
+    type=click.FloatRange(min=0.2),
+    is_flag=False,
+    flag_value=2.0,
+    default=None,
+    metavar="[SECONDS]",
+    help="Refresh live every SECONDS (default 2) until Ctrl-C.",
+)
 @url_option
 def status(
     as_json: bool,
     check: bool,
     stale_after: float,
     max_ready_age: float | None,
+    watch: float | None,
     url: str | None,
     app: str | None,
 ) -> None:
-    """Queues, workers and health at a glance."""
+    """Queues, workers and health at a glance (`--watch`: live)."""
+    if watch is not None and (as_json or check):
+        raise click.UsageError("--watch shows the table; it does not go with --json or --check")
     try:
         queue = open_queue(url, app)
-        stats = queue.stats()
-        workers = queue.workers()
+        st = _read_status(queue, stale_after, max_ready_age)
     except LmqError as exc:
         if check:
             click.echo(f"UNKNOWN: cannot read the queue: {exc}")
             raise SystemExit(2) from None
         raise
-    alive = [w for w in workers if w.heartbeat_age <= stale_after]
-    stale = [w for w in workers if w.heartbeat_age > stale_after]
-    problems: list[str] = []
-    for w in stale:
-        problems.append(f"worker {w.id} heartbeat is {human_seconds(w.heartbeat_age)} old")
-    if stats.ready and not alive:
-        problems.append(f"{stats.ready} task(s) ready and no live worker")
-    if (
-        max_ready_age is not None
-        and stats.oldest_ready_age is not None
-        and stats.oldest_ready_age > max_ready_age
-    ):
-        problems.append(
-            f"oldest ready task has waited {human_seconds(stats.oldest_ready_age)} "
-            f"(> {human_seconds(max_ready_age)})"
-        )
+    if watch is not None:
+        _watch(queue, st, watch, stale_after, max_ready_age)
+        return
+    stats, workers, problems, paused = st.stats, st.workers, st.problems, st.paused
     if as_json:
         echo_json(
             {
                 "url": masked(queue),
                 "counts": stats.as_dict(),
+                "cancelled": stats.cancelled,
                 "ready": stats.ready,
                 "scheduled": stats.scheduled,
                 "oldest_ready_age": stats.oldest_ready_age,
-                "queues": stats.by_queue,
+                "queues": {r.pop("name"): r for r in queue_rows(stats.by_queue, paused)},
+                "paused": sorted(paused),
                 "workers": [w.to_json() for w in workers],
                 "healthy": not problems,
                 "problems": problems,
             }
         )
     elif check:
+        note = f"; paused: {st.paused_note}" if paused else ""
         if problems:
-            click.echo("CRITICAL: " + "; ".join(problems))
+            click.echo("CRITICAL: " + "; ".join(problems) + note)
         else:
             click.echo(
-                f"OK: {len(alive)} worker(s) alive, {stats.ready} ready, "
-                f"{stats.processing} processing, {stats.dead} dead"
+                f"OK: {len(st.alive)} worker(s) alive, {stats.ready} ready, "
+                f"{stats.processing} processing, {stats.dead} dead{note}"
             )
     else:
-        _print_status(queue, stats, workers, stale_after, problems)
+        out.print(_status_view(queue, st, stale_after))
     if check:
         raise SystemExit(1 if problems else 0)
 
 
-def _print_status(
-    queue: Any, stats: Any, workers: Any, stale_after: float, problems: list[str]
-) -> None:
-    out.print(f"[bold]lmq[/] {masked(queue)}")
+@dataclass
+class _Status:
+    stats: Counts
+    workers: list[WorkerInfo]
+    paused: dict[str, datetime]
+    alive: list[WorkerInfo]
+    problems: list[str]
+
+    @property
+    def paused_note(self) -> str:
+        """'imports (500 pending), other' for the --check line."""
+        by = self.stats.by_queue
+        return ", ".join(
+            name + (f" ({by[name]['pending']} pending)" if by.get(name, {}).get("pending") else "")
+            for name in sorted(self.paused)
+        )
+
+
+def queue_rows(
+    by_queue: dict[str, dict[str, int]], paused: dict[str, datetime]
+) -> list[dict[str, Any]]:
+    """One row per queue that has tasks or is paused, by name, with ``paused``."""
+    rows = []
+    for name in sorted(set(by_queue) | set(paused)):
+        c = by_queue.get(name, {})
+        row: dict[str, Any] = {"name": name}
+        for key in ("pending", "processing", "done", "dead", "cancelled"):
+            row[key] = c.get(key, 0)
+        for key in ("ready", "scheduled"):
+            if key in c:
+                row[key] = c[key]
+        row["paused"] = name in paused
+        row["paused_at"] = iso(paused[name]) if name in paused else None
+        rows.append(row)
+    return rows
+
+
+def _read_status(queue: Queue, stale_after: float, max_ready_age: float | None) -> _Status:
+    """Counts, workers and paused queues, and what needs a person.
+
+    A paused queue's waiting tasks are not by themselves a problem: "ready and no live
+    worker" and --max-ready-age look at the queues that are not paused.
+    """
+    stats = queue.stats()
+    workers = queue.workers()
+    paused = queue.paused_queues()
+    alive = [w for w in workers if w.heartbeat_age <= stale_after]
+    problems = [
+        f"worker {w.id} heartbeat is {human_seconds(w.heartbeat_age)} old"
+        for w in workers
+        if w.heartbeat_age > stale_after
+    ]
+    ready, oldest = stats.ready, stats.oldest_ready_age
+    held = [q for q in paused if stats.by_queue.get(q, {}).get("pending")]
+    if held and ready:
+        per = [c for q, c in stats.by_queue.items() if q not in paused]
+        if all("ready" in c for c in stats.by_queue.values()):  # per-queue figures
+            ready = sum(c["ready"] for c in per)
+            if all("oldest_ready_age" in c for c in per):
+                ages = [c["oldest_ready_age"] for c in per if c["oldest_ready_age"] is not None]
+                oldest = max(ages) if ages else None
+        elif not queue.backend.has_ready(None, tuple(paused)):
+            ready, oldest = 0, None  # every ready task is in a paused queue
+        else:  # some are elsewhere: at least one; the oldest may be a paused one
+            ready = max(1, ready - sum(stats.by_queue[q]["pending"] for q in held))
+    if ready and not alive:
+        problems.append(f"{ready} task(s) ready and no live worker")
+    if max_ready_age is not None and ready and oldest is not None and oldest > max_ready_age:
+        problems.append(
+            f"oldest ready task has waited {human_seconds(oldest)} "
+            f"(> {human_seconds(max_ready_age)})"
+        )
+    return _Status(stats, workers, paused, alive, problems)
+
+
+def _status_view(queue: Queue, st: _Status, stale_after: float, header: str = "") -> Group:
+    """The status tables as one renderable (printed once, or refreshed by --watch)."""
+    stats, workers, paused = st.stats, st.workers, st.paused
+    parts: list[Any] = [Text.from_markup(f"[bold]lmq[/] {esc(masked(queue))}{header}")]
     t = Table(title="queues", title_justify="left")
-    for col in ("queue", "pending", "ready", "scheduled", "processing", "done", "dead"):
-        t.add_column(col, justify="left" if col == "queue" else "right")
-    for name, c in sorted(stats.by_queue.items()):
+    cols = ("queue", "pending", "ready", "scheduled", "processing", "done", "dead", "cancelled")
+    for col in (*cols, "paused"):
+        t.add_column(col, justify="left" if col in ("queue", "paused") else "right")
+    for r in queue_rows(stats.by_queue, paused):
         t.add_row(
-            esc(name),
-            str(c["pending"]),
-            "",
-            "",
-            str(c["processing"]),
-            str(c["done"]),
-            str(c["dead"]),
+            esc(r["name"]),
+            str(r["pending"]),
+            str(r.get("ready", "")),
+            str(r.get("scheduled", "")),
+            str(r["processing"]),
+            str(r["done"]),
+            str(r["dead"]),
+            str(r["cancelled"]),
+            "[yellow]yes[/]" if r["paused"] else "no",
         )
     t.add_row(
         "[bold]all[/]",
@@ -193,16 +278,21 @@ def _print_status(
         str(stats.processing),
         str(stats.done),
         str(stats.dead),
+        str(stats.cancelled),
+        f"{len(paused)} paused" if paused else "",
     )
-    out.print(t)
+    parts.append(t)
     if stats.oldest_ready_age is not None:
-        out.print(f"oldest ready task waiting: {human_seconds(stats.oldest_ready_age)}")
+        parts.append(f"oldest ready task waiting: {human_seconds(stats.oldest_ready_age)}")
+    if paused:
+        since = ", ".join(f"{esc(n)} ({ago(at)})" for n, at in paused.items())
+        parts.append(Text.from_markup(f"[yellow]paused:[/] {since}  (lmq queues resume NAME)"))
     w = Table(title="workers", title_justify="left")
     for col in ("id", "host", "pid", "queues", "concurrency", "running", "done", "heartbeat"):
         w.add_column(col)
     for info in workers:
         age = human_seconds(info.heartbeat_age)
-        age = f"[red]{age} (stale)[/]" if info.heartbeat_age > stale_after else age
+        age = f"[red]{age} (stale)[/]" if info.heartbeat_age > stale_after else f"{age} ago"
         w.add_row(
             esc(info.id),
             esc(info.host),
@@ -213,58 +303,53 @@ def _print_status(
             str(info.done),
             age,
         )
-    if workers:
-        out.print(w)
-    else:
-        out.print("workers: none running")
-    for p in problems:
-        out.print(f"[red]problem:[/] {esc(p)}")
+    parts.append(w if workers else "workers: none running")
+    for p in st.problems:
+        parts.append(Text.from_markup(f"[red]problem:[/] {esc(p)}"))
+    return Group(*parts)
 
 
-@cli.command()
-@click.option("--status", "status_", type=click.Choice(STATUSES), help="Only this status.")
-@click.option("--queue", "queue_name", metavar="Q", help="Only this queue.")
-@click.option("--name", metavar="N", help="Only this task name.")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="A JSON list on stdout.")
-@url_option
-def tasks(
-    status_: str | None,
-    queue_name: str | None,
-    name: str | None,
-    limit: int,
-    as_json: bool,
-    url: str | None,
-    app: str | None,
+def _watch(
+    queue: Queue, st: _Status, interval: float, stale_after: float, max_ready_age: float | None
 ) -> None:
-    """List tasks, newest first."""
-    queue = open_queue(url, app)
-    found = queue.tasks(status=status_, queue=queue_name, name=name, limit=limit)
-    if as_json:
-        echo_json([_task_json(t) for t in found])
-        return
-    t = Table()
-    for col in ("id", "task", "queue", "status", "attempts", "next run", "last error"):
-        t.add_column(col)
-    for task in found:
-        t.add_row(
-            str(task.id),
-            esc(task.task_name),
-            esc(task.queue),
-            task.status,
-            f"{task.attempts}/{task.max_attempts or '-'}",
-            ago(task.next_run) if task.status == "pending" else "-",
-            esc((task.last_error or "")[:60]),
-        )
-    out.print(t)
-    if not found:
-        out.print("no tasks match")
+    """Redraw the status every ``interval`` seconds until Ctrl-C (then exit 0).
 
+    On a terminal the view is redrawn in place (rich Live); elsewhere (a pipe, a log)
+    each refresh is printed after the last.  A backend that stops answering shows as a
+    line and is tried again at the next refresh.
+    """
+    from rich.live import Live
 
-def _task_json(task: Task) -> dict[str, Any]:
-    data = task.to_json()
-    data.pop("errors")
-    return data
+    def view(current: _Status | None, error: str | None = None) -> Any:
+        stamp = datetime.now().strftime("%H:%M:%S")
+        header = f"  [dim]{stamp}, every {interval:g}s; Ctrl-C to quit[/]"
+        if current is None:
+            return Text.from_markup(
+                f"[bold]lmq[/] {esc(masked(queue))}{header}\n[red]cannot read the queue:[/] "
+                f"{esc(error or '')}"
+            )
+        return _status_view(queue, current, stale_after, header)
+
+    def read() -> Any:
+        try:
+            return view(_read_status(queue, stale_after, max_ready_age))
+        except LmqError as exc:
+            return view(None, str(exc))
+
+    try:
+        if out.is_terminal:
+            with Live(view(st), console=out, auto_refresh=False, transient=False) as live:
+                while True:
+                    time.sleep(interval)
+                    live.update(read(), refresh=True)
+        else:
+            out.print(view(st))
+            while True:
+                time.sleep(interval)
+                out.print()
+                out.print(read())
+    except KeyboardInterrupt:
+        pass
 
 
 @cli.command()

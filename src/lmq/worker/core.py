@@ -8,7 +8,10 @@
   so a worker never holds more unacknowledged results than its concurrency;
 * **lease renewer** extends the leases of held tasks every ``lease / 3`` seconds;
 * **heartbeat** upserts the worker's row (written before the first claim);
-* **pruner** deletes finished tasks past their retention and stale worker rows.
+* **pruner** deletes finished tasks past their retention and stale worker rows;
+* **housekeeping** (about once a second) refreshes the paused queues (excluded from
+  claims), completes finished batches (enqueueing their follow-ups) and re-queues
+  approved dead letters that are due.
 
 If a side task dies the worker stops loudly (exit status 1).  Storage calls run on
 two dedicated threads (one for the hot path, one for the side tasks), never on the loop.
@@ -69,6 +72,7 @@ class WorkerSettings:
     prune_interval: float = 60.0
     stale_worker_after: float = 3600.0  # heartbeat rows older than this are removed
     idle_poll: float = 1.0  # longest idle wait without a wake-up
+    housekeeping_interval: float = 1.0  # paused queues, batches, approved re-queues
     install_signal_handlers: bool = True
     loop: str = "auto"  # auto (uvloop when installed) | asyncio | uvloop
 
@@ -133,6 +137,8 @@ class Worker:
         self._claim = functools.partial(
             ClaimRequest, worker_id=self.id, lease=s.lease, queues=s.queues
         )
+        self._paused: tuple[str, ...] = ()  # paused queues this worker would claim
+        self._ready_args: tuple[Any, ...] = (s.queues,)  # has_ready / next_due arguments
         self._debug = log.isEnabledFor(logging.DEBUG)
         self._batch = max(1, (s.concurrency + 1) // 2)
         self._reserved = 0  # slots promised to a claim under way
@@ -170,6 +176,7 @@ class Worker:
         try:
             self.backend.prepare_worker()
             await self._side(self.backend.heartbeat, self._beat())  # before the first claim
+            self._set_paused(await self._side(self.backend.paused_queues))
             log.info(
                 "worker %s started: %s, queues=%s, concurrency=%d, lease=%gs, tasks=%s",
                 self.id,
@@ -201,6 +208,7 @@ class Worker:
                 "heartbeat": self._heartbeater,
                 "pruner": self._pruner,
                 "timeouts": self._timeouts,
+                "housekeeping": self._housekeeping,
             }
             side: dict[asyncio.Task[Any], str] = {
                 loop.create_task(fn(), name=f"lmq {name}"): name for name, fn in parts.items()
@@ -335,7 +343,7 @@ class Worker:
                 and not s.burst
                 and not announced  # the backend said so: claim without asking first
                 and not await self._retrying(
-                    "check", functools.partial(self._db, backend.has_ready, s.queues)
+                    "check", functools.partial(self._db, backend.has_ready, *self._ready_args)
                 )
             ):
                 # idle: a cheap read instead of a write transaction on every wake-up
@@ -358,7 +366,9 @@ class Worker:
                 break
             if s.burst:
                 drained = not result.tasks and self._inflight == 0
-                if drained and not await self._db(backend.has_ready, s.queues):
+                if drained and await self._burst_settle():
+                    continue  # a batch's follow-up task was just enqueued
+                if drained and not await self._db(backend.has_ready, *self._ready_args):
                     log.info("burst: nothing ready; stopping", extra={"event": "burst_done"})
                     self._begin_stop("burst finished")
                     return
@@ -383,7 +393,7 @@ class Worker:
 
     async def _idle_timeout(self) -> float:
         try:
-            due = await self._db(self.backend.next_due, self.settings.queues)
+            due = await self._db(self.backend.next_due, *self._ready_args)
         except BackendError:
             return self._idle_poll
         poll = self._idle_poll
@@ -734,6 +744,81 @@ class Worker:
                     n,
                     extra={"event": "pruned", "rows": n},
                 )
+
+    async def _housekeeping(self) -> None:
+        """About once a second: refresh the paused queues, complete finished batches
+        (enqueueing their follow-ups) and re-queue approved dead letters that are due."""
+        backend = self.backend
+        while True:
+            await asyncio.sleep(self.settings.housekeeping_interval)
+            paused = await self._retrying(
+                "paused queues", functools.partial(self._side, backend.paused_queues)
+            )
+            self._set_paused(paused)
+            settled = await self._retrying(
+                "settle batches", functools.partial(self._side, self._settle_batches)
+            )
+            requeued = await self._retrying(
+                "requeue approved", functools.partial(self._side, self._requeue_approved)
+            )
+            if settled or requeued:
+                self._wake.set()  # new tasks are ready
+
+    def _set_paused(self, paused: dict[str, float]) -> None:
+        """Exclude the paused queues from claims (only those this worker would claim)."""
+        queues = self.settings.queues
+        now = tuple(sorted(q for q in paused if queues is None or q in queues))
+        if now == self._paused:
+            return
+        for q in sorted(set(now) - set(self._paused)):
+            log.info(
+                "queue %r is paused: not claiming its tasks",
+                q,
+                extra={"event": "queue_paused", "queue": q},
+            )
+        for q in sorted(set(self._paused) - set(now)):
+            log.info("queue %r resumed", q, extra={"event": "queue_resumed", "queue": q})
+        self._paused = now
+        s = self.settings
+        self._claim = functools.partial(
+            ClaimRequest, worker_id=self.id, lease=s.lease, queues=s.queues, exclude=now
+        )
+        self._ready_args = (s.queues, now) if now else (s.queues,)
+        self._wake.set()  # resumed: maybe claimable now
+
+    async def _burst_settle(self) -> bool:
+        """Before a burst worker exits: complete finished batches and re-queue approved
+        dead letters that are due; True if that made any task."""
+        settled = await self._retrying(
+            "settle batches", functools.partial(self._side, self._settle_batches)
+        )
+        requeued = await self._retrying(
+            "requeue approved", functools.partial(self._side, self._requeue_approved)
+        )
+        return bool(settled or requeued)
+
+    def _requeue_approved(self) -> list[TaskId]:
+        """Re-queue approved dead letters that are due (on the side thread); log them."""
+        requeued = self.backend.requeue_approved()
+        if requeued:
+            log.info(
+                "re-queued %d approved dead letter(s)",
+                len(requeued),
+                extra={"event": "requeued", "count": len(requeued)},
+            )
+        return requeued
+
+    def _settle_batches(self) -> list[tuple[str, TaskId | None]]:
+        """Complete the finished batches (on the side thread); log each one."""
+        settled = self.backend.settle_batches()
+        for name, followup in settled:
+            log.info(
+                "batch %r complete%s",
+                name,
+                f": follow-up task #{followup} enqueued" if followup is not None else "",
+                extra={"event": "batch_complete", "batch": name, "followup_id": followup},
+            )
+        return settled
 
     # --- shutdown -------------------------------------------------------------------------
 
