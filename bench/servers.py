@@ -43,7 +43,7 @@ WORKLOADS = ("drain", "pickup", "bulk", "claim")
 
 @dataclass(frozen=True)
 class ServerSizes:
-    drain: int = 20_000
+    drain: int = 100_000
     concurrency: int = 500  # lmq worker -c
     samples: int = 200  # pickup
     interval: float = 0.02
