@@ -177,7 +177,7 @@ def test_schema_missing_names_lmq_migrate_until_migrated(prefix: str) -> None:
         )
         assert run.returncode == 0, run.stderr
     with lmq.Queue(url) as q:
-        assert q.backend.schema_version() == 1
+        assert q.backend.schema_version() == 2
         assert q.migrate() == []
         assert q.get(q.enqueue("t")) is not None
 

@@ -17,7 +17,7 @@ URL options (anything else is refused):
 ``connect_timeout``  seconds to wait for a connection (default 5).
 ``max_connections``  size of the connection pool (default: unbounded).
 
-Keys, with ``P`` the prefix (schema version 1, kept in ``Pqueue:meta``):
+Keys, with ``P`` the prefix (schema version 2, kept in ``Pqueue:meta``):
 
 ====================================  ================================================
 ``Pqueue:tasks:<column>``             one hash per column of the task table, field =
@@ -28,8 +28,13 @@ Keys, with ``P`` the prefix (schema version 1, kept in ``Pqueue:meta``):
                                       text), status, attempts, next_run, created,
                                       updated, lease (worker + head, only while
                                       processing), last_error, unique_key, errors (a
-                                      JSON list), dead_letter_id.  A dead-lettered task
-                                      keeps its row (status ``dead``).
+                                      JSON list), dead_letter_id, batch.  A
+                                      dead-lettered task keeps its row (status
+                                      ``dead``); a cancelled one has status
+                                      ``cancelled``.  The head's last field holds
+                                      flags: 1 = unique key, 2 = batch member, so the
+                                      hot path reads the batch column only for
+                                      members.
 ``Pqueue:ids``                        counter (INCRBY) for task ids: strings of digits
 ``Pqueue:pending:<queue>:<priority>`` zset of pending tasks (ready and scheduled) of
                                       one queue and priority, scored by next_run;
@@ -39,19 +44,40 @@ Keys, with ``P`` the prefix (schema version 1, kept in ``Pqueue:meta``):
 ``Pqueue:active`` / ``Pqueue:queues`` set of queues with pending tasks / every queue
 ``Pqueue:processing``                 zset of claimed ids scored by lease expiry (the
                                       only place the expiry is kept)
-``Pqueue:done``                       list of finished ids in finishing order (pruning)
+``Pqueue:done``                       list of done and cancelled ids in finishing
+                                      order (pruning)
 ``Pqueue:unique``                     hash unique_key -> id of a pending/processing task
-``Pqueue:n:<status>``                 hashes queue -> count of processing, done, dead
+``Pqueue:n:<status>``                 hashes queue -> count of processing, done,
+                                      dead, cancelled
 ``Pqueue:dead:<id>``                  hash: one dead letter (``Pqueue:dead_ids`` counts)
 ``Pqueue:dead_all`` / ``dead_live``   zsets of dead-letter ids: all / status ``dead``
+``Pqueue:dead_fp:<fp>``               zset of the live letters of one fingerprint by
+                                      died_at; ``Pqueue:dead_fps`` the set of those
+                                      fingerprints (groups cost O(groups))
+``Pqueue:dead_approved``              zset of approved live letters by requeue_at
+``Pqueue:dead_rejected`` / ``_gone``  zsets of rejected letters by reviewed_at / of
+                                      re-queued or discarded ones by when (pruning)
+``Pqueue:batch:<name>``               hash: total, created, completed, on_complete_*,
+                                      followup_id, last_finished, and member counters
+                                      (pending, processing, done, dead, cancelled,
+                                      discarded) kept by the scripts
+``Pqueue:batches``                    zset of batch names by created;
+                                      ``batches_open`` the set not yet completed,
+                                      ``batches_done`` a zset of the rest by completed
+``Pqueue:paused``                     hash: paused queue -> paused_at
 ``Pqueue:workers`` / ``Pqueue:beats`` hash id -> heartbeat JSON / zset by last beat
 ``Pqueue:meta``                       hash: ``schema_version``
 ``Pqueue:wake``                       pub/sub channel of wake-ups (see ``wake.py``)
 ====================================  ================================================
 
-There is no SQL schema to migrate: ``migrate()`` writes ``schema_version`` (1, this
+There is no SQL schema to migrate: ``migrate()`` writes ``schema_version`` (2, this
 layout) into the meta hash; every other call on a prefix without it raises SchemaMissing
-naming ``lmq migrate`` (checked once per backend object).
+naming ``lmq migrate`` (checked once per backend object).  A prefix of schema 1 gets the
+dead-letter indexes version 2 added (fingerprint groups, pruning order) from its
+existing letters, in chunks of 1,000, then the new version (stop its workers first).
+
+Paused queues are left out of a claim inside the claim script; without any paused
+queue the claim's request and work are what they were before pauses existed.
 
 A claim reads the priority index of each queue it serves and takes the ready heads of
 the pending zsets (``ZRANGEBYSCORE -inf now LIMIT 0 n``, then ``ZREMRANGEBYRANK``): its
@@ -96,18 +122,23 @@ from ...exceptions import (
     SchemaMissing,
 )
 from ...models import (
+    BatchInfo,
+    BatchSpec,
+    CancelSelector,
     Claimed,
     ClaimRequest,
     ClaimResult,
     CompleteBatch,
     Counts,
     DeadFilter,
+    DeadGroup,
     DeadLetter,
     DeadSelector,
     Heartbeat,
     NewTask,
     PruneRequest,
     RenewRequest,
+    Review,
     Task,
     TaskFilter,
     TaskId,
@@ -117,16 +148,17 @@ from ...url import QueueURL, mask
 from ..external import refuse_connection
 from ..rows import error_line
 from .connection import pool_from_url
-from .rows import dead_from_hash, task_from_hash
+from .rows import batch_from_hash, dead_from_hash, task_from_hash
 from .wake import RedisWake
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_PREFIX = "lmq:"
 _PREFIX = re.compile(r"^[A-Za-z0-9_:.\-]{0,64}$")
 _OPTIONS = {"prefix", "socket_timeout", "connect_timeout", "max_connections"}
 _NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
+_INCLUDE = re.compile(r"^--\s*include:\s*(\w+)\s*$", re.MULTILINE)
 _SCAN_CHUNK = 500
 ENQUEUE_CHUNK = 10_000
 _STATUSES = ("pending", "processing", "done")
@@ -145,17 +177,24 @@ COLUMNS = (
     "unique_key",
     "errors",
     "dead_letter_id",
+    "batch",
     "locked_until",
 )
 
 
 def load_scripts() -> dict[str, str]:
-    """The named blocks of scripts.lua, each with the ``common`` block in front."""
+    """The named blocks of scripts.lua, each with the ``common`` block in front (and the
+    ``lib_*`` blocks it names in an ``-- include: lib_x`` line, after common)."""
     text = resources.files("lmq.backends.redis").joinpath("scripts.lua").read_text("utf-8")
     parts = _NAME.split(text)
     blocks = dict(zip(parts[1::2], parts[2::2], strict=True))
     common = blocks.pop("common")
-    return {name: common + "\n" + body for name, body in blocks.items()}
+    libs = {name: blocks.pop(name) for name in list(blocks) if name.startswith("lib_")}
+    out = {}
+    for name, body in blocks.items():
+        used = "".join(libs[lib] + "\n" for lib in _INCLUDE.findall(body))
+        out[name] = common + "\n" + used + body
+    return out
 
 
 def _number(url: QueueURL, name: str, default: float) -> float:
@@ -175,8 +214,20 @@ _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _loads = json.loads
 
 
-def _queues(queues: tuple[str, ...] | None) -> list[str]:
-    return ["0"] if not queues else [str(len(queues)), *queues]
+def _queues(queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()) -> list[str]:
+    args = ["0"] if not queues else [str(len(queues)), *queues]
+    if exclude:
+        args += [str(len(exclude)), *exclude]
+    return args
+
+
+def _opt(value: str | None) -> str:
+    """An optional script argument: '-' for none, else '+' and the value."""
+    return "-" if value is None else "+" + value
+
+
+def _created() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
 
 
 class RedisBackend:
@@ -227,7 +278,16 @@ class RedisBackend:
         self._schema_lock = threading.Lock()
         self._k = {
             name: f"{prefix}queue:{name}"
-            for name in ("ids", "processing", "dead_all", "dead_live", "meta", "wake")
+            for name in (
+                "ids",
+                "processing",
+                "dead_all",
+                "dead_live",
+                "meta",
+                "wake",
+                "paused",
+                "batches",
+            )
         }
 
     # --- plumbing ------------------------------------------------------------------------
@@ -300,6 +360,23 @@ class RedisBackend:
     # --- schema ------------------------------------------------------------------------
 
     def migrate(self) -> list[int]:
+        """Write the schema version; a prefix of schema 1 first gets the indexes schema 2
+        adds (dead-letter fingerprint groups and pruning order), in chunks."""
+        before = self.schema_version()
+        if before is not None and before > SCHEMA_VERSION:
+            raise SchemaMissing(
+                f"Redis at {self.url} has lmq schema {before} under {self.prefix!r}, "
+                f"newer than this lmq knows ({SCHEMA_VERSION}); upgrade lmq"
+            )
+        if before == 1:
+            chunk = self._scripts["migrate_2"]
+            start = 0
+            while True:
+                args = [self.prefix, str(start), "1000"]
+                n = int(self._call(lambda: chunk(args=args)))  # noqa: B023 (called at once)
+                if n == 0:
+                    break
+                start += n
         script = self._scripts["migrate"]
         applied, stored = self._call(lambda: script(args=[self.prefix, str(SCHEMA_VERSION)]))
         if int(stored) > SCHEMA_VERSION:
@@ -308,7 +385,9 @@ class RedisBackend:
                 f"newer than this lmq knows ({SCHEMA_VERSION}); upgrade lmq"
             )
         self._schema_checked = True
-        return [SCHEMA_VERSION] if int(applied) else []
+        if not int(applied):
+            return []
+        return list(range((before or 0) + 1, SCHEMA_VERSION + 1))
 
     def schema_version(self) -> int | None:
         raw = self._call(lambda: self._client.hget(self._k["meta"], "schema_version"))
@@ -316,23 +395,45 @@ class RedisBackend:
 
     # --- producer ----------------------------------------------------------------------
 
-    def enqueue(self, tasks: Sequence[NewTask], connection: object | None = None) -> list[TaskId]:
+    def enqueue(
+        self,
+        tasks: Sequence[NewTask],
+        connection: object | None = None,
+        batch: BatchSpec | None = None,
+    ) -> list[TaskId]:
         if connection is not None:
             raise refuse_connection("redis")
         if not tasks:
             return []
-        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+        created = _created()
         items = list(tasks)
         for t in items:  # NUL separates the fields of the packed "head" column
             if "\0" in t.task_name or "\0" in t.queue:
                 raise ValueError(f"task and queue names cannot hold NUL: {t.task_name!r}")
+        if batch is not None:
+            items = [t if t.batch == batch.name else t._replace(batch=batch.name) for t in items]
         ids: list[TaskId] = []
         # one script per ENQUEUE_CHUNK tasks: atomic up to there, and the server is never
-        # held long (every other client waits while a script runs)
+        # held long (every other client waits while a script runs); each chunk adds its
+        # own tasks to the batch's total
         for start in range(0, len(items), ENQUEUE_CHUNK):
             chunk = items[start : start + ENQUEUE_CHUNK]
+            spec = ""
+            if batch is not None:
+                total = len(chunk)
+                if start + ENQUEUE_CHUNK >= len(items):  # the last: whatever total says
+                    total += batch.total - len(items)
+                spec = _dumps(
+                    [
+                        batch.name,
+                        int(total),
+                        batch.on_complete_task,
+                        batch.on_complete_payload_json,
+                        batch.on_complete_queue,
+                    ]
+                )
             # NewTask is a tuple: the C encoder turns the batch into one JSON argument
-            reply: str = self._run("enqueue", [created, _dumps(chunk)])
+            reply: str = self._run("enqueue", [created, _dumps(chunk), spec])
             ids.extend(reply.split(","))
         return ids
 
@@ -340,7 +441,10 @@ class RedisBackend:
 
     @staticmethod
     def _claim_req(request: ClaimRequest) -> list[Any]:
-        return [int(request.limit), float(request.lease), request.queues or None]
+        req: list[Any] = [int(request.limit), float(request.lease), request.queues or None]
+        if request.exclude:  # only then: the claim's request is as it was without pauses
+            req.append(list(request.exclude))
+        return req
 
     @staticmethod
     def _claimed(reply: str) -> ClaimResult:
@@ -361,11 +465,13 @@ class RedisBackend:
         req = [request.worker_id, *self._claim_req(request)]
         return self._claimed(self._run("claim", [_dumps(req)]))
 
-    def has_ready(self, queues: tuple[str, ...] | None) -> bool:
-        return bool(self._run("has_ready", _queues(queues)))
+    def has_ready(self, queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()) -> bool:
+        return bool(self._run("has_ready", _queues(queues, exclude)))
 
-    def next_due(self, queues: tuple[str, ...] | None) -> float | None:
-        due = self._run("next_due", _queues(queues))
+    def next_due(
+        self, queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()
+    ) -> float | None:
+        due = self._run("next_due", _queues(queues, exclude))
         return None if due is None else float(due)
 
     def complete(
@@ -429,6 +535,16 @@ class RedisBackend:
             removed += int(n)
             if not more:
                 break
+        if request.dead_older_than is not None:
+            older = repr(float(request.dead_older_than))
+            while True:
+                n, more = self._run("prune_dead", [older, str(batch)])
+                removed += int(n)
+                if not more:
+                    break
+        removed += int(
+            self._run("prune_batches", [repr(float(request.done_older_than)), str(batch)])
+        )
         removed += int(self._run("prune_workers", [repr(float(request.workers_stale_after))]))
         return removed
 
@@ -454,7 +570,7 @@ class RedisBackend:
         return found[0] if found else None
 
     def counts(self) -> Counts:
-        nowf, pend, nproc, ndone, ndead = self._run("counts", [])
+        nowf, pend, nproc, ndone, ndead, ncanc = self._run("counts", [])
         now = float(nowf)
         c = Counts()
         oldest: float | None = None
@@ -473,11 +589,17 @@ class RedisBackend:
             c.scheduled += int(total) - int(ready)
             if first != "" and (oldest is None or float(first) < oldest):
                 oldest = float(first)
-        for status, flat in (("processing", nproc), ("done", ndone), ("dead", ndead)):
+        for status, flat in (
+            ("processing", nproc),
+            ("done", ndone),
+            ("dead", ndead),
+            ("cancelled", ncanc),
+        ):
             for i in range(0, len(flat), 2):
                 n = int(flat[i + 1])
                 if n > 0:
-                    per(flat[i])[status] += n
+                    q = per(flat[i])
+                    q[status] = q.get(status, 0) + n
                     setattr(c, status, getattr(c, status) + n)
         c.oldest_ready_age = None if oldest is None else max(0.0, now - oldest)
         return c
@@ -552,7 +674,10 @@ class RedisBackend:
     # --- dead letters ------------------------------------------------------------------
 
     def dead_letters(self, flt: DeadFilter) -> list[DeadLetter]:
-        key = self._k["dead_all" if flt.include_all else "dead_live"]
+        if flt.fingerprint is not None and not flt.include_all:
+            key = f"{self.prefix}queue:dead_fp:{flt.fingerprint}"  # scored by died_at
+        else:
+            key = self._k["dead_all" if flt.include_all else "dead_live"]
         text = flt.error_contains.lower() if flt.error_contains else None
         out: list[DeadLetter] = []
         start = 0
@@ -568,6 +693,7 @@ class RedisBackend:
                 if (
                     (flt.task_name is None or d.task_name == flt.task_name)
                     and (flt.queue is None or d.queue == flt.queue)
+                    and (flt.fingerprint is None or d.fingerprint == flt.fingerprint)
                     and (text is None or text in d.error.lower())
                 ):
                     out.append(d)
@@ -587,36 +713,165 @@ class RedisBackend:
         h: dict[str, str] = self._pipe(lambda p: p.hgetall(self._dkey(did)))[0]
         return dead_from_hash(did, h) if h else None
 
+    def dead_groups(self, flt: DeadFilter) -> list[DeadGroup]:
+        if flt.queue is None and flt.error_contains is None and not flt.include_all:
+            # the fingerprint indexes: O(groups), every member counted by the server
+            fps = [] if flt.fingerprint is None else [flt.fingerprint]
+            rows = _loads(self._run("dead_groups", fps))
+            groups = [
+                DeadGroup(
+                    fingerprint=fp,
+                    count=int(n),
+                    task_name=name,
+                    example=example,
+                    example_id=str(example_id),
+                    first_seen=datetime.fromtimestamp(float(first), UTC),
+                    last_seen=datetime.fromtimestamp(float(last), UTC),
+                )
+                for fp, n, name, example, example_id, first, last in rows
+            ]
+            if flt.task_name is not None:  # a fingerprint belongs to one task name
+                groups = [g for g in groups if g.task_name == flt.task_name]
+        else:
+            found: dict[str, list[DeadLetter]] = {}
+            for d in self.dead_letters(
+                DeadFilter(
+                    task_name=flt.task_name,
+                    queue=flt.queue,
+                    error_contains=flt.error_contains,
+                    include_all=False,
+                    limit=None,
+                    fingerprint=flt.fingerprint,
+                )
+            ):
+                found.setdefault(d.fingerprint, []).append(d)
+            groups = []
+            for fp, letters in found.items():
+                newest = max(letters, key=lambda d: (d.died_at, int(d.id)))
+                groups.append(
+                    DeadGroup(
+                        fingerprint=fp,
+                        count=len(letters),
+                        task_name=newest.task_name,
+                        example=newest.error,
+                        example_id=newest.id,
+                        first_seen=min(d.died_at for d in letters),
+                        last_seen=newest.died_at,
+                    )
+                )
+        groups.sort(key=lambda g: (-g.count, -g.last_seen.timestamp(), g.fingerprint))
+        return groups if flt.limit is None else groups[: max(0, flt.limit)]
+
     @staticmethod
-    def _selector(selector: DeadSelector) -> list[str] | None:
+    def _selector(selector: DeadSelector) -> list[str]:
         if selector.ids:
             return ["ids", *map(str, selector.ids)]
-        if not (selector.all or selector.task_name or selector.queue):
-            return None
+        if not (selector.all or selector.task_name or selector.queue or selector.fingerprint):
+            raise ValueError("say which dead letters: ids, all, a task name, queue or group")
         return [
             "filter",
-            "-" if selector.task_name is None else "+" + selector.task_name,
-            "-" if selector.queue is None else "+" + selector.queue,
+            _opt(selector.task_name),
+            _opt(selector.queue),
+            _opt(selector.fingerprint),
         ]
 
-    def requeue_dead(self, selector: DeadSelector) -> list[TaskId]:
+    def requeue_dead(
+        self,
+        selector: DeadSelector,
+        *,
+        payload_json: str | None = None,
+        delay: float = 0.0,
+        spread: float = 0.0,
+    ) -> list[TaskId]:
+        if payload_json is not None and len(set(map(str, selector.ids))) != 1:
+            raise ValueError("a payload edit re-queues exactly one dead letter, by id")
+        if delay < 0 or spread < 0:
+            raise ValueError("delay and spread are seconds >= 0")
         args = self._selector(selector)
-        if args is None:
-            return []
-        reply = self._run("requeue_dead", args)
+        reply = self._run(
+            "requeue_dead", [_opt(payload_json), repr(float(delay)), repr(float(spread)), *args]
+        )
         if reply[0] == "missing":
             raise NotFound(f"no dead letter {reply[1]} waiting to be re-queued")
         ids: list[TaskId] = reply[1:]
         return ids
 
+    def review_dead(self, review: Review) -> int:
+        if review.rate is not None and review.rate <= 0:
+            raise ValueError("rate is re-queues per second, > 0")
+        args = self._selector(review.selector)
+        reply = self._run(
+            "review_dead",
+            [
+                "1" if review.approve else "0",
+                review.by,
+                _opt(review.note),
+                "" if review.after is None else repr(float(review.after)),
+                "" if review.rate is None else repr(float(review.rate)),
+                *args,
+            ],
+        )
+        if reply[0] == "missing":
+            raise NotFound(f"no dead letter {reply[1]} waiting for a review")
+        return int(reply[1])
+
+    def requeue_approved(self, limit: int = 500) -> list[TaskId]:
+        if limit <= 0:
+            return []
+        ids: list[TaskId] = self._run("requeue_approved", [str(int(limit))])
+        return ids
+
     def discard_dead(self, selector: DeadSelector) -> int:
         args = self._selector(selector)
-        if args is None:
-            return 0
         reply = self._run("discard_dead", args)
         if reply[0] == "missing":
             raise NotFound(f"no dead letter {reply[1]} waiting to be discarded")
         return int(reply[1])
+
+    # --- control -----------------------------------------------------------------------
+
+    def cancel(self, selector: CancelSelector) -> list[TaskId]:
+        if selector.ids:
+            args = ["ids", *map(str, selector.ids)]
+        elif selector.task_name or selector.queue or selector.batch:
+            args = ["filter", _opt(selector.task_name), _opt(selector.queue), _opt(selector.batch)]
+        else:
+            raise ValueError("say which tasks to cancel: ids, a task name, queue or batch")
+        reply = self._run("cancel", args)
+        if reply[0] == "missing":
+            raise NotFound(f"no task with id {reply[1]}")
+        ids: list[TaskId] = reply[1:]
+        return ids
+
+    def pause_queue(self, queue: str, paused: bool) -> None:
+        self._run("pause", [queue, "1" if paused else "0"])
+
+    def paused_queues(self) -> dict[str, float]:
+        got: Any = self._read(lambda: self._client.hgetall(self._k["paused"]))
+        return {str(name): float(at) for name, at in got.items()}
+
+    # --- batches -----------------------------------------------------------------------
+
+    def _bkey(self, name: str) -> str:
+        return f"{self.prefix}queue:batch:{name}"
+
+    def batch(self, name: str) -> BatchInfo | None:
+        h: dict[str, str] = self._pipe(lambda p: p.hgetall(self._bkey(name)))[0]
+        return batch_from_hash(name, h) if h.get("created") else None
+
+    def batches(self, limit: int = 50) -> list[BatchInfo]:
+        if limit <= 0:
+            return []
+        names = self._zrange(self._k["batches"], 0, limit - 1, desc=True)
+        out = []
+        for name, h in zip(names, self._hashes([self._bkey(n) for n in names]), strict=True):
+            if h.get("created"):
+                out.append(batch_from_hash(name, h))
+        return out
+
+    def settle_batches(self) -> list[tuple[str, TaskId | None]]:
+        reply = _loads(self._run("settle_batches", [_created()]))
+        return [(name, None if fid is None else str(fid)) for name, fid in reply]
 
     def parse_id(self, text: str) -> TaskId:
         value = str(text).strip()

@@ -7,7 +7,7 @@ formatting in Lua), Python writes ISO 8601: both are read here.
 
 from __future__ import annotations
 
-from ...models import DeadLetter, Task, utc_from_epoch
+from ...models import BatchInfo, DeadLetter, Task, utc_from_epoch
 from ...payload import loads_lenient
 from ..rows import error_time, parse_errors
 
@@ -52,6 +52,7 @@ def task_from_hash(task_id: str, h: dict[str, str | None]) -> Task:
         unique_key=h.get("unique_key"),
         errors=parse_errors(h.get("errors")),
         dead_letter_id=h.get("dead_letter_id") or None,
+        batch=h.get("batch") or None,
     )
 
 
@@ -73,4 +74,32 @@ def dead_from_hash(dead_id: str, h: dict[str, str]) -> DeadLetter:  # one hash p
         status=h.get("status", "dead"),
         errors=parse_errors(h.get("errors")),
         requeued_at=utc_from_epoch(_float(h.get("requeued_at"))),
+        review=h.get("review") or None,
+        reviewed_by=h.get("reviewed_by"),
+        reviewed_at=utc_from_epoch(_float(h.get("reviewed_at"))),
+        review_note=h.get("review_note"),
+        requeue_at=utc_from_epoch(_float(h.get("requeue_at"))),
+        discarded_at=utc_from_epoch(_float(h.get("discarded_at"))),
+    )
+
+
+def _count(h: dict[str, str], name: str) -> int:
+    return max(_int(h.get(name)) or 0, 0)
+
+
+def batch_from_hash(name: str, h: dict[str, str]) -> BatchInfo:
+    """A batch from its hash: the row's fields and the member counters the scripts keep."""
+    return BatchInfo(
+        name=name,
+        total=_count(h, "total"),
+        pending=_count(h, "pending"),
+        processing=_count(h, "processing"),
+        done=_count(h, "done"),
+        dead=_count(h, "dead"),
+        cancelled=_count(h, "cancelled"),
+        created=error_time(_float(h.get("created")) or 0.0),
+        last_finished=utc_from_epoch(_float(h.get("last_finished"))),
+        completed=utc_from_epoch(_float(h.get("completed"))),
+        on_complete=h.get("on_complete_task") or None,
+        followup_id=h.get("followup_id") or None,
     )

@@ -36,14 +36,25 @@ local K_WORKERS = P .. 'queue:workers'
 local K_BEATS = P .. 'queue:beats'
 local K_META = P .. 'queue:meta'
 local CHANNEL = P .. 'queue:wake'
+local K_NCANC = P .. 'queue:n:cancelled'
+local K_PAUSED = P .. 'queue:paused'
+local K_BATCHES = P .. 'queue:batches'
+local K_BOPEN = P .. 'queue:batches_open'
+local K_BDONE = P .. 'queue:batches_done'
+local K_APPROVED = P .. 'queue:dead_approved'
+local K_DEAD_FPS = P .. 'queue:dead_fps'
+local K_DEAD_GONE = P .. 'queue:dead_gone'
+local K_DEAD_REJ = P .. 'queue:dead_rejected'
 local NULL = cjson.null
 local COLUMNS = {'head', 'payload', 'status', 'attempts', 'next_run', 'created', 'updated',
-  'lease', 'last_error', 'unique_key', 'errors', 'dead_letter_id'}
+  'lease', 'last_error', 'unique_key', 'errors', 'dead_letter_id', 'batch'}
 
 local function col(name) return P .. 'queue:tasks:' .. name end
 local function dkey(id) return P .. 'queue:dead:' .. id end
 local function prio_key(q) return P .. 'queue:prio:' .. q end
 local function pend_key(q, prio) return P .. 'queue:pending:' .. q .. ':' .. prio end
+local function bkey(name) return P .. 'queue:batch:' .. name end
+local function fpkey(fp) return P .. 'queue:dead_fp:' .. fp end
 
 local function server_now()
   local t = redis.call('TIME')
@@ -54,14 +65,23 @@ local function fmt(x) return string.format('%.6f', x) end
 local function pad(id) return string.rep('0', 16 - #id) .. id end
 local function unpad(m) return string.match(m, '^0*(%d+)$') end
 
-local function make_head(q, prio, name, maxa, has_ukey)
-  return q .. '\0' .. prio .. '\0' .. name .. '\0' .. maxa .. '\0' .. (has_ukey and '1' or '0')
+-- the last field of a head holds two flags: 1 = has a unique key, 2 = a batch member
+-- ('0'..'3'); heads written before batches existed hold '0' or '1'
+local function make_head(q, prio, name, maxa, with_ukey, member)
+  local f = (with_ukey and 1 or 0) + (member and 2 or 0)
+  return q .. '\0' .. prio .. '\0' .. name .. '\0' .. maxa .. '\0' .. f
 end
--- head -> queue, priority, task_name, max_attempts ('' = none), has a unique key?
+-- head -> queue, priority, task_name, max_attempts ('' = none), has a unique key?, in a
+-- batch?
 local function split_head(h)
   local q, prio, name, maxa, flag = string.match(h, '^(.-)%z(.-)%z(.*)%z(.-)%z(.)$')
-  return q, prio, name, maxa, flag == '1'
+  return q, prio, name, maxa, flag == '1' or flag == '3', flag == '2' or flag == '3'
 end
+local function has_ukey(h)
+  local c = string.byte(h, -1)
+  return c == 49 or c == 51
+end
+local function in_batch(h) return string.byte(h, -1) >= 50 end
 -- head -> queue, priority (the fields the state changes need)
 local function head_qp(h)
   local a = string.find(h, '\0', 1, true)
@@ -152,6 +172,55 @@ local function flush_pending()
   PEND = {}
 end
 
+-- batch member counters (fields pending, processing, done, dead, cancelled, discarded of
+-- the batch hash), buffered: bump(batch, field, n) ... flush_batches(now)
+local BC, BFIN = {}, {}
+local function bump(b, field, n)
+  local t = BC[b]
+  if not t then
+    t = {}
+    BC[b] = t
+  end
+  t[field] = (t[field] or 0) + n
+end
+local function flush_batches(nowf)
+  for b, t in pairs(BC) do
+    local k = bkey(b)
+    for f, n in pairs(t) do
+      if n ~= 0 then redis.call('HINCRBY', k, f, n) end
+    end
+  end
+  for b in pairs(BFIN) do redis.call('HSET', bkey(b), 'last_finished', nowf) end
+  BC, BFIN = {}, {}
+end
+-- the batch of each id whose head has the batch flag (heads aligned with ids, false for
+-- none): {{id, batch, j}, ...}; one HMGET, and none when no head has the flag
+local function members(ids, heads)
+  local sel, pos = {}, {}
+  for j = 1, #ids do
+    local h = heads[j]
+    if h and string.byte(h, -1) >= 50 then
+      sel[#sel + 1] = ids[j]
+      pos[#pos + 1] = j
+    end
+  end
+  if #sel == 0 then return sel end
+  local r = hmget_many(col('batch'), sel)
+  local out = {}
+  for x, id in ipairs(sel) do
+    if r[x] then out[#out + 1] = {id, r[x], pos[x]} end
+  end
+  return out
+end
+-- move the members among ids from one counter to another (fin: they finished now)
+local function move(ids, heads, from, to, fin)
+  for _, m in ipairs(members(ids, heads)) do
+    if from then bump(m[2], from, -1) end
+    if to then bump(m[2], to, 1) end
+    if fin then BFIN[m[2]] = true end
+  end
+end
+
 local function release_unique(ukey, id)
   if ukey and ukey ~= '' and redis.call('HGET', K_UNIQUE, ukey) == id then
     redis.call('HDEL', K_UNIQUE, ukey)
@@ -202,11 +271,14 @@ local function rescue(now, nowf)
   local r = get(expired, 'lease', 'attempts', 'errors')
   local n = 0
   local nproc = {}
+  local heads = {}
   for j, id in ipairs(expired) do
     local v = r.lease[j]
+    heads[j] = false
     if v then
       local worker = string.sub(v, 1, string.find(v, '\0', 1, true) - 1)
-      local q, prio = head_qp(string.sub(v, #worker + 2))
+      heads[j] = string.sub(v, #worker + 2)
+      local q, prio = head_qp(heads[j])
       local msg = 'lease expired: worker ' .. worker .. ' stopped renewing it (died or hung)'
       local err = '{"attempt":' .. (r.attempts[j] or '0') .. ',"at":' .. nowf ..
         ',"type":"LeaseExpired","message":' .. cjson.encode(msg) .. ',"traceback":null}'
@@ -220,21 +292,32 @@ local function rescue(now, nowf)
       n = n + 1
     end
   end
+  move(expired, heads, 'processing', 'pending')
   unlease(expired)
   flush()
   flush_pending()
   flush_counts(K_NPROC, nproc)
+  flush_batches(nowf)
   return n
 end
 
 -- claim up to `limit` ready tasks of `queues` (nil: every queue with pending work) in
 -- priority DESC, next_run, id order; returns {rescued, {{id, head, payload, attempts},
 -- ...}}
-local function claim(worker, limit, lease, queues, now, nowf)
+-- `exclude` (nil, or a non-empty list): paused queues, never claimed
+local function claim(worker, limit, lease, queues, now, nowf, exclude)
   local rescued = rescue(now, nowf)
   if limit <= 0 then return {rescued, {}} end
   local qs = queues
   if not qs then qs = redis.call('SMEMBERS', K_ACTIVE) end
+  if exclude then
+    local skip, kept = {}, {}
+    for _, q in ipairs(exclude) do skip[q] = true end
+    for _, q in ipairs(qs) do
+      if not skip[q] then kept[#kept + 1] = q end
+    end
+    qs = kept
+  end
   local levels, prios = {}, {}
   for _, q in ipairs(qs) do
     for _, p in ipairs(redis.call('ZRANGE', prio_key(q), 0, -1)) do
@@ -302,6 +385,7 @@ local function claim(worker, limit, lease, queues, now, nowf)
   local a_att, a_lease, a_upd, zargs = {}, {}, {}, {}
   local wp = worker .. '\0'
   local k, nr = 0, 0
+  local nb = false  -- a batch member among them
   for j, id in ipairs(taken) do
     local h = heads[j]
     if h then
@@ -318,6 +402,7 @@ local function claim(worker, limit, lease, queues, now, nowf)
       add_count(nproc, head_queue(h), 1)
       nr = nr + 1
       rows[nr] = {id, h, payloads[j] or '{}', att}
+      if string.byte(h, -1) >= 50 then nb = true end
     end
   end
   if k > 0 then
@@ -327,6 +412,10 @@ local function claim(worker, limit, lease, queues, now, nowf)
     bulk('ZADD', K_PROC, zargs)
   end
   flush_counts(K_NPROC, nproc)
+  if nb then
+    move(taken, heads, 'pending', 'processing')
+    flush_batches(nowf)
+  end
   return {rescued, rows}
 end
 
@@ -339,34 +428,31 @@ local function read_queues(i)
   return qs, i + nq + 1
 end
 
--- dead-letter selection: ARGV[2] 'ids' then ids, or 'filter' then task_name and queue
--- ('-' for none, else '+' .. value).  Returns the dead-letter ids, or nil and the id
--- that is not a live dead letter.
-local function select_dead()
-  local sel = {}
-  if ARGV[2] == 'ids' then
-    for j = 3, #ARGV do
-      if redis.call('HGET', dkey(ARGV[j]), 'status') ~= 'dead' then return nil, ARGV[j] end
-      sel[#sel + 1] = ARGV[j]
-    end
-    return sel
-  end
-  local name = ARGV[3] ~= '-' and string.sub(ARGV[3], 2) or false
-  local queue = ARGV[4] ~= '-' and string.sub(ARGV[4], 2) or false
-  for _, dlid in ipairs(redis.call('ZRANGE', K_DEAD_LIVE, 0, -1)) do
-    local r = redis.call('HMGET', dkey(dlid), 'task_name', 'queue')
-    if (not name or r[1] == name) and (not queue or r[2] == queue) then sel[#sel + 1] = dlid end
-  end
-  return sel
-end
-
 -- name: enqueue
 -- ARGV: P, created, JSON list of models.NewTask tuples: [name, payload, queue, priority,
--- max_attempts|null, run_at|null (epoch), delay, unique_key|null] -> "id,id,..."
+-- max_attempts|null, run_at|null (epoch), delay, unique_key|null, batch|null], then a
+-- BatchSpec as JSON [name, total, on_complete_task|null, payload, queue] or '' ->
+-- "id,id,..."
 local now = server_now()
 local nowf = fmt(now)
 local created = ARGV[2]
 local tasks = cjson.decode(ARGV[3])
+local spec = ARGV[4]
+if spec and spec ~= '' then
+  spec = cjson.decode(spec)
+  local k = bkey(spec[1])
+  if not redis.call('HGET', k, 'created') then
+    redis.call('HSET', k, 'created', nowf, 'total', spec[2])
+    redis.call('ZADD', K_BATCHES, nowf, spec[1])
+    redis.call('SADD', K_BOPEN, spec[1])
+  else
+    redis.call('HINCRBY', k, 'total', spec[2])
+  end
+  if spec[3] ~= NULL and not redis.call('HGET', k, 'on_complete_task') then
+    redis.call('HSET', k, 'on_complete_task', spec[3], 'on_complete_payload', spec[4],
+      'on_complete_queue', spec[5])
+  end
+end
 local n = #tasks
 local last = redis.call('INCRBY', K_IDS, n)
 local base = last - n
@@ -377,9 +463,10 @@ local queues = {}
 local m = 0
 for i = 1, n do
   local t = tasks[i]
-  local q, ukey = t[3], t[8]
+  local q, ukey, b = t[3], t[8], t[9]
   local existing = false
   if ukey ~= NULL then existing = redis.call('HGET', K_UNIQUE, ukey) else ukey = false end
+  if b == nil or b == NULL then b = false end
   if existing then
     out[i] = existing
   else
@@ -393,7 +480,7 @@ for i = 1, n do
     local maxa = ''
     if t[5] ~= NULL then maxa = string.format('%d', t[5]) end
     c_head[m + 1] = id
-    c_head[m + 2] = make_head(q, prio, t[1], maxa, ukey)
+    c_head[m + 2] = make_head(q, prio, t[1], maxa, ukey, b)
     c_pay[m + 1] = id
     c_pay[m + 2] = t[2]
     c_nr[m + 1] = id
@@ -406,6 +493,10 @@ for i = 1, n do
     if ukey then
       set(id, 'unique_key', ukey)
       redis.call('HSET', K_UNIQUE, ukey, id)
+    end
+    if b then
+      set(id, 'batch', b)
+      bump(b, 'pending', 1)
     end
     if not queues[q] then
       queues[q] = true
@@ -424,21 +515,24 @@ if m > 0 then
 end
 flush()
 flush_pending()
+flush_batches(nowf)
 if ready then redis.call('PUBLISH', CHANNEL, '1') end
 return table.concat(out, ',')
 
 -- name: claim
--- ARGV: P, JSON [worker, limit, lease, queues|null] -> JSON {rescued, rows} (see claim())
+-- ARGV: P, JSON [worker, limit, lease, queues|null, exclude (only when non-empty)] ->
+-- JSON {rescued, rows} (see claim())
 local now = server_now()
 local req = cjson.decode(ARGV[2])
 local queues = req[4]
 if queues == NULL or #queues == 0 then queues = nil end
-return cjson.encode(claim(req[1], req[2], req[3], queues, now, fmt(now)))
+return cjson.encode(claim(req[1], req[2], req[3], queues, now, fmt(now), req[5]))
 
 -- name: complete
 -- ARGV: P, JSON [worker, done ids, retries [[id, delay, message, error json]],
 -- burials [[id, reason, message, fingerprint, max_attempts, error json]], released ids,
--- claim [limit, lease, queues|null] or null] -> JSON claim result, or "null"
+-- claim [limit, lease, queues|null, exclude (only when non-empty)] or null] -> JSON
+-- claim result, or "null"
 local now = server_now()
 local nowf = fmt(now)
 local req = cjson.decode(ARGV[2])
@@ -460,7 +554,7 @@ if nd > 0 then
     c_upd[k + 2] = nowf
     k = k + 2
     local h = dh[j]
-    if string.sub(h, -1) == '1' then
+    if has_ukey(h) then
       release_unique(redis.call('HGET', col('unique_key'), id), id)
     end
     local q = head_queue(h)
@@ -471,6 +565,7 @@ if nd > 0 then
   bulk('HSET', col('updated'), c_upd)
   bulk('RPUSH', K_DONE, done)
   unlease(done)
+  move(done, dh, 'processing', 'done', true)
 end
 
 local rids, rby = {}, {}
@@ -494,6 +589,7 @@ for j, id in ipairs(retried) do
   add_count(nproc, q, -1)
   if delay <= 0 then wake = true end
 end
+move(retried, rh, 'processing', 'pending')
 
 local bids, bby = {}, {}
 for _, b in ipairs(req[4]) do
@@ -501,11 +597,11 @@ for _, b in ipairs(req[4]) do
   bby[b[1]] = b
 end
 local buried, bh, bc = held_by(worker, bids, 'payload', 'attempts', 'created', 'errors',
-  'unique_key')
+  'unique_key', 'batch')
 for j, id in ipairs(buried) do
   local b = bby[id]
   local reason, msg, fp, maxa, err = b[2], b[3], b[4], b[5], b[6]
-  local q, prio, name, row_max, has_ukey = split_head(bh[j])
+  local q, prio, name, row_max, with_ukey, member = split_head(bh[j])
   if row_max == '' then row_max = string.format('%d', maxa) end
   local dlid = string.format('%d', redis.call('INCR', K_DEAD_IDS))
   local errors = append_error(bc.errors[j], err)
@@ -515,8 +611,15 @@ for j, id in ipairs(buried) do
     'attempts', bc.attempts[j] or '0', 'max_attempts', row_max, 'error', msg,
     'reason', reason, 'fingerprint', fp, 'created', bc.created[j] or '', 'died_at', nowf,
     'errors', errors, 'status', 'dead')
-  local ukey = has_ukey and bc.unique_key[j]
+  local ukey = with_ukey and bc.unique_key[j]
   if ukey then redis.call('HSET', dk, 'unique_key', ukey) end
+  local batch = member and bc.batch[j]
+  if batch then
+    redis.call('HSET', dk, 'batch', batch)
+    bump(batch, 'processing', -1)
+    bump(batch, 'dead', 1)
+    BFIN[batch] = true
+  end
   set(id, 'status', 'dead')
   set(id, 'updated', nowf)
   set(id, 'last_error', msg)
@@ -525,6 +628,8 @@ for j, id in ipairs(buried) do
   rem[#rem + 1] = id
   redis.call('ZADD', K_DEAD_ALL, dlid, dlid)
   redis.call('ZADD', K_DEAD_LIVE, dlid, dlid)
+  redis.call('ZADD', fpkey(fp), nowf, dlid)
+  redis.call('SADD', K_DEAD_FPS, fp)
   if ukey then release_unique(ukey, id) end
   add_count(nproc, q, -1)
   add_count(ndead, q, 1)
@@ -542,6 +647,7 @@ for j, id in ipairs(released) do
   add_count(nproc, q, -1)
   wake = true
 end
+move(released, lh, 'processing', 'pending')
 
 unlease(rem)
 flush()
@@ -549,12 +655,13 @@ flush_pending()
 flush_counts(K_NPROC, nproc)
 flush_counts(K_NDONE, ndone)
 flush_counts(K_NDEAD, ndead)
+flush_batches(nowf)
 local result = 'null'
 local c = req[6]
 if c ~= NULL then
   local queues = c[3]
   if queues == NULL or #queues == 0 then queues = nil end
-  result = cjson.encode(claim(worker, c[1], c[2], queues, now, nowf))
+  result = cjson.encode(claim(worker, c[1], c[2], queues, now, nowf, c[4]))
 end
 if wake then redis.call('PUBLISH', CHANNEL, '1') end
 return result
@@ -608,14 +715,22 @@ if #out == 0 then return '[]' end
 return cjson.encode(out)
 
 -- name: has_ready
--- ARGV: P, nq, queues...  -> 1 when a pending task is due or a lease has expired
+-- ARGV: P, nq, queues..., [ne, excluded queues...]  -> 1 when a pending task is due or a
+-- lease has expired
 local nowf = fmt(server_now())
-local qs = read_queues(2)
+local qs, nxt = read_queues(2)
 if not qs then qs = redis.call('SMEMBERS', K_ACTIVE) end
+local skip = {}
+if ARGV[nxt] then
+  local ex = read_queues(nxt)
+  for _, q in ipairs(ex or {}) do skip[q] = true end
+end
 for _, q in ipairs(qs) do
-  for _, p in ipairs(redis.call('ZRANGE', prio_key(q), 0, -1)) do
-    if #redis.call('ZRANGEBYSCORE', pend_key(q, p), '-inf', nowf, 'LIMIT', 0, 1) > 0 then
-      return 1
+  if not skip[q] then
+    for _, p in ipairs(redis.call('ZRANGE', prio_key(q), 0, -1)) do
+      if #redis.call('ZRANGEBYSCORE', pend_key(q, p), '-inf', nowf, 'LIMIT', 0, 1) > 0 then
+        return 1
+      end
     end
   end
 end
@@ -623,18 +738,25 @@ if #redis.call('ZRANGEBYSCORE', K_PROC, '-inf', nowf, 'LIMIT', 0, 1) > 0 then re
 return 0
 
 -- name: next_due
--- ARGV: P, nq, queues...  -> seconds until the earliest pending task or lease expiry, or
--- false when there is none
+-- ARGV: P, nq, queues..., [ne, excluded queues...]  -> seconds until the earliest pending
+-- task or lease expiry, or false when there is none
 local now = server_now()
-local qs = read_queues(2)
+local qs, nxt = read_queues(2)
 if not qs then qs = redis.call('SMEMBERS', K_ACTIVE) end
+local skip = {}
+if ARGV[nxt] then
+  local ex = read_queues(nxt)
+  for _, q in ipairs(ex or {}) do skip[q] = true end
+end
 local best = false
 for _, q in ipairs(qs) do
-  for _, p in ipairs(redis.call('ZRANGE', prio_key(q), 0, -1)) do
-    local r = redis.call('ZRANGE', pend_key(q, p), 0, 0, 'WITHSCORES')
-    if #r > 0 then
-      local s = tonumber(r[2])
-      if not best or s < best then best = s end
+  if not skip[q] then
+    for _, p in ipairs(redis.call('ZRANGE', prio_key(q), 0, -1)) do
+      local r = redis.call('ZRANGE', pend_key(q, p), 0, 0, 'WITHSCORES')
+      if #r > 0 then
+        local s = tonumber(r[2])
+        if not best or s < best then best = s end
+      end
     end
   end
 end
@@ -648,7 +770,7 @@ return fmt(math.max(0, best - now))
 
 -- name: counts
 -- ARGV: P -> {now, {queue, pending, ready, oldest ready next_run or '', ...},
--- processing hash, done hash, dead hash}
+-- processing hash, done hash, dead hash, cancelled hash}
 local now = server_now()
 local nowf = fmt(now)
 local pend = {}
@@ -670,7 +792,7 @@ for _, q in ipairs(redis.call('SMEMBERS', K_ACTIVE)) do
   pend[#pend + 1] = oldest and fmt(oldest) or ''
 end
 return {nowf, pend, redis.call('HGETALL', K_NPROC), redis.call('HGETALL', K_NDONE),
-  redis.call('HGETALL', K_NDEAD)}
+  redis.call('HGETALL', K_NDEAD), redis.call('HGETALL', K_NCANC)}
 
 -- name: heartbeat
 -- ARGV: P, worker id, JSON of the heartbeat
@@ -699,26 +821,30 @@ end
 return out
 
 -- name: prune_done
--- ARGV: P, older_than seconds, batch -> {rows removed, 1 if more may follow}.  The done list is in finishing
--- order, so the rows to prune are a prefix of it.  Like SQLite, the newest task id is
--- never removed.
-local cutoff = server_now() - tonumber(ARGV[2])
+-- ARGV: P, older_than seconds, batch -> {rows removed, 1 if more may follow}.  The done
+-- list holds done and cancelled ids in finishing order, so the rows to prune are a
+-- prefix of it.  Like SQLite, the newest task id is never removed.
+local now = server_now()
+local cutoff = now - tonumber(ARGV[2])
 local batch = tonumber(ARGV[3])
 local newest = redis.call('GET', K_IDS)
 local ids = redis.call('LRANGE', K_DONE, 0, batch - 1)
-if #ids == 0 then return 0 end
+if #ids == 0 then return {0, 0} end
 local r = get(ids, 'status', 'updated', 'head')
 local dels, keep = {}, false
 local scanned = 0
-local ndone = {}
+local ndone, ncanc = {}, {}
+local dheads = {}
 for j, id in ipairs(ids) do
-  if r.status[j] == 'done' then
+  local st = r.status[j]
+  if st == 'done' or st == 'cancelled' then
     if tonumber(r.updated[j]) >= cutoff then break end
     if id == newest then
       keep = id
     else
       dels[#dels + 1] = id
-      add_count(ndone, head_queue(r.head[j]), -1)
+      dheads[#dels] = r.head[j]
+      add_count(st == 'done' and ndone or ncanc, head_queue(r.head[j]), -1)
     end
   end
   scanned = j
@@ -726,12 +852,76 @@ end
 if scanned > 0 then redis.call('LTRIM', K_DONE, scanned, -1) end
 if keep then redis.call('RPUSH', K_DONE, keep) end
 if #dels > 0 then
+  local st = get(dels, 'status').status
+  for _, m in ipairs(members(dels, dheads)) do bump(m[2], st[m[3]], -1) end
   for _, c in ipairs(COLUMNS) do bulk('HDEL', col(c), dels) end
 end
 flush_counts(K_NDONE, ndone)
+flush_counts(K_NCANC, ncanc)
+flush_batches(fmt(now))
 -- more may follow when a whole batch went and something besides the newest id is left
 local more = scanned == batch and redis.call('LLEN', K_DONE) > (keep and 1 or 0)
 return {#dels, more and 1 or 0}
+
+-- name: prune_dead
+-- ARGV: P, older_than seconds, batch -> {letters removed, 1 if more may follow}: dead
+-- letters re-queued or discarded, or rejected, longer ago than older_than
+local now = server_now()
+local cutoff = '(' .. fmt(now - tonumber(ARGV[2]))
+local batch = tonumber(ARGV[3])
+local gone = redis.call('ZRANGEBYSCORE', K_DEAD_GONE, '-inf', cutoff, 'LIMIT', 0, batch)
+for _, dlid in ipairs(gone) do
+  redis.call('DEL', dkey(dlid))
+  redis.call('ZREM', K_DEAD_ALL, dlid)
+  redis.call('ZREM', K_DEAD_GONE, dlid)
+end
+local n = #gone
+local rejected = {}
+if n < batch then
+  rejected = redis.call('ZRANGEBYSCORE', K_DEAD_REJ, '-inf', cutoff, 'LIMIT', 0, batch - n)
+end
+local ndead = {}
+for _, dlid in ipairs(rejected) do
+  local dk = dkey(dlid)
+  local d = redis.call('HMGET', dk, 'status', 'queue', 'fingerprint')
+  if d[1] == 'dead' then
+    redis.call('ZREM', K_DEAD_LIVE, dlid)
+    redis.call('ZREM', K_APPROVED, dlid)
+    if d[3] then
+      redis.call('ZREM', fpkey(d[3]), dlid)
+      if redis.call('EXISTS', fpkey(d[3])) == 0 then redis.call('SREM', K_DEAD_FPS, d[3]) end
+    end
+    add_count(ndead, d[2], -1)
+  end
+  redis.call('DEL', dk)
+  redis.call('ZREM', K_DEAD_ALL, dlid)
+  redis.call('ZREM', K_DEAD_REJ, dlid)
+end
+flush_counts(K_NDEAD, ndead)
+n = n + #rejected
+return {n, n >= batch and 1 or 0}
+
+-- name: prune_batches
+-- ARGV: P, older_than seconds, batch -> batches removed: completed longer ago than
+-- older_than, with no member row left
+local cutoff = '(' .. fmt(server_now() - tonumber(ARGV[2]))
+local batch = tonumber(ARGV[3])
+local n = 0
+for _, name in ipairs(redis.call('ZRANGEBYSCORE', K_BDONE, '-inf', cutoff)) do
+  if n >= batch then break end
+  local r = redis.call('HMGET', bkey(name), 'pending', 'processing', 'done', 'dead',
+    'cancelled', 'discarded')
+  local left = 0
+  for x = 1, 6 do left = left + math.max(tonumber(r[x] or '0') or 0, 0) end
+  if left == 0 then
+    redis.call('DEL', bkey(name))
+    redis.call('ZREM', K_BATCHES, name)
+    redis.call('ZREM', K_BDONE, name)
+    redis.call('SREM', K_BOPEN, name)
+    n = n + 1
+  end
+end
+return n
 
 -- name: prune_workers
 -- ARGV: P, stale_after seconds -> worker rows removed
@@ -743,42 +933,359 @@ for _, w in ipairs(stale) do
 end
 return #stale
 
--- name: requeue_dead
--- ARGV: see select_dead().  -> {'ok', task ids...} or {'missing', dead id}
+-- name: cancel
+-- ARGV: P, 'ids', ids...  or  P, 'filter', task_name, queue, batch ('-' for none, else
+-- '+' .. value) -> {'ok', cancelled ids...} or {'missing', id}.  Only pending tasks (in
+-- a pending zset) change: they leave it, status 'cancelled', like done for pruning.
+local nowf = fmt(server_now())
+local cands = {}  -- {id, head}
+if ARGV[2] == 'ids' then
+  local ids, seen = {}, {}
+  for j = 3, #ARGV do
+    if not seen[ARGV[j]] then
+      seen[ARGV[j]] = true
+      ids[#ids + 1] = ARGV[j]
+    end
+  end
+  local heads = hmget_many(col('head'), ids)
+  for j, id in ipairs(ids) do
+    if not heads[j] then return {'missing', id} end
+    cands[#cands + 1] = {id, heads[j]}
+  end
+else
+  local name = ARGV[3] ~= '-' and string.sub(ARGV[3], 2) or false
+  local queue = ARGV[4] ~= '-' and string.sub(ARGV[4], 2) or false
+  local batch = ARGV[5] ~= '-' and string.sub(ARGV[5], 2) or false
+  local qs = queue and {queue} or redis.call('SMEMBERS', K_ACTIVE)
+  table.sort(qs)
+  for _, q in ipairs(qs) do
+    for _, p in ipairs(redis.call('ZRANGE', prio_key(q), 0, -1)) do
+      local ms = redis.call('ZRANGE', pend_key(q, p), 0, -1)
+      local ids = {}
+      for x, m in ipairs(ms) do ids[x] = unpad(m) end
+      local heads = hmget_many(col('head'), ids)
+      local bs = batch and hmget_many(col('batch'), ids) or {}
+      for x, id in ipairs(ids) do
+        local h = heads[x]
+        if h and (not batch or bs[x] == batch) then
+          local _, _, tname = split_head(h)
+          if not name or tname == name then cands[#cands + 1] = {id, h} end
+        end
+      end
+    end
+  end
+  table.sort(cands, function(a, b) return tonumber(a[1]) < tonumber(b[1]) end)
+end
+local out = {'ok'}
+local ncanc = {}
+local touched = {}
+local cids, cheads = {}, {}
+for _, c in ipairs(cands) do
+  local id, h = c[1], c[2]
+  local q, prio = head_qp(h)
+  if redis.call('ZREM', pend_key(q, prio), pad(id)) == 1 then
+    set(id, 'status', 'cancelled')
+    set(id, 'updated', nowf)
+    if has_ukey(h) then release_unique(redis.call('HGET', col('unique_key'), id), id) end
+    add_count(ncanc, q, 1)
+    touched[q .. '\0' .. prio] = {q, prio}
+    cids[#cids + 1] = id
+    cheads[#cids] = h
+    out[#out + 1] = id
+  end
+end
+for _, qp in pairs(touched) do tidy(qp[1], qp[2]) end
+if #cids > 0 then bulk('RPUSH', K_DONE, cids) end
+move(cids, cheads, 'pending', 'cancelled')
+flush()
+flush_counts(K_NCANC, ncanc)
+flush_batches(nowf)
+return out
+
+-- name: pause
+-- ARGV: P, queue, '1' (pause) or '0' (resume)
+if ARGV[3] == '1' then
+  redis.call('HSETNX', K_PAUSED, ARGV[2], fmt(server_now()))
+elseif redis.call('HDEL', K_PAUSED, ARGV[2]) == 1 then
+  redis.call('PUBLISH', CHANNEL, '1')  -- its tasks are claimable again
+end
+return 1
+
+-- name: settle_batches
+-- ARGV: P, created -> JSON [[name, follow-up id or null], ...]: every open batch with no
+-- member pending or processing is completed, its on_complete task enqueued
+local open = redis.call('SMEMBERS', K_BOPEN)
+if #open == 0 then return '[]' end
 local now = server_now()
 local nowf = fmt(now)
-local sel, missing = select_dead()
+local out = {}
+for _, name in ipairs(open) do
+  local k = bkey(name)
+  local r = redis.call('HMGET', k, 'pending', 'processing', 'on_complete_task',
+    'on_complete_payload', 'on_complete_queue', 'completed')
+  if r[6] then
+    redis.call('SREM', K_BOPEN, name)
+  elseif (tonumber(r[1] or '0') or 0) <= 0 and (tonumber(r[2] or '0') or 0) <= 0 then
+    local fid = NULL
+    if r[3] then
+      local q = r[5] or 'default'
+      fid = string.format('%d', redis.call('INCR', K_IDS))
+      set(fid, 'head', make_head(q, '0', r[3], '', false, false))
+      set(fid, 'payload', r[4] or '{}')
+      set(fid, 'next_run', nowf)
+      set(fid, 'created', ARGV[2])
+      set(fid, 'updated', nowf)
+      redis.call('SADD', K_QUEUES, q)
+      make_pending(fid, q, '0', nowf)
+      redis.call('HSET', k, 'followup_id', fid)
+    end
+    redis.call('HSET', k, 'completed', nowf)
+    redis.call('SREM', K_BOPEN, name)
+    redis.call('ZADD', K_BDONE, nowf, name)
+    out[#out + 1] = {name, fid}
+  end
+end
+if #out == 0 then return '[]' end
+flush()
+flush_pending()
+redis.call('PUBLISH', CHANNEL, '1')
+return cjson.encode(out)
+
+-- name: requeue_dead
+-- ARGV: P, payload ('-' or '+' .. JSON), delay, spread, then the selection (see
+-- select_dead) -> {'ok', task ids...} or {'missing', dead id}
+-- include: lib_dead
+local now = server_now()
+local payload = ARGV[2] ~= '-' and string.sub(ARGV[2], 2) or false
+local delay, spread = tonumber(ARGV[3]), tonumber(ARGV[4])
+local sel, missing = select_dead(5)
 if not sel then return {'missing', missing} end
 local out = {'ok'}
-local ndead = {}
+local n = #sel
+for i, dlid in ipairs(sel) do
+  local due = now + delay + spread * (i - 1) / n
+  out[#out + 1] = requeue_one(dlid, fmt(due), fmt(now), payload)
+end
+finish_dead(fmt(now))
+if n > 0 and delay <= 0 then redis.call('PUBLISH', CHANNEL, '1') end
+return out
+
+-- name: requeue_approved
+-- ARGV: P, limit -> task ids re-queued: approved letters whose requeue_at has come
+-- include: lib_dead
+local nowf = fmt(server_now())
+local sel = redis.call('ZRANGEBYSCORE', K_APPROVED, '-inf', nowf, 'LIMIT', 0,
+  tonumber(ARGV[2]))
+local out = {}
+for _, dlid in ipairs(sel) do
+  local r = redis.call('HMGET', dkey(dlid), 'status', 'review')
+  if r[1] == 'dead' and r[2] == 'approved' then
+    out[#out + 1] = requeue_one(dlid, nowf, nowf, false)
+  else
+    redis.call('ZREM', K_APPROVED, dlid)
+  end
+end
+finish_dead(nowf)
+if #out > 0 then redis.call('PUBLISH', CHANNEL, '1') end
+return out
+
+-- name: review_dead
+-- ARGV: P, '1' (approve) or '0' (reject), by, note ('-' or '+' .. text), after ('' or
+-- epoch), rate ('' or per second), then the selection (see select_dead) ->
+-- {'ok', count} or {'missing', dead id}
+-- include: lib_dead
+local now = server_now()
+local nowf = fmt(now)
+local approve = ARGV[2] == '1'
+local note = ARGV[4] ~= '-' and string.sub(ARGV[4], 2) or false
+local after = tonumber(ARGV[5]) or now
+local rate = tonumber(ARGV[6])
+local sel, missing = select_dead(7)
+if not sel then return {'missing', missing} end
+for i, dlid in ipairs(sel) do
+  local dk = dkey(dlid)
+  redis.call('HSET', dk, 'review', approve and 'approved' or 'rejected', 'reviewed_by',
+    ARGV[3], 'reviewed_at', nowf)
+  if note then redis.call('HSET', dk, 'review_note', note) else redis.call('HDEL', dk, 'review_note') end
+  if approve then
+    local at = after
+    if rate and rate > 0 then at = at + (i - 1) / rate end
+    redis.call('HSET', dk, 'requeue_at', fmt(at))
+    redis.call('ZADD', K_APPROVED, fmt(at), dlid)
+    redis.call('ZREM', K_DEAD_REJ, dlid)
+  else
+    redis.call('HDEL', dk, 'requeue_at')
+    redis.call('ZREM', K_APPROVED, dlid)
+    redis.call('ZADD', K_DEAD_REJ, nowf, dlid)
+  end
+end
+return {'ok', #sel}
+
+-- name: discard_dead
+-- ARGV: P, the selection (see select_dead).  -> {'ok', count} or {'missing', dead id}
+-- include: lib_dead
+local nowf = fmt(server_now())
+local sel, missing = select_dead(2)
+if not sel then return {'missing', missing} end
 for _, dlid in ipairs(sel) do
   local dk = dkey(dlid)
+  local d = redis.call('HMGET', dk, 'task_id', 'queue', 'fingerprint')
+  redis.call('HSET', dk, 'status', 'discarded', 'discarded_at', nowf)
+  unlive(dlid, d[2], d[3], nowf)
+  local id = d[1]
+  if redis.call('HGET', col('status'), id) == 'dead' then
+    redis.call('HSET', col('status'), id, 'discarded')
+    redis.call('HSET', col('updated'), id, nowf)
+    local b = redis.call('HGET', col('batch'), id)
+    if b then
+      bump(b, 'dead', -1)
+      bump(b, 'discarded', 1)
+    end
+  end
+end
+finish_dead(nowf)
+return {'ok', #sel}
+
+-- name: dead_groups
+-- ARGV: P, fingerprints... (none: every one) -> JSON [[fingerprint, count, task_name,
+-- example error, example id, first died_at, last died_at], ...] for the live letters
+local fps = {}
+for j = 2, #ARGV do fps[#fps + 1] = ARGV[j] end
+if #fps == 0 then fps = redis.call('SMEMBERS', K_DEAD_FPS) end
+local out = {}
+for _, fp in ipairs(fps) do
+  local k = fpkey(fp)
+  local n = redis.call('ZCARD', k)
+  if n > 0 then
+    local first = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')
+    local last = redis.call('ZRANGE', k, -1, -1, 'WITHSCORES')
+    local d = redis.call('HMGET', dkey(last[1]), 'task_name', 'error')
+    out[#out + 1] = {fp, n, d[1] or '', d[2] or '', last[1], first[2], last[2]}
+  end
+end
+if #out == 0 then return '[]' end
+return cjson.encode(out)
+
+-- name: migrate
+-- ARGV: P, version -> {applied (0/1), version now stored}.  A prefix of schema 1 (before
+-- batches and reviews) is upgraded by the backend first (migrate_2 in chunks), then its
+-- version is written here.
+local v = redis.call('HGET', K_META, 'schema_version')
+if not v or tonumber(v) < tonumber(ARGV[2]) then
+  redis.call('HSET', K_META, 'schema_version', ARGV[2])
+  return {1, ARGV[2]}
+end
+return {0, v}
+
+-- name: migrate_2
+-- ARGV: P, start, count -> letters read: indexes schema 1 lacks for the dead letters
+-- ranked start .. start+count-1 in dead_all (the fingerprint groups of live letters, the
+-- re-queued/discarded ones by when, for pruning)
+local ids = redis.call('ZRANGE', K_DEAD_ALL, tonumber(ARGV[2]),
+  tonumber(ARGV[2]) + tonumber(ARGV[3]) - 1)
+for _, dlid in ipairs(ids) do
+  local d = redis.call('HMGET', dkey(dlid), 'status', 'fingerprint', 'died_at',
+    'requeued_at', 'discarded_at')
+  if d[1] == 'dead' then
+    local fp = d[2] or ''
+    redis.call('ZADD', fpkey(fp), d[3] or '0', dlid)
+    redis.call('SADD', K_DEAD_FPS, fp)
+  elseif d[1] == 'requeued' or d[1] == 'discarded' then
+    redis.call('ZADD', K_DEAD_GONE, d[4] or d[5] or d[3] or '0', dlid)
+  end
+end
+return #ids
+
+-- name: lib_dead
+-- dead-letter helpers, included by the scripts that change dead letters
+
+local ndead = {}
+
+-- the selection at ARGV[i]: 'ids' then ids, or 'filter' then task_name, queue and
+-- fingerprint ('-' for none, else '+' .. value).  Returns the live (status 'dead') letter
+-- ids, oldest death first, or nil and the id that is not a live dead letter.
+local function select_dead(i)
+  local sel, seen = {}, {}
+  local died = {}
+  if ARGV[i] == 'ids' then
+    for j = i + 1, #ARGV do
+      local dlid = ARGV[j]
+      local r = redis.call('HMGET', dkey(dlid), 'status', 'died_at')
+      if r[1] ~= 'dead' then return nil, dlid end
+      if not seen[dlid] then
+        seen[dlid] = true
+        sel[#sel + 1] = dlid
+        died[dlid] = tonumber(r[2]) or 0
+      end
+    end
+  else
+    local name = ARGV[i + 1] ~= '-' and string.sub(ARGV[i + 1], 2) or false
+    local queue = ARGV[i + 2] ~= '-' and string.sub(ARGV[i + 2], 2) or false
+    local fp = ARGV[i + 3] and ARGV[i + 3] ~= '-' and string.sub(ARGV[i + 3], 2) or false
+    local src = fp and fpkey(fp) or K_DEAD_LIVE
+    for _, dlid in ipairs(redis.call('ZRANGE', src, 0, -1)) do
+      local r = redis.call('HMGET', dkey(dlid), 'task_name', 'queue', 'status', 'died_at',
+        'fingerprint')
+      if r[3] == 'dead' and (not name or r[1] == name) and (not queue or r[2] == queue)
+        and (not fp or r[5] == fp) then
+        sel[#sel + 1] = dlid
+        died[dlid] = tonumber(r[4]) or 0
+      end
+    end
+  end
+  table.sort(sel, function(a, b)
+    if died[a] ~= died[b] then return died[a] < died[b] end
+    return tonumber(a) < tonumber(b)
+  end)
+  return sel
+end
+
+-- a letter leaves status 'dead' (re-queued or discarded at `at`): out of the live,
+-- fingerprint, approved and rejected indexes, into the pruning one
+local function unlive(dlid, q, fp, at)
+  redis.call('ZREM', K_DEAD_LIVE, dlid)
+  if fp then
+    redis.call('ZREM', fpkey(fp), dlid)
+    if redis.call('EXISTS', fpkey(fp)) == 0 then redis.call('SREM', K_DEAD_FPS, fp) end
+  end
+  redis.call('ZREM', K_APPROVED, dlid)
+  redis.call('ZREM', K_DEAD_REJ, dlid)
+  redis.call('ZADD', K_DEAD_GONE, at, dlid)
+  add_count(ndead, q, -1)
+end
+
+-- put one live letter's task back as pending, due at `due`; returns the task id
+local function requeue_one(dlid, due, nowf, payload)
+  local dk = dkey(dlid)
   local d = redis.call('HMGET', dk, 'task_id', 'queue', 'task_name', 'payload', 'priority',
-    'max_attempts', 'created', 'errors', 'unique_key')
+    'max_attempts', 'created', 'errors', 'unique_key', 'fingerprint', 'batch')
   local id, q, prio = d[1], d[2], d[5]
   redis.call('HSET', dk, 'status', 'requeued', 'requeued_at', nowf)
-  redis.call('ZREM', K_DEAD_LIVE, dlid)
-  add_count(ndead, q, -1)
+  unlive(dlid, q, d[10], nowf)
   local ukey = d[9]
   if ukey and redis.call('HEXISTS', K_UNIQUE, ukey) == 1 then ukey = false end
   local head = redis.call('HGET', col('head'), id)
   local cur = redis.call('HGET', col('status'), id)
+  local batch = redis.call('HGET', col('batch'), id) or d[11]
   local revive = true
   if not head then  -- its row is gone (deleted by hand): write it again
-    set(id, 'head', make_head(q, prio, d[3], d[6] or '', ukey))
+    set(id, 'head', make_head(q, prio, d[3], d[6] or '', ukey, batch))
     set(id, 'payload', d[4] or '{}')
     set(id, 'created', d[7] or '')
     set(id, 'errors', d[8] or '[]')
+    if batch then set(id, 'batch', batch) end
   elseif cur == 'dead' or cur == 'discarded' then
     local _, _, name, maxa = split_head(head)
-    set(id, 'head', make_head(q, prio, name, maxa, ukey))
+    set(id, 'head', make_head(q, prio, name, maxa, ukey, batch))
+    if batch then bump(batch, cur, -1) end
   else
     revive = false  -- already live again some other way
   end
   if revive then
+    if payload then set(id, 'payload', payload) end
     set(id, 'status', 'pending')
     set(id, 'attempts', '0')
-    set(id, 'next_run', nowf)
+    set(id, 'next_run', due)
     set(id, 'updated', nowf)
     set(id, 'dead_letter_id', dlid)
     if ukey then
@@ -787,41 +1294,15 @@ for _, dlid in ipairs(sel) do
     else
       redis.call('HDEL', col('unique_key'), id)
     end
-    make_pending(id, q, prio, nowf)
+    make_pending(id, q, prio, due)
+    if batch then bump(batch, 'pending', 1) end
   end
-  out[#out + 1] = id
   flush()
+  return id
 end
-flush_pending()
-flush_counts(K_NDEAD, ndead)
-if #out > 1 then redis.call('PUBLISH', CHANNEL, '1') end
-return out
 
--- name: discard_dead
--- ARGV: see select_dead().  -> {'ok', count} or {'missing', dead id}
-local nowf = fmt(server_now())
-local sel, missing = select_dead()
-if not sel then return {'missing', missing} end
-local ndead = {}
-for _, dlid in ipairs(sel) do
-  local dk = dkey(dlid)
-  local d = redis.call('HMGET', dk, 'task_id', 'queue')
-  redis.call('HSET', dk, 'status', 'discarded', 'discarded_at', nowf)
-  redis.call('ZREM', K_DEAD_LIVE, dlid)
-  add_count(ndead, d[2], -1)
-  if redis.call('HGET', col('status'), d[1]) == 'dead' then
-    redis.call('HSET', col('status'), d[1], 'discarded')
-    redis.call('HSET', col('updated'), d[1], nowf)
-  end
+local function finish_dead(nowf)
+  flush_pending()
+  flush_counts(K_NDEAD, ndead)
+  flush_batches(nowf)
 end
-flush_counts(K_NDEAD, ndead)
-return {'ok', #sel}
-
--- name: migrate
--- ARGV: P, version -> {applied (0/1), version now stored}
-local v = redis.call('HGET', K_META, 'schema_version')
-if not v then
-  redis.call('HSET', K_META, 'schema_version', ARGV[2])
-  return {1, ARGV[2]}
-end
-return {0, v}
