@@ -3,7 +3,7 @@
 
     bench/run.sh [--quick] [--only lmq|huey] [--workloads bulk,single,...] [--out FILE]
     bench/run.sh --backend postgresql|redis|mysql|all [--quick] [--only lmq|peers]
-                 [--workloads drain,pickup,bulk,claim] [--json FILE] [--docs FILE]
+                 [--workloads drain,pickup,bulk,claim,claim_done] [--json FILE] [--docs FILE]
 
 Workloads: bulk (enqueue_many), single (enqueue latency, idle and while a worker drains),
 drain (no-op drain rate, async and def handlers, 1 and 2 processes, and the worker's

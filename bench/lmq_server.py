@@ -191,12 +191,36 @@ def _settle(backend: str, url: str) -> None:
     time.sleep(2)
 
 
+def _finish(q: lmq.Queue, n: int, chunk: int) -> None:
+    """Run ``n`` pending tasks through the state machine to ``done`` as a worker would
+    (``claim`` then ``complete``, ``chunk`` at a time), so the table holds ``n`` finished
+    rows written the way real ones are (indexes, dead tuples and counters included)."""
+    b = q.backend
+    req = ClaimRequest(worker_id="bench-finish", limit=chunk, lease=300.0)
+    left = n
+    while left:
+        got = b.claim(req)
+        if not got.tasks:
+            raise BenchError(f"only {n - left:,} of {n:,} tasks could be claimed to finish")
+        b.complete(CompleteBatch("bench-finish", done=[c.id for c in got.tasks]))
+        left -= len(got.tasks)
+
+
 def claim_cost(backend: str, server_url: str, pending: int, chunk: int, limit: int,
-               repeats: int) -> float:  # fmt: skip
-    """Median ms of ``claim(limit)`` with ``pending`` ready tasks; each claim's tasks are
-    released straight away (not timed), so the backlog stays at ``pending``."""
+               repeats: int, done_rows: int = 0) -> float:  # fmt: skip
+    """Median ms of ``claim(limit)`` with ``pending`` ready tasks (and, first, ``done_rows``
+    tasks enqueued and finished); each claim's tasks are released straight away (not
+    timed), so the backlog stays at ``pending``."""
     with place(backend, server_url) as url:
         q = _queue(url)
+        if done_rows:
+            t = time.perf_counter()
+            _fill(q, done_rows, chunk)
+            _finish(q, done_rows, chunk)
+            done = q.counts()["done"]
+            if done != done_rows:
+                raise BenchError(f"{done:,} tasks done after finishing {done_rows:,}")
+            say(f"  {done_rows:,} tasks enqueued and finished in {time.perf_counter() - t:.1f} s")
         t = time.perf_counter()
         _fill(q, pending, chunk)
         say(f"  filled {pending:,} in {time.perf_counter() - t:.1f} s")
@@ -215,5 +239,6 @@ def claim_cost(backend: str, server_url: str, pending: int, chunk: int, limit: i
                 samples.append(ms)
         q.close()
     med = statistics.median(samples)
-    say(f"  lmq claim({limit}) with {pending:,} pending: {med:.2f} ms (median of {repeats})")
+    say(f"  lmq claim({limit}) with {pending:,} pending, {done_rows:,} done: {med:.2f} ms "
+        f"(median of {repeats})")  # fmt: skip
     return med

@@ -1,7 +1,7 @@
 """The server backends: lmq against its peers on the same server, in the same run.
 
     bench/run.sh --backend postgresql|redis|mysql|all [--quick] [--only lmq|peers]
-                 [--workloads drain,pickup,bulk,claim] [--json FILE] [--docs FILE]
+                 [--workloads drain,pickup,bulk,claim,claim_done] [--json FILE] [--docs FILE]
 
 PostgreSQL: lmq, pgqueuer, procrastinate and a bare psycopg loop (a reference, no
 library).  Redis: lmq, SAQ, huey's RedisHuey, Dramatiq.  MariaDB/MySQL: lmq alone.  One
@@ -38,7 +38,7 @@ def _markers(backend: str) -> tuple[str, str]:
 
 SECTION = "## Server backends"
 
-WORKLOADS = ("drain", "pickup", "bulk", "claim")
+WORKLOADS = ("drain", "pickup", "bulk", "claim", "claim_done")
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,7 @@ class ServerSizes:
     claim_small: int = 1_000
     claim_large: int = 1_000_000
     claim_limit: int = 250
+    claim_done: int = 1_000_000  # finished rows beside claim_small pending (retention)
     claims: int = 40
     timeout: float = 300.0  # any one worker run
     measurement: float = 900.0  # any one measurement, its fill included (SIGALRM)
@@ -60,7 +61,7 @@ class ServerSizes:
 
 
 QUICK = ServerSizes(drain=5_000, samples=50, bulk=20_000, loop=500, claim_large=100_000,
-                    claims=5, timeout=120.0, measurement=300.0,
+                    claim_done=100_000, claims=5, timeout=120.0, measurement=300.0,
                     peer_max_seconds=10.0)  # fmt: skip
 
 
@@ -125,6 +126,10 @@ METHOD = """\
   1,000,000 ready tasks (filled by `enqueue_many`; then VACUUM ANALYZE on PostgreSQL,
   ANALYZE TABLE on MariaDB, and a 2 s pause), median of 40 claims after 2 warm-ups;
   each claim's tasks are released at once (not timed), so the backlog stays the same.
+- Claim cost with finished rows (lmq only): the same claim with 1,000 ready tasks, in a
+  fresh queue and in one that first had 1,000,000 tasks enqueued and run to `done`
+  through `claim` + `complete` (10,000 at a time, as a worker acknowledges them, so the
+  rows, indexes and counters are the real ones; the retention pruner is not running).
 - Isolation: PostgreSQL and MariaDB: each system its own database (`lmqbench_lmq`,
   `lmqbench_pgqueuer`, `lmqbench_procrastinate`, `lmqbench_bare`), created afresh before
   each measurement and dropped after it; lmq also gets a fresh `?prefix=`. Redis: lmq a
@@ -327,6 +332,23 @@ def run_backend(backend: str, url: str, sz: ServerSizes, tmp: Path, only: str | 
             run.put("lmq", "claim_1m", large, f"{sz.claim_large:,} ready tasks")
         if small and large:
             run.put("lmq", "claim_ratio", large / small)
+
+    if "claim_done" in workloads and "lmq" in systems:
+        say("claim with done rows / lmq")
+        none = _attempt(run, "claim cost with 0 done rows on lmq", lmq_server.claim_cost,
+                        backend, url, sz.claim_small, sz.chunk, sz.claim_limit,
+                        sz.claims)  # fmt: skip
+        many = _attempt(run, f"claim cost with {sz.claim_done:,} done rows on lmq",
+                        lmq_server.claim_cost, backend, url, sz.claim_small, sz.chunk,
+                        sz.claim_limit, sz.claims, sz.claim_done)  # fmt: skip
+        if none:
+            run.put("lmq", "claim_done_0", none, f"{sz.claim_small:,} ready tasks, median of "
+                    f"{sz.claims}, `limit={sz.claim_limit}`, nothing finished yet")  # fmt: skip
+        if many:
+            run.put("lmq", "claim_done_1m", many, f"the same {sz.claim_small:,} ready tasks "
+                    f"after {sz.claim_done:,} tasks were enqueued and run to `done`")  # fmt: skip
+        if none and many:
+            run.put("lmq", "claim_done_ratio", many / none)
 
     return {
         "title": spec.title,
