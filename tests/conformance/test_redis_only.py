@@ -22,7 +22,18 @@ from typing import Any
 import pytest
 
 import lmq
-from lmq.models import ClaimRequest, CompleteBatch, Heartbeat, TaskId
+from lmq.models import (
+    CancelSelector,
+    ClaimRequest,
+    CompleteBatch,
+    DeadFilter,
+    DeadSelector,
+    Heartbeat,
+    NewTask,
+    PruneRequest,
+    Review,
+    TaskId,
+)
 from lmq_testservers import drop_prefix
 
 from .helpers import burial, claim, complete, ids, retry, wait_for
@@ -79,11 +90,23 @@ def _exercise(q: lmq.Queue) -> None:
     complete(b, "w1", done=[done], retries=[retry(retried, 60)], burials=[burial(buried)])
     b.heartbeat(Heartbeat("w1", "h", 1, lmq.__version__, "*", 4, 1, 3, time.time()))
     (dead,) = q.dead_letters()
-    q.requeue_dead([dead.id])
+    assert b.dead_groups(DeadFilter())[0].count == 1
+    b.review_dead(Review(DeadSelector(ids=[dead.id]), approve=True, by="me"))
+    assert b.requeue_approved() == [buried]
     assert q.dead_letters() == []
+    # batches, cancel, pauses and the pruning of all of them
+    members = q.enqueue_many([("t", {}), ("t", {})], batch="b", on_complete=("after", {}))
+    b.cancel(CancelSelector(ids=[members[0]]))
+    b.pause_queue("default", True)
+    b.claim(ClaimRequest("w1", 10, 60, exclude=("default",)))
+    b.pause_queue("default", False)
+    b.cancel(CancelSelector(batch="b"))
+    assert b.settle_batches()
+    b.prune(PruneRequest(done_older_than=3600, workers_stale_after=3600, dead_older_than=3600))
     q.counts()
     q.tasks()
     b.workers()
+    b.batches()
 
 
 def test_every_key_starts_with_the_prefix(prefix: str) -> None:
@@ -582,3 +605,227 @@ def test_rescue_records_the_lapse_and_frees_the_slot(rq: lmq.Queue) -> None:
     assert task is not None and (task.locked_by, task.attempts) == ("w2", 2)
     assert [e.type for e in task.errors] == ["LeaseExpired"]
     assert "gone" in (task.last_error or "")
+
+
+# --- issue 4: batches, cancel, pauses, dead-letter groups and reviews ---------------------
+
+
+def test_a_claim_without_paused_queues_sends_what_it_sent_before() -> None:
+    from lmq.backends.redis.backend import RedisBackend
+
+    assert RedisBackend._claim_req(ClaimRequest("w", 5, 30.0)) == [5, 30.0, None]
+    assert RedisBackend._claim_req(ClaimRequest("w", 5, 30.0, ("a",), ("b",))) == [
+        5,
+        30.0,
+        ("a",),
+        ["b"],
+    ]
+
+
+def test_paused_queues_are_skipped_by_claims_checks_and_rescues(rq: lmq.Queue) -> None:
+    b = rq.backend
+    held = rq.enqueue("t", queue="p")
+    claim(b, "gone", lease=1, queues=("p",))
+    rq.enqueue("t", queue="p")
+    other = rq.enqueue("t", queue="o")
+    b.pause_queue("p", True)
+    b.pause_queue("p", True)  # again: keeps the first time
+    assert list(b.paused_queues()) == ["p"]
+    time.sleep(1.1)  # the lease runs out: the rescue puts it back, the claim skips it
+    got = b.claim(ClaimRequest("w", 10, 60, exclude=("p",)))
+    assert ids(got.tasks) == [other] and got.rescued == 1
+    assert not b.has_ready(None, ("p",)) and b.has_ready(None)
+    due = b.next_due(None, ("p",))  # the lease the claim took, not p's ready task
+    assert due is not None and due > 30
+    b.pause_queue("p", False)
+    assert b.paused_queues() == {}
+    assert sorted(ids(claim(b, "w", queues=("p",))), key=int)[0] == held
+
+
+def test_batch_counters_agree_with_the_member_rows(rq: lmq.Queue) -> None:
+    """The counters the scripts keep match a scan of the members after every kind of
+    state change (claim, done, retry, bury, release, rescue, cancel, requeue, discard,
+    prune)."""
+    b = rq.backend
+    made = rq.enqueue_many([("t", {"i": i}) for i in range(12)], batch="big")
+    rq.enqueue("t")  # not a member
+    got = ids(claim(b, "w1", limit=8))
+    complete(
+        b,
+        "w1",
+        done=got[:2],
+        retries=[retry(got[2]), retry(got[3], 60)],
+        burials=[burial(got[4]), burial(got[5]), burial(got[6])],
+    )
+    b.complete(CompleteBatch("w1", released=[got[7]]))
+    claim(b, "gone", limit=1, lease=1)
+    time.sleep(1.1)
+    claim(b, "w2", limit=1)  # rescues the expired one first
+    b.cancel(CancelSelector(batch="big"))
+    dead = b.dead_letters(DeadFilter())
+    b.requeue_dead(DeadSelector(ids=[dead[0].id]))
+    b.discard_dead(DeadSelector(ids=[dead[1].id]))
+    b.prune(PruneRequest(done_older_than=-1, workers_stale_after=3600))
+
+    info = b.batch("big")
+    assert info is not None and info.total == 12
+    statuses = [t.status for t in (rq.get(i) for i in made) if t is not None]
+    for status in ("pending", "processing", "done", "dead", "cancelled"):
+        assert getattr(info, status) == statuses.count(status), status
+    assert info.done == 0  # pruned
+    assert info.last_finished is not None and info.completed is None
+
+
+def test_settling_from_many_clients_at_once_completes_a_batch_once(rq: lmq.Queue) -> None:
+    made = rq.enqueue_many([("t", {})] * 3, batch="b", on_complete=("after", {"n": 1}))
+    complete(rq.backend, done=ids(claim(rq.backend)))
+    results: list[list[tuple[str, TaskId | None]]] = []
+    url = _with(_base(), prefix=rq.backend.prefix)  # type: ignore[attr-defined]
+
+    def settle() -> None:
+        with lmq.Queue(url) as q:
+            results.append(q.backend.settle_batches())
+
+    threads = [threading.Thread(target=settle) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    settled = [r for r in results if r]
+    assert len(settled) == 1
+    ((name, followup),) = settled[0]
+    assert name == "b" and followup is not None and followup not in made
+    task = rq.get(followup)
+    assert task is not None and (task.task_name, task.payload, task.batch) == (
+        "after",
+        {"n": 1},
+        None,
+    )
+    info = rq.batch("b")
+    assert info.followup_id == followup and info.completed is not None
+    assert rq.backend.settle_batches() == []
+
+
+def test_approved_letters_are_requeued_once_by_concurrent_workers(rq: lmq.Queue) -> None:
+    from .helpers import kill
+
+    for i in range(40):
+        kill(rq, message=f"order {i} failed")
+    (group,) = rq.backend.dead_groups(DeadFilter())
+    sel = DeadSelector(fingerprint=group.fingerprint)
+    assert rq.backend.review_dead(Review(sel, approve=True, by="ops")) == 40
+    url = _with(_base(), prefix=rq.backend.prefix)  # type: ignore[attr-defined]
+    got: list[TaskId] = []
+    lock = threading.Lock()
+
+    def run() -> None:
+        with lmq.Queue(url) as q:
+            for _ in range(10):
+                ids_ = q.backend.requeue_approved(limit=3)
+                with lock:
+                    got.extend(ids_)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == len(set(got)) == 40
+    assert rq.counts()["pending"] == 40 and rq.counts()["dead"] == 0
+    assert rq.backend.dead_groups(DeadFilter()) == []
+
+
+def test_groups_come_from_the_fingerprint_index_and_agree_with_a_scan(rq: lmq.Queue) -> None:
+    from .helpers import kill
+
+    for i in range(3):
+        kill(rq, "a", message=f"order {i} failed")
+    kill(rq, "a", message="other 'x' trouble")
+    kill(rq, "b", message="order 9 failed", queue="bulk")
+    fast = rq.backend.dead_groups(DeadFilter())
+    assert [(g.task_name, g.count) for g in fast] == [("a", 3), ("b", 1), ("a", 1)]
+    # the scan (a queue filter) gives the same groups
+    scanned = rq.backend.dead_groups(DeadFilter(queue="default"))
+    assert [(g.fingerprint, g.count) for g in scanned] == [
+        (g.fingerprint, g.count) for g in fast if g.task_name == "a"
+    ]
+    assert rq.backend.dead_groups(DeadFilter(task_name="b", limit=5))[0].count == 1
+    assert rq.backend.dead_groups(DeadFilter(limit=1)) == fast[:1]
+    one = rq.backend.dead_groups(DeadFilter(fingerprint=fast[0].fingerprint))
+    assert one == fast[:1]
+
+
+def test_prune_removes_cancelled_tasks_old_letters_and_finished_batches(
+    rq: lmq.Queue, prefix: str
+) -> None:
+    from .helpers import kill
+
+    b = rq.backend
+    _, rejected = kill(rq, message="no")
+    _, discarded = kill(rq, message="gone")
+    _, kept = kill(rq, message="waits")
+    b.review_dead(Review(DeadSelector(ids=[rejected.id]), approve=False, by="me"))
+    b.discard_dead(DeadSelector(ids=[discarded.id]))
+    members = rq.enqueue_many([("t", {})] * 2, batch="old")
+    b.cancel(CancelSelector(ids=members))
+    rq.enqueue("newest")  # the newest id is never pruned
+    assert b.settle_batches() == [("old", None)]
+    keep_all = PruneRequest(done_older_than=3600, workers_stale_after=3600, dead_older_than=3600)
+    assert b.prune(keep_all) == 0
+    assert rq.counts()["dead"] == 2 and rq.stats().cancelled == 2
+    everything = PruneRequest(done_older_than=-1, workers_stale_after=3600, dead_older_than=-1)
+    assert b.prune(everything) == 2 + 2 + 1  # two tasks, two letters, one batch
+    assert rq.stats().cancelled == 0 and rq.counts()["dead"] == 1
+    assert b.get_dead(rejected.id) is None and b.get_dead(discarded.id) is None
+    assert [d.id for d in rq.dead_letters()] == [kept.id]
+    assert b.batch("old") is None and b.batches() == []
+    assert [g.count for g in b.dead_groups(DeadFilter())] == [1]
+    raw = _raw()
+    try:
+        assert not raw.exists(f"{prefix}queue:batch:old")
+    finally:
+        raw.close()
+
+
+def test_a_schema_1_prefix_is_upgraded_by_migrate(rq: lmq.Queue, prefix: str) -> None:
+    from .helpers import kill
+
+    _, live = kill(rq, message="order 1 failed")
+    kill(rq, message="order 2 failed")
+    _, requeued = kill(rq, message="order 3 failed")
+    rq.requeue_dead([requeued.id])
+    raw = _raw()
+    try:  # what schema 1 had: no fingerprint or pruning indexes
+        for key in raw.scan_iter(match=f"{prefix}queue:dead_*"):
+            if not key.endswith(("dead_all", "dead_live", "dead_ids")):
+                raw.delete(key)
+        raw.hset(f"{prefix}queue:meta", "schema_version", "1")
+    finally:
+        raw.close()
+    url = _with(_base(), prefix=prefix)
+    with lmq.Queue(url) as q:
+        with pytest.raises(lmq.SchemaMissing, match="lmq migrate"):
+            q.counts()
+        assert q.migrate() == [2]
+        assert q.migrate() == []
+        assert q.backend.schema_version() == 2
+        assert [g.count for g in q.backend.dead_groups(DeadFilter())] == [2]
+        assert q.backend.dead_groups(DeadFilter())[0].example_id != requeued.id
+        old = PruneRequest(done_older_than=3600, workers_stale_after=3600, dead_older_than=-1)
+        assert q.backend.prune(old) == 1  # the re-queued letter
+        assert q.backend.get_dead(live.id) is not None
+
+
+def test_big_batches_add_each_chunk_to_the_total(
+    rq: lmq.Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lmq.backends.redis import backend as redis_backend
+
+    monkeypatch.setattr(redis_backend, "ENQUEUE_CHUNK", 3)
+    made = rq.enqueue_many([("t", {})] * 7, batch="chunks")
+    info = rq.batch("chunks")
+    assert (info.total, info.pending) == (7, 7)
+    assert {rq.get(i).batch for i in made} == {"chunks"}  # type: ignore[union-attr]
+    rq.backend.enqueue([NewTask("t", "{}", unique_key="k")])
+    again = rq.backend.enqueue([NewTask("t", "{}", unique_key="k", batch="chunks")])
+    assert rq.get(again[0]).batch is None  # type: ignore[union-attr]  # the existing task
