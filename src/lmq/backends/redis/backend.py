@@ -714,7 +714,7 @@ class RedisBackend:
         return dead_from_hash(did, h) if h else None
 
     def dead_groups(self, flt: DeadFilter) -> list[DeadGroup]:
-        if flt.queue is None and flt.error_contains is None and not flt.include_all:
+        if flt.queue is None and flt.error_contains is None:
             # the fingerprint indexes: O(groups), every member counted by the server
             fps = [] if flt.fingerprint is None else [flt.fingerprint]
             rows = _loads(self._run("dead_groups", fps))
@@ -787,6 +787,11 @@ class RedisBackend:
             raise ValueError("a payload edit re-queues exactly one dead letter, by id")
         if delay < 0 or spread < 0:
             raise ValueError("delay and spread are seconds >= 0")
+        if payload_json is not None:
+            try:
+                json.loads(payload_json)
+            except ValueError:
+                raise ValueError(f"the new payload is not JSON: {payload_json[:80]!r}") from None
         args = self._selector(selector)
         reply = self._run(
             "requeue_dead", [_opt(payload_json), repr(float(delay)), repr(float(spread)), *args]
