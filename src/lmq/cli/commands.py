@@ -432,10 +432,31 @@ def migrate(url: str | None, app: str | None) -> None:
     show_default=True,
     help="Where the demo keeps its queue (left behind for you to inspect).",
 )
-@click.option("--tasks", "count", type=click.IntRange(min=1), default=3000, show_default=True)
-@click.option("--concurrency", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option(
+    "--tasks",
+    "count",
+    type=click.IntRange(min=1),
+    default=5000,
+    show_default=True,
+    help="API calls in the bulk import.",
+)
+@click.option(
+    "-c",
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="Calls the demo's worker makes at once.",
+)
 def demo(url: str, count: int, concurrency: int) -> None:
-    """Enqueue and drain a few thousand demo tasks with a live progress bar."""
+    """A bulk import of 5,000 slow API calls, queued in one step and run by a worker.
+
+    Starts a fake external API on 127.0.0.1 (~100 ms a call, a few seconds of 503s, a
+    few bad records it rejects), enqueues the calls as one batch, runs `lmq worker` with
+    a live progress bar, and leaves its database for `lmq status`, `lmq dead list
+    --groups` and `lmq batches show`.  A second run on SQLite starts afresh (it deletes
+    the demo's database first); on a server URL it adds a new batch beside what is there.
+    """
     from ..demo import run_demo
 
     try:
