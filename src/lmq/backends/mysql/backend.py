@@ -55,31 +55,38 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import pymysql  # type: ignore[import-untyped]
 from pymysql.cursors import Cursor  # type: ignore[import-untyped]
 
 from ...exceptions import BackendBusy, BackendError, NotFound, SchemaMissing
 from ...models import (
+    BatchInfo,
+    BatchSpec,
+    CancelSelector,
     Claimed,
     ClaimRequest,
     ClaimResult,
     CompleteBatch,
     Counts,
     DeadFilter,
+    DeadGroup,
     DeadLetter,
     DeadSelector,
     Heartbeat,
     NewTask,
     PruneRequest,
     RenewRequest,
+    Review,
     Task,
     TaskFilter,
     TaskId,
     WorkerInfo,
+    utc_from_epoch,
 )
 from ..external import app_connection
 from ..rows import error_json, error_line, split_sql
@@ -88,6 +95,7 @@ from .rows import dead_from_row, task_from_row
 from .session import (
     _DEADLOCK,
     _TABLES,
+    _TABLES_V1,
     NOW_SQL,
     SCHEMA_VERSION,
     MySQLSession,
@@ -96,11 +104,49 @@ from .session import (
 )
 
 _INSERT_CHUNK = 2 * 1024 * 1024  # characters of VALUES per multi-row INSERT statement
+_CHUNK = 1000  # ids per statement when a verb acts on many rows
+_ALREADY_THERE = {1060, 1061}  # duplicate column / key name: a migration statement ran before
+_EMPTY_COUNTS = ("pending", "processing", "done", "dead", "cancelled")
+T = TypeVar("T")
 
 
 def _ids_sql(ids: Sequence[TaskId]) -> str:
     """Ids as SQL integers (every id this backend hands out is an int)."""
     return ",".join(str(int(i)) for i in ids)
+
+
+def _chunks(items: Sequence[T], size: int = _CHUNK) -> list[Sequence[T]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _seconds_sql(value: float) -> str:
+    """A number of seconds as an SQL literal (built by lmq from floats, never user text)."""
+    return f"{float(value):.6f}"
+
+
+def _int_ids(ids: Sequence[TaskId], what: str) -> list[int]:
+    """Ids given one by one as integers; one that cannot be an id here is not found."""
+    out = []
+    for i in ids:
+        try:
+            out.append(int(i))
+        except (TypeError, ValueError):
+            raise NotFound(f"no {what} {i!r}") from None
+    return list(dict.fromkeys(out))
+
+
+def _scope(
+    queues: tuple[str, ...] | None, exclude: tuple[str, ...]
+) -> tuple[tuple[str, ...] | None, tuple[str, ...]] | None:
+    """The queues a claim may take from, with the paused ones (``exclude``) applied: a
+    worker of named queues just drops the paused ones (None: all its queues are paused);
+    a worker of every queue keeps ``exclude`` for a NOT IN filter."""
+    if not exclude:
+        return queues, ()
+    if queues:
+        kept = tuple(q for q in queues if q not in exclude)
+        return (kept, ()) if kept else None
+    return None, tuple(sorted(set(exclude)))
 
 
 class MySQLBackend(MySQLSession):
@@ -146,11 +192,12 @@ class MySQLBackend(MySQLSession):
             )
         cur.execute(self.q["tables"], {"names": [self.prefix + t for t in _TABLES]})
         present = {r[0] for r in cur.fetchall()}
-        if current and len(present) < len(_TABLES):
-            current = 0  # repair: the schema and every migration are idempotent
+        needed = _TABLES_V1 if current < 2 else _TABLES
+        if current and any(self.prefix + t not in present for t in needed):
+            current = 0  # repair: every migration is idempotent, so run them all again
         migrations = load_migrations("lmq.backends.mysql.migrations", self.prefix)
         applied: list[int] = []
-        if current == 0 and fresh_schema:
+        if current == 0 and fresh_schema and not present:  # an empty database
             for statement in split_sql(load_schema("lmq.backends.mysql", self.prefix)):
                 cur.execute(statement)
             cur.execute(self.q["set_schema_version"], {"version": str(SCHEMA_VERSION)})
@@ -160,21 +207,37 @@ class MySQLBackend(MySQLSession):
             if number <= current:
                 continue
             for statement in split_sql(sql):  # DDL commits on its own: each is idempotent
-                cur.execute(statement)
+                self._ddl(cur, statement)
             cur.execute(self.q["set_schema_version"], {"version": str(number)})
             applied.append(number)
         return applied
 
+    @staticmethod
+    def _ddl(cur: Cursor, statement: str) -> None:
+        """One migration statement; an ADD COLUMN / ADD KEY that a run cut short already
+        applied fails with "duplicate column/key name" and is skipped (MySQL 8 has no
+        ADD COLUMN IF NOT EXISTS)."""
+        try:
+            cur.execute(statement)
+        except pymysql.err.MySQLError as exc:
+            if _errno(exc) not in _ALREADY_THERE:
+                raise
+
     # --- producer ------------------------------------------------------------------------
 
-    def enqueue(self, tasks: Sequence[NewTask], connection: object | None = None) -> list[TaskId]:
+    def enqueue(
+        self,
+        tasks: Sequence[NewTask],
+        connection: object | None = None,
+        batch: BatchSpec | None = None,
+    ) -> list[TaskId]:
         if not tasks:
             return []
         if connection is not None:  # the application's transaction: it commits, not lmq
             app = app_connection(connection, "mysql")
             self._run(lambda cur: None, tx=False)  # lmq's own connection checks the tables
             try:
-                return self._insert(app.cursor, tasks, own=False)
+                return self._insert(app.cursor, tasks, own=False, batch=batch)
             except pymysql.err.MySQLError as exc:
                 if _errno(exc) == _DEADLOCK:
                     raise BackendBusy(
@@ -185,9 +248,11 @@ class MySQLBackend(MySQLSession):
             finally:
                 with contextlib.suppress(Exception):
                     app.cursor.close()
-        return self._run(lambda cur: self._insert(cur, tasks, own=True))
+        return self._run(lambda cur: self._insert(cur, tasks, own=True, batch=batch))
 
-    def _insert(self, cur: Any, tasks: Sequence[NewTask], *, own: bool) -> list[TaskId]:
+    def _insert(
+        self, cur: Any, tasks: Sequence[NewTask], *, own: bool, batch: BatchSpec | None = None
+    ) -> list[TaskId]:
         """Multi-row INSERTs of up to ~2 MB each (plain DB-API ``%s`` parameters, so the
         application's cursor may be any MySQL driver's); a task with a unique_key is its own
         INSERT ... ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id), which returns the live
@@ -228,6 +293,16 @@ class MySQLBackend(MySQLSession):
                 flush()
         flush()
         self._check_ids(cur, chunks, own)
+        if batch is not None:  # last: the batch row stays locked for the shortest time
+            task, payload, queue = (
+                batch.on_complete_task,
+                batch.on_complete_payload_json,
+                batch.on_complete_queue,
+            )
+            cur.execute(
+                self.q["upsert_batch"],
+                (batch.name, batch.total, task, payload, queue, batch.total, payload, queue, task),
+            )
         return ids
 
     def _check_ids(self, cur: Any, chunks: list[tuple[int, int]], own: bool) -> None:
@@ -274,20 +349,37 @@ class MySQLBackend(MySQLSession):
             self._claim_mode = "skip_locked" if supports_skip_locked(self._server[0]) else "update"
         return self._claim_mode
 
-    def _queue_params(self, queues: tuple[str, ...] | None) -> tuple[str, dict[str, str]]:
+    def _queue_params(
+        self, queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()
+    ) -> tuple[str, dict[str, str]]:
         if not queues:
-            return "", {}
+            if not exclude:
+                return "", {}
+            names = ", ".join(f"%(x{i})s" for i in range(len(exclude)))
+            return f"AND queue NOT IN ({names})", {f"x{i}": q for i, q in enumerate(exclude)}
         if len(queues) == 1:
             return "AND queue = %(q0)s", {"q0": queues[0]}
         names = ", ".join(f"%(q{i})s" for i in range(len(queues)))
         return f"AND queue IN ({names})", {f"q{i}": q for i, q in enumerate(queues)}
 
-    def _claim_statement(self, queues: tuple[str, ...] | None) -> tuple[str, dict[str, str]]:
-        cached = self._claim_sql.get(queues)
-        if cached is not None:
-            return cached
+    def _claim_statement(
+        self, queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()
+    ) -> tuple[str, dict[str, str]] | None:
+        """The claim's SELECT for these queues (None: every one of them is paused).
+
+        With nothing paused (``exclude`` empty) it is the statement it always was; a worker
+        of every queue with some paused reads the same index with ``queue NOT IN (...)``.
+        """
+        key = (queues, exclude)
+        if key in self._claim_sql:
+            return self._claim_sql[key]
+        scope = _scope(queues, exclude)
+        if scope is None:
+            self._claim_sql[key] = None
+            return None
+        queues, exclude = scope
         mode = self.claim_mode()
-        qf, params = self._queue_params(queues)
+        qf, params = self._queue_params(queues, exclude)
         p = self.prefix
         one = bool(queues) and len(queues or ()) == 1
         index = f"{p}queue_tasks_queue_ready" if one else f"{p}queue_tasks_ready"
@@ -302,7 +394,7 @@ class MySQLBackend(MySQLSession):
             )
         else:
             sql = self.q["claim_select"].replace("{queue_filter}", qf).replace("{index}", index)
-        self._claim_sql[queues] = (sql, params)
+        self._claim_sql[key] = (sql, params)
         return sql, params
 
     def claim(self, request: ClaimRequest) -> ClaimResult:
@@ -316,7 +408,10 @@ class MySQLBackend(MySQLSession):
 
     def _claim_in(self, cur: Cursor, request: ClaimRequest) -> ClaimResult:
         rescued = self._rescue(cur)
-        sql, qparams = self._claim_statement(request.queues)
+        statement = self._claim_statement(request.queues, request.exclude)
+        if statement is None:  # all its queues are paused
+            return ClaimResult([], rescued)
+        sql, qparams = statement
         if self.claim_mode() == "update":
             return ClaimResult(self._claim_by_update(cur, request, sql, qparams), rescued)
         cur.execute(sql, {"limit": request.limit, **qparams})
@@ -359,12 +454,15 @@ class MySQLBackend(MySQLSession):
         return int(cur.execute(self.q["rescue"], {}))  # {}: its %% become %
 
     def _ready_state(
-        self, queues: tuple[str, ...] | None
+        self, queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()
     ) -> tuple[float, float | None, float | None]:
         """(server now, earliest pending next_run, earliest lease expiry)."""
         if queues:
             qf, qparams = self._queue_params(queues)
             sql = self.q["ready_state_queues"].replace("{queue_filter}", qf)
+        elif exclude:
+            qf, qparams = self._queue_params(None, exclude)
+            sql = self.q["ready_state_excluding"].replace("{queue_filter}", qf)
         else:
             sql, qparams = self.q["ready_state"], {}
 
@@ -379,9 +477,14 @@ class MySQLBackend(MySQLSession):
 
         return self._read(read)
 
-    def has_ready(self, queues: tuple[str, ...] | None) -> bool:
+    def has_ready(self, queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()) -> bool:
+        scope = _scope(queues, exclude)
+        if scope is None:  # all its queues are paused: only an expired lease to rescue
+            now, _due, expiry = self._ready_state(None)
+            return expiry is not None and expiry <= now
+        queues, exclude = scope
         if not queues:
-            now, due, expiry = self._ready_state(queues)
+            now, due, expiry = self._ready_state(queues, exclude)
             return (due is not None and due <= now) or (expiry is not None and expiry <= now)
         _qf, qparams = self._queue_params(queues)
         probes = " ".join(
@@ -395,8 +498,15 @@ class MySQLBackend(MySQLSession):
 
         return self._read(read)
 
-    def next_due(self, queues: tuple[str, ...] | None) -> float | None:
-        now, due, expiry = self._ready_state(queues)
+    def next_due(
+        self, queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()
+    ) -> float | None:
+        scope = _scope(queues, exclude)
+        if scope is None:
+            now, _due, expiry = self._ready_state(None)
+            due = None
+        else:
+            now, due, expiry = self._ready_state(*scope)
         times = [t for t in (due, expiry) if t is not None]
         return max(0.0, min(times) - now) if times else None
 
@@ -424,10 +534,14 @@ class MySQLBackend(MySQLSession):
             params.update(retry_params)
         if batch.released:
             statements.append(self.q["release"].replace("{ids}", _ids_sql(batch.released)))
+        statement = None
         if claim is not None:
-            sql, qparams = self._claim_statement(claim.queues)
-            statements += [self.q["rescue"], sql]
-            params.update(qparams, limit=claim.limit)
+            statements.append(self.q["rescue"])
+            statement = self._claim_statement(claim.queues, claim.exclude)
+            if statement is not None:  # None: all its queues are paused
+                sql, qparams = statement
+                statements.append(sql)
+                params.update(qparams, limit=claim.limit)
         cur.execute(";\n".join(statements), params)
         counts = [cur.rowcount]
         for _ in statements[1:]:
@@ -435,6 +549,8 @@ class MySQLBackend(MySQLSession):
             counts.append(cur.rowcount)
         if claim is None:
             return None
+        if statement is None:
+            return ClaimResult([], int(counts[-1]))
         rows: list[Any] = list(cur.fetchall())
         return self._mark(cur, claim, rows, rescued=int(counts[-2]), commit=True)
 
@@ -557,11 +673,44 @@ class MySQLBackend(MySQLSession):
                 removed += n
                 if n < request.batch:
                     break
+        if request.dead_older_than is not None:
+            removed += self._prune_dead(request.dead_older_than, request.batch)
+        params = {"age": request.done_older_than, "batch": request.batch}
+        while True:
+            n = self._run(lambda cur: cur.execute(self.q["prune_batches"], params), tx=False)
+            removed += n
+            if n < request.batch:
+                break
         removed += self._run(
             lambda cur: cur.execute(self.q["prune_workers"], {"age": request.workers_stale_after}),
             tx=False,
         )
         return int(removed)
+
+    def _prune_dead(self, age: float, batch: int) -> int:
+        """Dead letters re-queued, discarded or rejected more than ``age`` seconds ago, with
+        the task rows that are still their record, ``batch`` letters per transaction."""
+
+        def step(cur: Cursor) -> tuple[int, int]:
+            cur.execute(self.q["prune_dead_select"], {"age": age, "batch": batch})
+            rows = cur.fetchall()
+            if not rows:
+                return 0, 0
+            ids = _ids_sql([r[0] for r in rows])
+            tasks = cur.execute(
+                self.q["prune_dead_tasks"]
+                .replace("{task_ids}", _ids_sql([r[1] for r in rows]))
+                .replace("{ids}", ids)
+            )
+            letters = cur.execute(self.q["prune_dead"].replace("{ids}", ids))
+            return len(rows), int(tasks) + int(letters)
+
+        removed = 0
+        while True:
+            found, n = self._run(step)
+            removed += n
+            if found < batch:
+                return removed
 
     def prepare_worker(self) -> None:
         """Nothing to tune: the claim strategy is resolved on first use."""
@@ -602,12 +751,11 @@ class MySQLBackend(MySQLSession):
             now: float | None = None
             for queue, status, rows, ready, first, server_now in cur.fetchall():
                 now = float(server_now)
-                per = counts.by_queue.setdefault(
-                    queue, {"pending": 0, "processing": 0, "done": 0, "dead": 0}
-                )
+                # the four statuses always, "cancelled" where there are some
+                per = counts.by_queue.setdefault(queue, dict.fromkeys(_EMPTY_COUNTS[:4], 0))
                 n = int(rows)
-                if status in per:
-                    per[status] += n
+                if status in _EMPTY_COUNTS:
+                    per[status] = per.get(status, 0) + n
                     setattr(counts, status, getattr(counts, status) + n)
                 if status == "pending":
                     ready_n = int(ready or 0)
@@ -617,9 +765,7 @@ class MySQLBackend(MySQLSession):
                         oldest = float(first)
             cur.execute(self.q["count_dead"])
             for queue, n in cur.fetchall():
-                per = counts.by_queue.setdefault(
-                    queue, {"pending": 0, "processing": 0, "done": 0, "dead": 0}
-                )
+                per = counts.by_queue.setdefault(queue, dict.fromkeys(_EMPTY_COUNTS[:4], 0))
                 per["dead"] += int(n)
                 counts.dead += int(n)
             if oldest is not None and now is not None:
@@ -677,6 +823,7 @@ class MySQLBackend(MySQLSession):
             "name": flt.task_name,
             "queue": flt.queue,
             "text": flt.error_contains,
+            "fp": flt.fingerprint,
             "limit": 2**62 if flt.limit is None else flt.limit,
         }
 
@@ -699,68 +846,376 @@ class MySQLBackend(MySQLSession):
 
         return self._dict_read(read)
 
-    def _select_dead(self, cur: Cursor, sel: DeadSelector) -> list[int]:
-        if sel.ids:
-            return [int(i) for i in sel.ids]
-        if not (sel.all or sel.task_name or sel.queue):
-            return []
-        cur.execute(self.q["select_dead_ids"], {"name": sel.task_name, "queue": sel.queue})
-        return [int(r[0]) for r in cur.fetchall()]
+    def dead_groups(self, flt: DeadFilter) -> list[DeadGroup]:
+        params = {
+            "name": flt.task_name,
+            "queue": flt.queue,
+            "text": flt.error_contains,
+            "fp": flt.fingerprint,
+            "limit": 2**62 if flt.limit is None else flt.limit,
+        }
 
-    def requeue_dead(self, selector: DeadSelector) -> list[TaskId]:
+        def read(cur: Cursor) -> list[DeadGroup]:
+            cur.execute(self.q["dead_groups"], params)
+            groups = cur.fetchall()
+            if not groups:
+                return []
+            cur.execute(self.q["group_examples"].replace("{ids}", _ids_sql([g[4] for g in groups])))
+            examples = {r[0]: (r[1], r[2] or "") for r in cur.fetchall()}
+            out = []
+            for fp, n, first, last, example_id in groups:
+                task_name, error = examples.get(example_id, ("", ""))
+                out.append(
+                    DeadGroup(
+                        fingerprint=fp,
+                        count=int(n),
+                        task_name=task_name,
+                        example=error,
+                        example_id=example_id,
+                        first_seen=datetime.fromtimestamp(float(first), UTC),
+                        last_seen=datetime.fromtimestamp(float(last), UTC),
+                    )
+                )
+            return out
+
+        return self._read(read)
+
+    def _lock_dead(self, cur: Cursor, sel: DeadSelector, doing: str) -> list[tuple[Any, ...]]:
+        """The status-'dead' letters ``sel`` names or matches, oldest death first, locked
+        for this transaction.  Ids given one by one that are unknown or not waiting raise
+        NotFound (the caller's transaction then changes nothing)."""
+        if sel.ids:
+            ids = _int_ids(sel.ids, "dead letter")
+            rows: list[tuple[Any, ...]] = []
+            for chunk in _chunks(ids):
+                where = f"id IN ({_ids_sql(chunk)})"
+                cur.execute(self.q["lock_dead_rows"].replace("{where}", where), {})
+                rows += cur.fetchall()
+            found = {r[0] for r in rows}
+            for i in ids:
+                if i not in found:
+                    raise NotFound(f"no dead letter {i} waiting to be {doing}")
+            rows.sort(key=lambda r: (r[10], r[0]))  # oldest death first, over chunks too
+            return rows
+        if not (sel.all or sel.task_name or sel.queue or sel.fingerprint):
+            raise ValueError(
+                "say which dead letters: ids, all, or a task name, queue or fingerprint"
+            )
+        parts, params = ["TRUE"], {}
+        for column, value in (
+            ("task_name", sel.task_name),
+            ("queue", sel.queue),
+            ("fingerprint", sel.fingerprint),
+        ):
+            if value is not None:
+                parts.append(f"{column} = %({column})s")
+                params[column] = value
+        cur.execute(self.q["lock_dead_rows"].replace("{where}", " AND ".join(parts)), params)
+        return list(cur.fetchall())
+
+    def requeue_dead(
+        self,
+        selector: DeadSelector,
+        *,
+        payload_json: str | None = None,
+        delay: float = 0.0,
+        spread: float = 0.0,
+    ) -> list[TaskId]:
+        if payload_json is not None and len(selector.ids) != 1:
+            raise ValueError("a payload edit re-queues exactly one dead letter, by its id")
+        if delay < 0 or spread < 0:
+            raise ValueError("delay and spread must be >= 0 seconds")
+        if payload_json is not None:
+            try:
+                json.loads(payload_json)
+            except ValueError:
+                raise ValueError(f"the new payload is not JSON: {payload_json[:80]!r}") from None
+
         def work(cur: Cursor) -> list[TaskId]:
-            requeued: list[TaskId] = []
-            for dead_id in self._select_dead(cur, selector):
-                cur.execute(self.q["lock_dead"], {"id": dead_id})
-                row = cur.fetchone()
-                if row is None:
-                    if selector.ids:
-                        raise NotFound(f"no dead letter {dead_id} waiting to be re-queued")
-                    continue
-                task_id, queue, name, payload, priority, max_attempts, created, errors, ukey = row
-                if ukey is not None:
-                    cur.execute(self.q["find_unique"], {"key": ukey})
-                    if cur.fetchone():
-                        ukey = None  # a live task already holds the key: this re-run goes without
-                cur.execute(self.q["mark_requeued"], {"id": dead_id})
-                params = {"task_id": task_id, "unique_key": ukey, "dead_id": dead_id}
-                if not cur.execute(self.q["revive"], params):
-                    cur.execute(self.q["task_exists"], params)
-                    if cur.fetchone() is None:  # its row is gone (deleted by hand): again
-                        cur.execute(
-                            self.q["reinsert"],
-                            {
-                                **params,
-                                "queue": queue,
-                                "task_name": name,
-                                "payload": payload,
-                                "priority": priority,
-                                "max_attempts": max_attempts,
-                                "created": created,
-                                "errors": errors,
-                            },
-                        )
-                requeued.append(task_id)
-            return requeued
+            rows = self._lock_dead(cur, selector, "re-queued")
+            n = len(rows)
+            dues = [delay + spread * i / n for i in range(n)]
+            return self._requeue_rows(cur, rows, dues, payload_json)
+
+        return self._run(work)
+
+    def _requeue_rows(
+        self,
+        cur: Cursor,
+        rows: Sequence[tuple[Any, ...]],
+        dues: Sequence[float],
+        payload_json: str | None = None,
+    ) -> list[TaskId]:
+        """Re-queue locked dead letters (rows of lock_dead_rows): the letter becomes
+        ``requeued``, its task row pending again (due ``dues[i]`` seconds from now, attempts
+        0, the error history and the link to the letter kept), re-inserted if it was
+        deleted; a unique key a live task holds meanwhile is dropped from the re-run."""
+        if not rows:
+            return []
+        for chunk in _chunks([r[0] for r in rows]):
+            got = cur.execute(self.q["mark_requeued"].replace("{ids}", _ids_sql(chunk)))
+            if got != len(chunk):  # a stale read: another worker took some first
+                raise pymysql.err.OperationalError(
+                    _DEADLOCK, "dead letters changed since they were locked: run again"
+                )
+        plain = [(r, due) for r, due in zip(rows, dues, strict=True) if r[9] is None]
+        missing: list[tuple[tuple[Any, ...], float, str | None]] = []
+        for chunk in _chunks(plain):
+            task_ids = [int(r[1]) for r, _due in chunk]
+            sql = (
+                self.q["revive_many"]
+                .replace("{ids}", _ids_sql(task_ids))
+                .replace(
+                    "{due_cases}",
+                    " ".join(f"WHEN {int(r[1])} THEN {_seconds_sql(due)}" for r, due in chunk),
+                )
+                .replace(
+                    "{dead_cases}", " ".join(f"WHEN {int(r[1])} THEN {int(r[0])}" for r, _ in chunk)
+                )
+            )
+            if cur.execute(sql, {"payload": payload_json}) < len(chunk):
+                cur.execute(self.q["tasks_present"].replace("{ids}", _ids_sql(task_ids)))
+                present = {int(r[0]) for r in cur.fetchall()}
+                missing += [(r, due, None) for r, due in chunk if int(r[1]) not in present]
+        for r, due in zip(rows, dues, strict=True):
+            ukey = r[9]
+            if ukey is None:
+                continue
+            cur.execute(self.q["find_unique"], {"key": ukey})
+            if cur.fetchone():
+                ukey = None  # a live task already holds the key: this re-run goes without
+            params = {
+                "task_id": r[1],
+                "due": due,
+                "unique_key": ukey,
+                "dead_id": r[0],
+                "payload": payload_json,
+            }
+            if not cur.execute(self.q["revive"], params):
+                cur.execute(self.q["tasks_present"].replace("{ids}", _ids_sql([r[1]])))
+                if cur.fetchone() is None:
+                    missing.append((r, due, ukey))
+        for r, due, ukey in missing:  # the task row is gone (deleted by hand): again
+            dead_id, task_id, queue, name, payload, priority, max_attempts, created, errors = r[:9]
+            cur.execute(
+                self.q["reinsert"],
+                {
+                    "task_id": task_id,
+                    "queue": queue,
+                    "task_name": name,
+                    "payload": payload if payload_json is None else payload_json,
+                    "priority": priority,
+                    "max_attempts": max_attempts,
+                    "created": created,
+                    "errors": errors,
+                    "unique_key": ukey,
+                    "dead_id": dead_id,
+                    "due": due,
+                },
+            )
+        return [r[1] for r in rows]
+
+    def review_dead(self, review: Review) -> int:
+        if review.rate is not None and not review.rate > 0:
+            raise ValueError("rate must be > 0 re-queues per second")
+
+        def work(cur: Cursor) -> int:
+            rows = self._lock_dead(cur, review.selector, "reviewed")
+            if not rows:
+                return 0
+            cur.execute(self.q["now"])
+            base = review.after if review.after is not None else float(cur.fetchone()[0])
+            params = {
+                "review": "approved" if review.approve else "rejected",
+                "by": review.by,
+                "note": review.note,
+                "base": base,
+            }
+            ids = [int(r[0]) for r in rows]
+            for start in range(0, len(ids), _CHUNK):
+                chunk = ids[start : start + _CHUNK]
+                if not review.approve:
+                    at = "NULL"
+                elif review.rate is None:
+                    at = "%(base)s"
+                else:
+                    cases = " ".join(
+                        f"WHEN {i} THEN {_seconds_sql((start + n) / review.rate)}"
+                        for n, i in enumerate(chunk)
+                    )
+                    at = f"%(base)s + CASE id {cases} END"
+                sql = (
+                    self.q["review_dead"]
+                    .replace("{requeue_at}", at)
+                    .replace("{ids}", _ids_sql(chunk))
+                )
+                cur.execute(sql, params)
+            return len(ids)
+
+        return self._run(work)
+
+    def requeue_approved(self, limit: int = 500) -> list[TaskId]:
+        skip = "SKIP LOCKED" if self.claim_mode() == "skip_locked" else ""
+        sql = self.q["lock_approved"].replace("{skip_locked}", skip)
+
+        def work(cur: Cursor) -> list[TaskId]:
+            cur.execute(sql, {"limit": int(limit)})
+            rows = list(cur.fetchall())
+            return self._requeue_rows(cur, rows, [0.0] * len(rows))
 
         return self._run(work)
 
     def discard_dead(self, selector: DeadSelector) -> int:
         def work(cur: Cursor) -> int:
-            n = 0
-            for dead_id in self._select_dead(cur, selector):
-                cur.execute(self.q["lock_dead_for_discard"], {"id": dead_id})
-                row = cur.fetchone()
-                if row is None:
-                    if selector.ids:
-                        raise NotFound(f"no dead letter {dead_id} waiting to be discarded")
-                    continue
-                cur.execute(self.q["mark_discarded"], {"id": dead_id})
-                cur.execute(self.q["discard_task"], {"task_id": row[0]})
-                n += 1
-            return n
+            rows = self._lock_dead(cur, selector, "discarded")
+            for chunk in _chunks(rows):
+                cur.execute(
+                    self.q["mark_discarded"].replace("{ids}", _ids_sql([r[0] for r in chunk]))
+                )
+                cur.execute(
+                    self.q["discard_task"].replace("{ids}", _ids_sql([r[1] for r in chunk]))
+                )
+            return len(rows)
 
         return self._run(work)
+
+    # --- control -------------------------------------------------------------------------
+
+    def cancel(self, selector: CancelSelector) -> list[TaskId]:
+        if selector.ids:
+            ids = _int_ids(selector.ids, "task")
+
+            def by_ids(cur: Cursor) -> list[TaskId]:
+                status: dict[int, str] = {}
+                for chunk in _chunks(ids):
+                    cur.execute(self.q["lock_tasks"].replace("{ids}", _ids_sql(chunk)))
+                    status.update((int(i), st) for i, st in cur.fetchall())
+                for i in ids:
+                    if i not in status:
+                        raise NotFound(f"no task {i}")
+                pending = [i for i in ids if status[i] == "pending"]
+                self._cancel_ids(cur, pending)
+                return list(pending)
+
+            return self._run(by_ids)
+        parts, params = [], {}
+        for column, value in (
+            ("task_name", selector.task_name),
+            ("queue", selector.queue),
+            ("batch", selector.batch),
+        ):
+            if value is not None:
+                parts.append(f"{column} = %({column})s")
+                params[column] = value
+        if not parts:
+            raise ValueError("say which tasks to cancel: ids, or a task name, queue or batch")
+        sql = self.q["select_cancel"].replace("{where}", " AND ".join(parts))
+
+        def matching(cur: Cursor) -> list[TaskId]:
+            cur.execute(sql, params)
+            pending = [int(r[0]) for r in cur.fetchall()]
+            self._cancel_ids(cur, pending)
+            return list(pending)
+
+        return self._run(matching)
+
+    def _cancel_ids(self, cur: Cursor, ids: Sequence[int]) -> None:
+        for chunk in _chunks(ids):
+            cur.execute(self.q["cancel"].replace("{ids}", _ids_sql(chunk)))
+
+    def pause_queue(self, queue: str, paused: bool) -> None:
+        sql = self.q["pause_queue" if paused else "resume_queue"]
+        self._run(lambda cur: cur.execute(sql, {"name": queue}), tx=False)
+
+    def paused_queues(self) -> dict[str, float]:
+        def read(cur: Cursor) -> dict[str, float]:
+            cur.execute(self.q["paused_queues"])
+            return {r[0]: float(r[1] or 0.0) for r in cur.fetchall()}
+
+        return self._read(read)
+
+    # --- batches -------------------------------------------------------------------------
+
+    def _batch_infos(self, cur: Cursor, rows: Sequence[tuple[Any, ...]]) -> list[BatchInfo]:
+        """BatchInfo for batch rows (name, total, created, completed, on_complete_task,
+        followup_id): member counts from the task rows (a discarded member counts as
+        dead: it died, and its dead letter was set aside)."""
+        if not rows:
+            return []
+        cur.execute(self.q["batch_members"], {"names": [r[0] for r in rows]})
+        members: dict[str, dict[str, Any]] = {}
+        for name, status, n, last in cur.fetchall():
+            per = members.setdefault(name, {**dict.fromkeys(_EMPTY_COUNTS, 0), "last": None})
+            key = "dead" if status == "discarded" else status
+            if key in per:
+                per[key] += int(n)
+            if last is not None and (per["last"] is None or float(last) > per["last"]):
+                per["last"] = float(last)
+        out = []
+        for name, total, created, completed, task, followup in rows:
+            per = members.get(name) or {**dict.fromkeys(_EMPTY_COUNTS, 0), "last": None}
+            made = utc_from_epoch(float(created))
+            assert made is not None
+            out.append(
+                BatchInfo(
+                    name=name,
+                    total=int(total),
+                    pending=per["pending"],
+                    processing=per["processing"],
+                    done=per["done"],
+                    dead=per["dead"],
+                    cancelled=per["cancelled"],
+                    created=made,
+                    last_finished=utc_from_epoch(per["last"]),
+                    completed=utc_from_epoch(None if completed is None else float(completed)),
+                    on_complete=task,
+                    followup_id=followup,
+                )
+            )
+        return out
+
+    def batch(self, name: str) -> BatchInfo | None:
+        def read(cur: Cursor) -> BatchInfo | None:
+            cur.execute(self.q["get_batch"], {"name": name})
+            found = self._batch_infos(cur, cur.fetchall())
+            return found[0] if found else None
+
+        return self._read(read)
+
+    def batches(self, limit: int = 50) -> list[BatchInfo]:
+        def read(cur: Cursor) -> list[BatchInfo]:
+            cur.execute(self.q["list_batches"], {"limit": int(limit)})
+            return self._batch_infos(cur, cur.fetchall())
+
+        return self._read(read)
+
+    def settle_batches(self) -> list[tuple[str, TaskId | None]]:
+        def open_ones(cur: Cursor) -> list[str]:
+            cur.execute(self.q["open_batches"])
+            return [r[0] for r in cur.fetchall()]
+
+        settled: list[tuple[str, TaskId | None]] = []
+        for name in self._read(open_ones):
+
+            def settle(cur: Cursor, name: str = name) -> tuple[str, TaskId | None] | None:
+                if not cur.execute(self.q["settle_batch"], {"name": name}):
+                    return None  # another worker settled it, or a member came back
+                cur.execute(self.q["batch_followup"], {"name": name})
+                task, payload, queue = cur.fetchone()
+                if task is None:
+                    return name, None
+                cur.execute(
+                    self.q["insert_followup"],
+                    {"task_name": task, "payload": payload or "{}", "queue": queue or "default"},
+                )
+                followup = int(cur.lastrowid)
+                cur.execute(self.q["set_followup"], {"id": followup, "name": name})
+                return name, followup
+
+            got = self._run(settle)
+            if got is not None:
+                settled.append(got)
+        return settled
 
     def parse_id(self, text: str) -> TaskId:
         try:

@@ -1,6 +1,7 @@
 -- Every statement the MySQL/MariaDB backend runs, by name.  {prefix} is the table prefix;
 -- {now} is the server's clock as epoch seconds (see schema.sql); {queue_filter} is "" or
--- "AND queue IN (...)" built from the worker's fixed --queues list; {ids} is a list of
+-- "AND queue IN (...)" built from the worker's fixed --queues list (or "AND queue NOT IN
+-- (...)" for the paused queues of a worker of every queue); {ids} is a list of
 -- integer ids formatted by the backend.  Parameters are PyMySQL's %(name)s, so a literal
 -- percent sign is written %%.
 
@@ -23,20 +24,35 @@ SELECT {now}
 
 -- name: insert_head
 -- the VALUES rows follow: (task_name, payload, queue, priority, max_attempts,
--- next_run = COALESCE(run_at, now) + delay, unique_key), built by the backend
+-- next_run = COALESCE(run_at, now) + delay, unique_key, batch), built by the backend
 INSERT INTO {prefix}queue_tasks
-    (task_name, payload, queue, priority, max_attempts, next_run, unique_key, updated, created)
+    (task_name, payload, queue, priority, max_attempts, next_run, unique_key, batch, updated,
+     created)
 VALUES
 
 -- name: insert_row
-(%s, %s, %s, %s, %s, COALESCE(%s, {now}) + %s, %s, {now}, UTC_TIMESTAMP())
+(%s, %s, %s, %s, %s, COALESCE(%s, {now}) + %s, %s, %s, {now}, UTC_TIMESTAMP())
 
 -- name: insert_unique
 -- a live task with this key already: its id, through LAST_INSERT_ID(expr)
 INSERT INTO {prefix}queue_tasks
-    (task_name, payload, queue, priority, max_attempts, next_run, unique_key, updated, created)
-VALUES (%s, %s, %s, %s, %s, COALESCE(%s, {now}) + %s, %s, {now}, UTC_TIMESTAMP())
+    (task_name, payload, queue, priority, max_attempts, next_run, unique_key, batch, updated,
+     created)
+VALUES (%s, %s, %s, %s, %s, COALESCE(%s, {now}) + %s, %s, %s, {now}, UTC_TIMESTAMP())
 ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id)
+
+-- name: upsert_batch
+-- (name, total, on_complete task, payload, queue, then total, payload, queue, task again
+-- for an existing batch: assignments run left to right, so the follow-up's payload and
+-- queue are replaced only while it has no follow-up task)
+INSERT INTO {prefix}queue_batches
+    (name, total, created, on_complete_task, on_complete_payload, on_complete_queue)
+VALUES (%s, %s, {now}, %s, %s, %s)
+ON DUPLICATE KEY UPDATE
+    total = total + %s,
+    on_complete_payload = IF(on_complete_task IS NULL, %s, on_complete_payload),
+    on_complete_queue = IF(on_complete_task IS NULL, %s, on_complete_queue),
+    on_complete_task = COALESCE(on_complete_task, %s)
 
 -- name: count_range
 SELECT COUNT(*) FROM {prefix}queue_tasks WHERE id BETWEEN %(first)s AND %(last)s
@@ -113,6 +129,13 @@ SELECT id, queue, task_name, payload, attempts, max_attempts
 -- probes of the due index
 SELECT {now},
        (SELECT MIN(next_run) FROM {prefix}queue_tasks WHERE status = 'pending'),
+       (SELECT MIN(next_run) FROM {prefix}queue_tasks WHERE status = 'processing')
+
+-- name: ready_state_excluding
+-- every queue but the paused ones: the first pending row in due order that is not in them
+SELECT {now},
+       (SELECT next_run FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_due)
+         WHERE status = 'pending' {queue_filter} ORDER BY status, next_run LIMIT 1),
        (SELECT MIN(next_run) FROM {prefix}queue_tasks WHERE status = 'processing')
 
 -- name: ready_state_queues
@@ -209,8 +232,33 @@ SELECT MAX(id) FROM {prefix}queue_tasks
 -- name: prune_done
 -- never the newest row (%(below)s is max(id)): ids are never handed out twice, even on
 -- servers that reset AUTO_INCREMENT to max(id) + 1 on restart (MySQL before 8.0)
+-- (done and cancelled rows: next_run is when they finished or were cancelled)
 DELETE FROM {prefix}queue_tasks
- WHERE status = 'done' AND next_run < {now} - %(age)s AND id < %(below)s
+ WHERE status IN ('done', 'cancelled') AND next_run < {now} - %(age)s AND id < %(below)s
+ LIMIT %(batch)s
+
+-- name: prune_dead_select
+-- dead letters re-queued, discarded or rejected longer ago than the retention
+SELECT id, task_id FROM {prefix}queue_dead_letters
+ WHERE (status = 'requeued' AND requeued_at < {now} - %(age)s)
+    OR (status = 'discarded' AND discarded_at < {now} - %(age)s)
+    OR (review = 'rejected' AND status = 'dead' AND reviewed_at < {now} - %(age)s)
+ LIMIT %(batch)s
+
+-- name: prune_dead_tasks
+-- their task rows, where the row is still that letter's record
+DELETE FROM {prefix}queue_tasks
+ WHERE id IN ({task_ids}) AND status IN ('dead', 'discarded') AND dead_letter_id IN ({ids})
+
+-- name: prune_dead
+DELETE FROM {prefix}queue_dead_letters WHERE id IN ({ids})
+
+-- name: prune_batches
+-- completed batches older than the retention whose members are all gone
+DELETE FROM {prefix}queue_batches
+ WHERE completed < {now} - %(age)s
+   AND NOT EXISTS (SELECT 1 FROM {prefix}queue_tasks t
+                    WHERE t.batch = {prefix}queue_batches.name)
  LIMIT %(batch)s
 
 -- name: prune_workers
@@ -232,7 +280,7 @@ SELECT queue, status, COUNT(*),
        MIN(CASE WHEN status = 'pending' AND next_run <= {now} THEN next_run END),
        {now}
   FROM {prefix}queue_tasks
- WHERE status IN ('pending', 'processing', 'done')
+ WHERE status IN ('pending', 'processing', 'done', 'cancelled')
  GROUP BY status, queue
 
 -- name: count_dead
@@ -242,7 +290,8 @@ SELECT queue, COUNT(*) FROM {prefix}queue_dead_letters
 -- name: list_tasks
 -- dead-lettered rows are listed through the dead letters (status 'dead')
 SELECT * FROM {prefix}queue_tasks
- WHERE (status = %(status)s OR (%(status)s IS NULL AND status IN ('pending', 'processing', 'done')))
+ WHERE (status = %(status)s
+        OR (%(status)s IS NULL AND status IN ('pending', 'processing', 'done', 'cancelled')))
    AND (%(queue)s IS NULL OR queue = %(queue)s)
    AND (%(name)s IS NULL OR task_name = %(name)s)
  ORDER BY id DESC LIMIT %(limit)s
@@ -253,47 +302,159 @@ SELECT * FROM {prefix}queue_dead_letters
    AND (%(name)s IS NULL OR task_name = %(name)s)
    AND (%(queue)s IS NULL OR queue = %(queue)s)
    AND (%(text)s IS NULL OR LOCATE(LOWER(%(text)s), LOWER(error)) > 0)
+   AND (%(fp)s IS NULL OR fingerprint = %(fp)s)
  ORDER BY died_at DESC, id DESC LIMIT %(limit)s
 
--- name: lock_dead
-SELECT task_id, queue, task_name, payload, priority, max_attempts, created, errors, unique_key
-  FROM {prefix}queue_dead_letters WHERE id = %(id)s AND status = 'dead' FOR UPDATE
+-- name: dead_groups
+-- status-'dead' letters by fingerprint, largest group first, then the newest; MAX(id) is
+-- one member (the example)
+SELECT COALESCE(fingerprint, ''), COUNT(*), MIN(died_at), MAX(died_at), MAX(id)
+  FROM {prefix}queue_dead_letters
+ WHERE status = 'dead'
+   AND (%(name)s IS NULL OR task_name = %(name)s)
+   AND (%(queue)s IS NULL OR queue = %(queue)s)
+   AND (%(text)s IS NULL OR LOCATE(LOWER(%(text)s), LOWER(error)) > 0)
+   AND (%(fp)s IS NULL OR fingerprint = %(fp)s)
+ GROUP BY COALESCE(fingerprint, '')
+ ORDER BY COUNT(*) DESC, MAX(died_at) DESC, COALESCE(fingerprint, '')
+ LIMIT %(limit)s
+
+-- name: group_examples
+SELECT id, task_name, error FROM {prefix}queue_dead_letters WHERE id IN ({ids})
+
+-- name: lock_dead_rows
+-- the letters a selector names or matches ({where}), oldest death first, locked
+SELECT id, task_id, queue, task_name, payload, priority, max_attempts, created, errors,
+       unique_key, died_at
+  FROM {prefix}queue_dead_letters
+ WHERE status = 'dead' AND {where}
+ ORDER BY died_at, id
+   FOR UPDATE
+
+-- name: lock_approved
+-- approved letters whose time has come, oldest requeue_at first ({skip_locked}: SKIP
+-- LOCKED where the server has it; else the lock waits and re-reads the row)
+SELECT id, task_id, queue, task_name, payload, priority, max_attempts, created, errors,
+       unique_key
+  FROM {prefix}queue_dead_letters FORCE INDEX ({prefix}queue_dead_letters_approved)
+ WHERE review = 'approved' AND status = 'dead' AND requeue_at <= {now}
+ ORDER BY review, status, requeue_at, id
+ LIMIT %(limit)s
+   FOR UPDATE {skip_locked}
 
 -- name: mark_requeued
 UPDATE {prefix}queue_dead_letters SET status = 'requeued', requeued_at = {now}
- WHERE id = %(id)s
+ WHERE id IN ({ids}) AND status = 'dead'
+
+-- name: revive_many
+-- the letters' task rows back to pending ({due_cases}: seconds from now per task id;
+-- {dead_cases}: the letter of each), attempts reset, the error history kept
+UPDATE {prefix}queue_tasks
+   SET status = 'pending', attempts = 0, next_run = {now} + CASE id {due_cases} END,
+       updated = {now}, locked_by = NULL, locked_until = NULL,
+       dead_letter_id = CASE id {dead_cases} END,
+       payload = COALESCE(%(payload)s, payload)
+ WHERE id IN ({ids}) AND status IN ('dead', 'discarded')
 
 -- name: revive
+-- one letter with a unique key (NULL here when a live task already holds it)
 UPDATE {prefix}queue_tasks
-   SET status = 'pending', attempts = 0, next_run = {now}, updated = {now},
+   SET status = 'pending', attempts = 0, next_run = {now} + %(due)s, updated = {now},
        locked_by = NULL, locked_until = NULL, unique_key = %(unique_key)s,
-       dead_letter_id = %(dead_id)s
+       dead_letter_id = %(dead_id)s, payload = COALESCE(%(payload)s, payload)
  WHERE id = %(task_id)s AND status IN ('dead', 'discarded')
 
--- name: task_exists
-SELECT 1 FROM {prefix}queue_tasks WHERE id = %(task_id)s
+-- name: tasks_present
+SELECT id FROM {prefix}queue_tasks WHERE id IN ({ids})
 
 -- name: reinsert
 INSERT INTO {prefix}queue_tasks
     (id, queue, task_name, payload, priority, status, attempts, max_attempts, next_run,
      created, updated, errors, unique_key, dead_letter_id)
 VALUES (%(task_id)s, %(queue)s, %(task_name)s, %(payload)s, %(priority)s, 'pending', 0,
-        %(max_attempts)s, {now}, %(created)s, {now}, %(errors)s, %(unique_key)s, %(dead_id)s)
+        %(max_attempts)s, {now} + %(due)s, %(created)s, {now}, %(errors)s, %(unique_key)s,
+        %(dead_id)s)
+
+-- name: review_dead
+-- {requeue_at}: NULL (reject), or when each approved letter is re-queued
+UPDATE {prefix}queue_dead_letters
+   SET review = %(review)s, reviewed_by = %(by)s, reviewed_at = {now},
+       review_note = %(note)s, requeue_at = {requeue_at}
+ WHERE id IN ({ids}) AND status = 'dead'
 
 -- name: mark_discarded
 UPDATE {prefix}queue_dead_letters SET status = 'discarded', discarded_at = {now}
- WHERE id = %(id)s
-
--- name: lock_dead_for_discard
-SELECT task_id FROM {prefix}queue_dead_letters WHERE id = %(id)s AND status = 'dead' FOR UPDATE
+ WHERE id IN ({ids}) AND status = 'dead'
 
 -- name: discard_task
 UPDATE {prefix}queue_tasks SET status = 'discarded', updated = {now}
- WHERE id = %(task_id)s AND status = 'dead'
+ WHERE id IN ({ids}) AND status = 'dead'
 
--- name: select_dead_ids
-SELECT id FROM {prefix}queue_dead_letters
- WHERE status = 'dead'
-   AND (%(name)s IS NULL OR task_name = %(name)s)
-   AND (%(queue)s IS NULL OR queue = %(queue)s)
- ORDER BY id
+-- name: lock_tasks
+SELECT id, status FROM {prefix}queue_tasks WHERE id IN ({ids}) ORDER BY id FOR UPDATE
+
+-- name: select_cancel
+-- the pending tasks of a task name / queue / batch ({where}), locked
+SELECT id FROM {prefix}queue_tasks WHERE status = 'pending' AND {where} ORDER BY id FOR UPDATE
+
+-- name: cancel
+-- next_run = now: when it was cancelled (pruned after the done retention, like done rows)
+UPDATE {prefix}queue_tasks
+   SET status = 'cancelled', locked_by = NULL, locked_until = NULL, next_run = {now},
+       updated = {now}
+ WHERE id IN ({ids}) AND status = 'pending'
+
+-- name: pause_queue
+-- paused_at is assigned first, so it reads the old paused: pausing twice keeps the first
+INSERT INTO {prefix}queue_queues (name, paused, paused_at) VALUES (%(name)s, 1, {now})
+ON DUPLICATE KEY UPDATE paused_at = IF(paused = 1, paused_at, {now}), paused = 1
+
+-- name: resume_queue
+UPDATE {prefix}queue_queues SET paused = 0, paused_at = NULL WHERE name = %(name)s
+
+-- name: paused_queues
+SELECT name, paused_at FROM {prefix}queue_queues WHERE paused = 1
+
+-- name: get_batch
+SELECT name, total, created, completed, on_complete_task, followup_id
+  FROM {prefix}queue_batches WHERE name = %(name)s
+
+-- name: list_batches
+SELECT name, total, created, completed, on_complete_task, followup_id
+  FROM {prefix}queue_batches ORDER BY created DESC, name DESC LIMIT %(limit)s
+
+-- name: batch_members
+-- member counts by status (an index-only read of queue_tasks_batch), and the newest
+-- finish of a done or dead member
+SELECT batch, status, COUNT(*),
+       MAX(CASE WHEN status IN ('done', 'dead', 'discarded') THEN updated END)
+  FROM {prefix}queue_tasks
+ WHERE batch IN %(names)s
+ GROUP BY batch, status
+
+-- name: open_batches
+-- batches not yet complete with no member pending or processing (the completed index
+-- finds the open ones; with none open this reads one index entry)
+SELECT name FROM {prefix}queue_batches b
+ WHERE completed IS NULL
+   AND NOT EXISTS (SELECT 1 FROM {prefix}queue_tasks t
+                    WHERE t.batch = b.name AND t.status IN ('pending', 'processing'))
+
+-- name: settle_batch
+-- the compare-and-set: only one caller sees a row changed
+UPDATE {prefix}queue_batches
+   SET completed = {now}
+ WHERE name = %(name)s AND completed IS NULL
+   AND NOT EXISTS (SELECT 1 FROM {prefix}queue_tasks t
+                    WHERE t.batch = %(name)s AND t.status IN ('pending', 'processing'))
+
+-- name: batch_followup
+SELECT on_complete_task, on_complete_payload, on_complete_queue
+  FROM {prefix}queue_batches WHERE name = %(name)s
+
+-- name: insert_followup
+INSERT INTO {prefix}queue_tasks (task_name, payload, queue, next_run, updated, created)
+VALUES (%(task_name)s, %(payload)s, %(queue)s, {now}, {now}, UTC_TIMESTAMP())
+
+-- name: set_followup
+UPDATE {prefix}queue_batches SET followup_id = %(id)s WHERE name = %(name)s

@@ -1,8 +1,10 @@
 """Rows of the MySQL tables as lmq's models: the shared conversions (``..rows``), with
-``created`` read from a DATETIME column."""
+``created`` read from a DATETIME column, plus the columns of schema 2 (a task's batch, the
+dead letters' review fields)."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 from typing import Any
 
@@ -20,8 +22,19 @@ def created_text(value: Any) -> str | None:
 
 
 def task_from_row(r: dict[str, Any]) -> Task:
-    return shared.task_from_row(r, created=created_text)
+    task = shared.task_from_row(r, created=created_text)
+    batch = r.get("batch")
+    return task if task.batch == batch else dataclasses.replace(task, batch=batch)
 
 
 def dead_from_row(r: dict[str, Any]) -> DeadLetter:
-    return shared.dead_from_row(r, created=created_text)
+    dead = shared.dead_from_row(r, created=created_text)
+    return dataclasses.replace(
+        dead,
+        review=r.get("review"),
+        reviewed_by=r.get("reviewed_by"),
+        reviewed_at=shared.epoch(r.get("reviewed_at")),
+        review_note=r.get("review_note"),
+        requeue_at=shared.epoch(r.get("requeue_at")),
+        discarded_at=shared.epoch(r.get("discarded_at")),
+    )

@@ -25,15 +25,21 @@
 --
 -- next_run is when the row next matters to the scheduler: for a pending task when it is
 -- due, for a processing one when its lease expires (= locked_until), for a done one when
--- it finished.  So one index, due (status, next_run), answers "anything due?", "the
--- earliest due", "which leases expired?" and "which done rows are old?".
+-- it finished (or was cancelled).  So one index, due (status, next_run), answers
+-- "anything due?", "the earliest due", "which leases expired?" and "which done rows are
+-- old?".
+--
+-- Schema 2 (migrations/0002_operations.sql) added, at the ends of the tables so that
+-- MySQL 8.0.12+ and MariaDB 10.3+ add them instantly: the status `cancelled`, a task's
+-- `batch` (NULL unless enqueued with batch=NAME), the dead letters' review fields,
+-- {prefix}queue_queues (paused queues) and {prefix}queue_batches.
 CREATE TABLE IF NOT EXISTS {prefix}queue_tasks (
     id             BIGINT       NOT NULL AUTO_INCREMENT,
     queue          VARCHAR(191) NOT NULL DEFAULT 'default',
     task_name      VARCHAR(255) NOT NULL,
     payload        LONGTEXT     NOT NULL DEFAULT ('{}'),
     priority       INT          NOT NULL DEFAULT 0,
-    status         ENUM('pending', 'processing', 'done', 'dead', 'discarded')
+    status         ENUM('pending', 'processing', 'done', 'dead', 'discarded', 'cancelled')
                                 NOT NULL DEFAULT 'pending',
     attempts       INT          NOT NULL DEFAULT 0,
     max_attempts   INT          NULL,
@@ -50,11 +56,13 @@ CREATE TABLE IF NOT EXISTS {prefix}queue_tasks (
     ready_at       DOUBLE       AS (CASE WHEN status = 'pending' THEN next_run END) STORED,
     live_key       VARCHAR(191)
         AS (CASE WHEN status IN ('pending', 'processing') THEN unique_key END) STORED,
+    batch          VARCHAR(191) NULL,
     PRIMARY KEY (id),
     KEY {prefix}queue_tasks_ready (ready_priority, ready_at, id),
     KEY {prefix}queue_tasks_queue_ready (queue, ready_priority, ready_at, id),
     KEY {prefix}queue_tasks_due (status, next_run),
-    UNIQUE KEY {prefix}queue_tasks_unique (live_key)
+    UNIQUE KEY {prefix}queue_tasks_unique (live_key),
+    KEY {prefix}queue_tasks_batch (batch, status)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 
 CREATE TABLE IF NOT EXISTS {prefix}queue_dead_letters (
@@ -76,9 +84,16 @@ CREATE TABLE IF NOT EXISTS {prefix}queue_dead_letters (
     status       VARCHAR(16)  NOT NULL DEFAULT 'dead',
     requeued_at  DOUBLE       NULL,
     discarded_at DOUBLE       NULL,
+    review       VARCHAR(16)  NULL,
+    reviewed_by  VARCHAR(255) NULL,
+    reviewed_at  DOUBLE       NULL,
+    review_note  TEXT         NULL,
+    requeue_at   DOUBLE       NULL,
     PRIMARY KEY (id),
     KEY {prefix}queue_dead_letters_status (status, died_at),
-    KEY {prefix}queue_dead_letters_task (task_id)
+    KEY {prefix}queue_dead_letters_task (task_id),
+    KEY {prefix}queue_dead_letters_approved (review, status, requeue_at),
+    KEY {prefix}queue_dead_letters_fingerprint (fingerprint)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 
 CREATE TABLE IF NOT EXISTS {prefix}queue_workers (
@@ -99,4 +114,29 @@ CREATE TABLE IF NOT EXISTS {prefix}queue_meta (
     `key`   VARCHAR(191) NOT NULL,
     `value` TEXT         NULL,
     PRIMARY KEY (`key`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- a queue's settings by name; a row exists once the queue was paused (or resumed)
+CREATE TABLE IF NOT EXISTS {prefix}queue_queues (
+    name      VARCHAR(191) NOT NULL,
+    paused    TINYINT(1)   NOT NULL DEFAULT 0,
+    paused_at DOUBLE       NULL,
+    PRIMARY KEY (name)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- named batches (enqueue_many(..., batch=NAME)); members are the tasks with batch = name.
+-- completed is set once, by the first settle_batches that finds no member pending or
+-- processing (a compare-and-set on completed IS NULL), with the follow-up task's id.
+CREATE TABLE IF NOT EXISTS {prefix}queue_batches (
+    name                VARCHAR(191) NOT NULL,
+    total               INT          NOT NULL,
+    created             DOUBLE       NOT NULL,
+    completed           DOUBLE       NULL,
+    on_complete_task    VARCHAR(255) NULL,
+    on_complete_payload LONGTEXT     NULL,
+    on_complete_queue   VARCHAR(191) NULL,
+    followup_id         BIGINT       NULL,
+    PRIMARY KEY (name),
+    KEY {prefix}queue_batches_completed (completed),
+    KEY {prefix}queue_batches_created (created)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;

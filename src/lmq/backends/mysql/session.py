@@ -29,7 +29,7 @@ from ..sqlfile import check_prefix, load_queries
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 NOW_SQL = "(UNIX_TIMESTAMP() + MICROSECOND(NOW(6)) / 1e6)"
 _OPTIONS = {
     "prefix",
@@ -46,7 +46,8 @@ _OPTIONS = {
     "charset",
 }
 _CLAIM_MODES = ("auto", "skip_locked", "update")
-_TABLES = ("queue_tasks", "queue_dead_letters", "queue_workers", "queue_meta")
+_TABLES_V1 = ("queue_tasks", "queue_dead_letters", "queue_workers", "queue_meta")
+_TABLES = (*_TABLES_V1, "queue_queues", "queue_batches")  # schema 2 added the last two
 
 # errors worth re-running the whole transaction for
 _DEADLOCK = 1213
@@ -186,7 +187,10 @@ class MySQLSession:
         self._claim_mode: str | None = (
             None if self.claim_mode_option == "auto" else self.claim_mode_option
         )
-        self._claim_sql: dict[tuple[str, ...] | None, tuple[str, dict[str, str]]] = {}
+        # (queues, excluded queues) -> the claim statement and its queue parameters
+        self._claim_sql: dict[
+            tuple[tuple[str, ...] | None, tuple[str, ...]], tuple[str, dict[str, str]] | None
+        ] = {}
         self.lock_retries = 0  # transactions re-run after a deadlock or lock wait timeout
 
     # --- connections ---------------------------------------------------------------------
