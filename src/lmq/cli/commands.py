@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 import click
+from rich import box
 from rich.console import Console, Group
 from rich.markup import escape as esc
 from rich.table import Table
@@ -254,7 +255,7 @@ def _status_view(queue: Queue, st: _Status, stale_after: float, header: str = ""
     """The status tables as one renderable (printed once, or refreshed by --watch)."""
     stats, workers, paused = st.stats, st.workers, st.paused
     parts: list[Any] = [Text.from_markup(f"[bold]lmq[/] {esc(masked(queue))}{header}")]
-    t = Table(title="queues", title_justify="left")
+    t = Table(title="queues", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 0, 0, 1))
     cols = ("queue", "pending", "ready", "scheduled", "processing", "done", "dead", "cancelled")
     for col in (*cols, "paused"):
         t.add_column(col, justify="left" if col in ("queue", "paused") else "right")
@@ -279,7 +280,7 @@ def _status_view(queue: Queue, st: _Status, stale_after: float, header: str = ""
         str(stats.done),
         str(stats.dead),
         str(stats.cancelled),
-        f"{len(paused)} paused" if paused else "",
+        "",
     )
     parts.append(t)
     if stats.oldest_ready_age is not None:
@@ -287,7 +288,7 @@ def _status_view(queue: Queue, st: _Status, stale_after: float, header: str = ""
     if paused:
         since = ", ".join(f"{esc(n)} ({ago(at)})" for n, at in paused.items())
         parts.append(Text.from_markup(f"[yellow]paused:[/] {since}  (lmq queues resume NAME)"))
-    w = Table(title="workers", title_justify="left")
+    w = Table(title="workers", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 0, 0, 1))
     for col in ("id", "host", "pid", "queues", "concurrency", "running", "done", "heartbeat"):
         w.add_column(col)
     for info in workers:
