@@ -13,6 +13,8 @@ import json
 import os
 import random
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -370,7 +372,9 @@ def test_concurrent_migrates_from_several_backends() -> None:
             t.start()
         for t in threads:
             t.join(60)
-        assert sorted(map(str, results)) == sorted([str(list(range(1, SCHEMA_VERSION + 1))), "[]", "[]", "[]"])
+        assert sorted(map(str, results)) == sorted(
+            [str(list(range(1, SCHEMA_VERSION + 1))), "[]", "[]", "[]"]
+        )
         with lmq.Queue(url) as q:
             assert q.migrate() == []
             assert q.counts() == EMPTY
@@ -690,3 +694,224 @@ def test_requeue_while_a_live_task_holds_the_unique_key(mode_queue: lmq.Queue) -
     revived = q.get(task_id)
     assert revived is not None and revived.status == "pending" and revived.unique_key is None
     assert q.enqueue("t", unique_key="k-2") == live
+
+
+# --- schema 2: upgrading, the new verbs on this server -----------------------------------------
+
+
+def _make_schema_1(prefix: str) -> None:
+    """What an lmq of schema 1 left: 0001_initial.sql only, schema_version 1."""
+    from lmq.backends.rows import split_sql
+    from lmq.backends.sqlfile import load_migrations
+
+    (number, _name, sql), *_later = load_migrations("lmq.backends.mysql.migrations", prefix)
+    assert number == 1
+    with connect() as conn, conn.cursor() as cur:
+        for statement in split_sql(sql):
+            cur.execute(statement)
+        cur.execute(
+            f"INSERT INTO {prefix}queue_meta (`key`, `value`) VALUES ('schema_version', '1')"
+        )
+
+
+def test_lmq_migrate_upgrades_a_schema_1_database() -> None:
+    """A version-1 database with work in it: refused until `lmq migrate` (the CLI), which
+    applies 0002 only; the catalog is then schema.sql's, the old rows are kept, and the new
+    verbs and a worker run on it."""
+    old, fresh = fresh_prefix(), fresh_prefix()
+    try:
+        _make_schema_1(old)
+        with connect() as conn, conn.cursor() as cur:  # rows schema 1 wrote
+            cur.execute(
+                f"INSERT INTO {old}queue_tasks (task_name, payload, status) VALUES"
+                " ('job', '{\"n\": 1}', 'pending'), ('job', '{\"n\": 2}', 'done')"
+            )
+            cur.execute(
+                f"INSERT INTO {old}queue_dead_letters (task_id, queue, task_name, payload,"
+                " error, reason, fingerprint, died_at) VALUES (99, 'default', 'job', '{}',"
+                " 'ValueError: old', 'attempts used up', 'fp-old', UNIX_TIMESTAMP())"
+            )
+        url = with_options(BASE, prefix=old)
+        with lmq.Queue(url) as q, pytest.raises(lmq.exceptions.SchemaMissing, match="migrate"):
+            q.counts()
+        done = subprocess.run(
+            [sys.executable, "-m", "lmq", "migrate", "--url", url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        with lmq.Queue(with_options(BASE, prefix=fresh)) as q:
+            q.migrate()
+        assert _catalog(old) == _catalog(fresh)
+        with lmq.Queue(url) as q:
+            assert q.backend.schema_version() == SCHEMA_VERSION
+            assert q.migrate() == []
+            assert q.counts() == {**EMPTY, "pending": 1, "done": 1, "dead": 1}
+            (group,) = q.backend.dead_groups(lmq.models.DeadFilter())
+            assert (group.fingerprint, group.count, group.example) == (
+                "fp-old",
+                1,
+                "ValueError: old",
+            )
+            seen: list[Any] = []
+
+            @q.task
+            def job(n: int) -> None:
+                seen.append(n)
+
+            @q.task
+            def finished(name: str) -> None:
+                seen.append(name)
+
+            q.enqueue_many([("job", {"n": 3})], batch="b", on_complete=("finished", {"name": "b"}))
+            assert run_burst(q) == 0
+            assert sorted(map(str, seen)) == ["1", "3", "b"]
+            info = q.batch("b")
+            assert info.completed is not None and info.done == 1 and info.followup_id is not None
+    finally:
+        drop_prefix(BASE.split("?", 1)[0], old)
+        drop_prefix(BASE.split("?", 1)[0], fresh)
+
+
+def test_a_migration_cut_short_is_finished_by_the_next_run() -> None:
+    """DDL commits statement by statement: a schema-1 database with part of 0002 applied
+    (a column and an index already there) is upgraded by running 0002 again."""
+    prefix = fresh_prefix()
+    try:
+        _make_schema_1(prefix)
+        with connect() as conn, conn.cursor() as cur:
+            cur.execute(f"ALTER TABLE {prefix}queue_tasks ADD COLUMN batch VARCHAR(191) NULL")
+            cur.execute(
+                f"ALTER TABLE {prefix}queue_tasks ADD KEY {prefix}queue_tasks_batch (batch, status)"
+            )
+        with lmq.Queue(with_options(BASE, prefix=prefix)) as q:
+            assert q.migrate() == [2]
+            assert q.get(q.enqueue_many([("t", {})], batch="x")[0]).batch == "x"  # type: ignore[union-attr]
+    finally:
+        drop_prefix(BASE.split("?", 1)[0], prefix)
+
+
+def test_the_claim_is_unchanged_without_paused_queues_and_indexed_with_them() -> None:
+    with prefixed() as url, lmq.Queue(url) as q:
+        backend = q.backend
+        assert isinstance(backend, MySQLBackend)
+        for queues in (None, ("a",), ("a", "b")):
+            statement = backend._claim_statement(queues)
+            assert statement is not None and backend._claim_statement(queues, ()) == statement
+            assert "NOT IN" not in statement[0]
+        assert backend._claim_statement(("a",), ("a",)) is None  # its only queue is paused
+        assert backend._claim_statement(("a", "b"), ("a",)) == backend._claim_statement(("b",))
+        q.enqueue_many([("t", {}) for _ in range(500)], queue="paused")
+        q.enqueue_many([("t", {}) for _ in range(50)], queue="open")
+        statement = backend._claim_statement(None, ("paused",))
+        assert statement is not None and "NOT IN" in statement[0]
+        (plan,) = _explain(url, statement[0], {"limit": 10, **statement[1]})
+        assert plan["key"] == f"{backend.prefix}queue_tasks_ready", plan
+        assert "filesort" not in (plan["Extra"] or ""), plan
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_paused_queues_are_not_claimed_in_either_mode(mode: str) -> None:
+    with prefixed(claim=mode) as url, lmq.Queue(url) as q:
+        backend = q.backend
+        stop = q.enqueue_many([("t", {}) for _ in range(5)], queue="stop", priority=9)
+        go = q.enqueue_many([("t", {}) for _ in range(3)], queue="go")
+        q.pause("stop")
+        paused = tuple(backend.paused_queues())
+        assert paused == ("stop",)
+        assert not backend.has_ready(("stop",), paused)
+        assert backend.has_ready(None, paused)
+        got = backend.claim(ClaimRequest("w", 10, 30.0, None, paused)).tasks
+        assert sorted(ids(got)) == sorted(go)
+        assert not backend.has_ready(None, paused)
+        assert backend.claim(ClaimRequest("w", 10, 30.0, ("stop", "go"), paused)).tasks == []
+        result = backend.complete(
+            CompleteBatch("w", done=ids(got)), ClaimRequest("w", 10, 30.0, ("stop",), paused)
+        )
+        assert result is not None and result.tasks == []
+        q.resume("stop")
+        assert sorted(ids(claim(backend, queues=("stop", "go")))) == sorted(stop)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_concurrent_settles_and_approved_requeues_happen_once(mode: str) -> None:
+    """Several threads (each with its own connection) call settle_batches and
+    requeue_approved at once: each batch completes once with one follow-up, each approved
+    letter is re-queued once, and no error (deadlock, lock wait) reaches a caller."""
+    with prefixed(claim=mode) as url:
+        with lmq.Queue(url) as q:
+            for n in range(5):
+                made = q.enqueue_many(
+                    [("t", {}) for _ in range(3)], batch=f"b{n}", on_complete=("fin", {"n": n})
+                )
+                complete(q.backend, done=ids(claim(q.backend, limit=3)))
+                assert all(q.get(i).status == "done" for i in made)  # type: ignore[union-attr]
+            letters = [kill(q, message=f"failure {i}")[1] for i in range(40)]
+            assert q.backend.review_dead(
+                lmq.models.Review(lmq.models.DeadSelector(all=True), True, "ops")
+            ) == len(letters)
+        queues = [lmq.Queue(url) for _ in range(4)]
+        barrier = threading.Barrier(len(queues))
+        settled: list[tuple[str, Any]] = []
+        requeued: list[TaskId] = []
+        errors: list[BaseException] = []
+
+        def run(q: lmq.Queue) -> None:
+            try:
+                barrier.wait()
+                for _ in range(5):
+                    settled.extend(q.backend.settle_batches())
+                    requeued.extend(q.backend.requeue_approved(limit=7))
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(q,)) for q in queues]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        try:
+            assert errors == []
+            assert sorted(name for name, _ in settled) == [f"b{n}" for n in range(5)]
+            assert len({f for _, f in settled}) == 5
+            assert sorted(requeued) == sorted(d.task_id for d in letters)
+            q = queues[0]
+            assert q.counts()["dead"] == 0
+            assert q.stats().pending == 40 + 5  # the re-queued and the follow-ups
+            for name, followup in settled:
+                info = q.batch(name)
+                assert info.followup_id == followup and info.completed is not None
+        finally:
+            for q in queues:
+                q.close()
+
+
+def test_a_wordpress_database_runs_batches_and_reviews(wordpress_db: str) -> None:
+    with lmq.Queue(wordpress_db) as queue:
+        queue.migrate()
+        seen: list[Any] = []
+
+        @queue.task
+        def import_row(row: int) -> None:
+            if row == 2:
+                raise ValueError(f"bad row {row}")
+            seen.append(row)
+
+        @queue.task
+        def report(title: str) -> None:
+            seen.append(title)
+
+        queue.enqueue_many(
+            [("import_row", {"row": i}) for i in range(4)],
+            batch="import-☕",
+            on_complete=("report", {"title": "Café ☕"}),
+            max_attempts=1,
+        )
+        assert run_burst(queue) == 0
+        info = queue.batch("import-☕")
+        assert (info.done, info.dead, info.total) == (3, 1, 4) and info.completed is not None
+        assert sorted(map(str, seen)) == ["0", "1", "3", "Café ☕"]
+        (group,) = queue.backend.dead_groups(lmq.models.DeadFilter())
+        assert group.count == 1 and group.task_name == "import_row"

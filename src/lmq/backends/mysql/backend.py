@@ -1054,7 +1054,20 @@ class MySQLBackend(MySQLSession):
 
         return self._run(work)
 
+    def _scalar(self, query: str) -> Any:
+        """The one value a read returns."""
+
+        def read(cur: Cursor) -> Any:
+            cur.execute(self.q[query])
+            return cur.fetchone()[0]
+
+        return self._read(read)
+
     def requeue_approved(self, limit: int = 500) -> list[TaskId]:
+        """A read of one index entry first (workers call this every second), then the
+        transaction that locks the due letters (SKIP LOCKED where the server has it)."""
+        if limit <= 0 or not self._scalar("approved_due"):
+            return []
         skip = "SKIP LOCKED" if self.claim_mode() == "skip_locked" else ""
         sql = self.q["lock_approved"].replace("{skip_locked}", skip)
 
@@ -1184,7 +1197,7 @@ class MySQLBackend(MySQLSession):
 
     def batches(self, limit: int = 50) -> list[BatchInfo]:
         def read(cur: Cursor) -> list[BatchInfo]:
-            cur.execute(self.q["list_batches"], {"limit": int(limit)})
+            cur.execute(self.q["list_batches"], {"limit": max(0, int(limit))})
             return self._batch_infos(cur, cur.fetchall())
 
         return self._read(read)

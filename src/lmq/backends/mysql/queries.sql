@@ -342,6 +342,10 @@ SELECT id, task_id, queue, task_name, payload, priority, max_attempts, created, 
  LIMIT %(limit)s
    FOR UPDATE {skip_locked}
 
+-- name: approved_due
+SELECT EXISTS (SELECT 1 FROM {prefix}queue_dead_letters
+                WHERE review = 'approved' AND status = 'dead' AND requeue_at <= {now})
+
 -- name: mark_requeued
 UPDATE {prefix}queue_dead_letters SET status = 'requeued', requeued_at = {now}
  WHERE id IN ({ids}) AND status = 'dead'
