@@ -744,35 +744,65 @@ class MySQLBackend(MySQLSession):
         return self._dict_read(read)
 
     def counts(self) -> Counts:
-        def read(cur: Cursor) -> Counts:
-            cur.execute(self.q["count_tasks"])
-            counts = Counts()
-            oldest: float | None = None
-            now: float | None = None
-            for queue, status, rows, ready, first, server_now in cur.fetchall():
-                now = float(server_now)
-                # the four statuses always, "cancelled" where there are some
-                per = counts.by_queue.setdefault(queue, dict.fromkeys(_EMPTY_COUNTS[:4], 0))
-                n = int(rows)
-                if status in _EMPTY_COUNTS:
-                    per[status] = per.get(status, 0) + n
-                    setattr(counts, status, getattr(counts, status) + n)
-                if status == "pending":
-                    ready_n = int(ready or 0)
-                    counts.ready += ready_n
-                    counts.scheduled += n - ready_n
-                    if first is not None and (oldest is None or first < oldest):
-                        oldest = float(first)
-            cur.execute(self.q["count_dead"])
-            for queue, n in cur.fetchall():
-                per = counts.by_queue.setdefault(queue, dict.fromkeys(_EMPTY_COUNTS[:4], 0))
-                per["dead"] += int(n)
-                counts.dead += int(n)
-            if oldest is not None and now is not None:
-                counts.oldest_ready_age = max(0.0, now - oldest)
-            return counts
+        """Counts without reading a finished row: the live rows through the due index
+        (status, next_run), done rows as a queue's entries in queue_ready whose
+        ready_priority is NULL (an index-only scan) less its live non-pending rows, dead
+        letters from their table; in one read-only snapshot, so the subtraction adds up."""
 
-        return self._read(read)
+        def read(cur: Cursor) -> Counts:
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")  # this one only
+            cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+            cur.execute(self.q["count_live"])
+            live = cur.fetchall()
+            cur.execute(self.q["count_unready"])
+            unready = cur.fetchall()
+            cur.execute(self.q["count_dead"])
+            dead = cur.fetchall()
+            return self._counts(live, unready, dead)
+
+        return self._run(read, begin=False)
+
+    @staticmethod
+    def _counts(
+        live: Sequence[tuple[Any, ...]],
+        unready: Sequence[tuple[Any, ...]],
+        dead: Sequence[tuple[Any, ...]],
+    ) -> Counts:
+        counts = Counts()
+        oldest: float | None = None
+        now: float | None = None
+
+        def per(queue: str) -> dict[str, int]:
+            # the four statuses always, "cancelled" where there are some
+            return counts.by_queue.setdefault(queue, dict.fromkeys(_EMPTY_COUNTS[:4], 0))
+
+        not_done: dict[str, int] = {}  # a queue's non-pending rows that are not done
+        for queue, status, rows, ready, first, server_now in live:
+            now = float(server_now)
+            n = int(rows)
+            if status != "pending":
+                not_done[queue] = not_done.get(queue, 0) + n
+            if status in ("pending", "processing", "cancelled"):
+                counts_of = per(queue)
+                counts_of[status] = counts_of.get(status, 0) + n
+                setattr(counts, status, getattr(counts, status) + n)
+            if status == "pending":
+                ready_n = int(ready or 0)
+                counts.ready += ready_n
+                counts.scheduled += n - ready_n
+                if first is not None and (oldest is None or first < oldest):
+                    oldest = float(first)
+        for queue, rows in unready:
+            done = max(0, int(rows) - not_done.get(queue, 0))
+            if done:
+                per(queue)["done"] += done
+                counts.done += done
+        for queue, n in dead:
+            per(queue)["dead"] += int(n)
+            counts.dead += int(n)
+        if oldest is not None and now is not None:
+            counts.oldest_ready_age = max(0.0, now - oldest)
+        return counts
 
     def list_tasks(self, flt: TaskFilter) -> list[Task]:
         if flt.status == "dead":

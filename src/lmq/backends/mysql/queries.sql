@@ -273,15 +273,23 @@ SELECT * FROM {prefix}queue_dead_letters WHERE task_id = %(id)s ORDER BY id DESC
 -- name: get_dead
 SELECT * FROM {prefix}queue_dead_letters WHERE id = %(id)s
 
--- name: count_tasks
--- a scan of the table (the done rows too), as on SQLite
+-- name: count_live
+-- the rows that are not done, through the due index (not a done row is read); dead and
+-- discarded task rows only to be told apart from the done ones (count_unready)
 SELECT queue, status, COUNT(*),
        SUM(status = 'pending' AND next_run <= {now}),
        MIN(CASE WHEN status = 'pending' AND next_run <= {now} THEN next_run END),
        {now}
-  FROM {prefix}queue_tasks
- WHERE status IN ('pending', 'processing', 'done', 'cancelled')
+  FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_due)
+ WHERE status IN ('pending', 'processing', 'cancelled', 'dead', 'discarded')
  GROUP BY status, queue
+
+-- name: count_unready
+-- every row not pending, by queue: an index-only scan (done = these less count_live's)
+SELECT queue, COUNT(*)
+  FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_queue_ready)
+ WHERE ready_priority IS NULL
+ GROUP BY queue
 
 -- name: count_dead
 SELECT queue, COUNT(*) FROM {prefix}queue_dead_letters
