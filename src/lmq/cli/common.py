@@ -102,17 +102,36 @@ def open_queue(url: str | None, app: str | None, *, create: bool = False) -> Que
     return queue
 
 
+class MaskingFormatter(logging.Formatter):
+    """A console line with every URL's password replaced by ***."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return mask(text) if "://" in text else text
+
+
 def setup_logging(verbose: int, quiet: bool = False) -> None:
-    """Console lines on stderr: warnings with -q, worker events by default, -v every task."""
+    """Console lines on stderr.
+
+    ``-q``: warnings and errors; default: worker events (start, stop, signals, lost and
+    regained backend, failures, dead letters); ``-v``: every task event too (claimed,
+    succeeded); ``-vv``: also other libraries' debug logs (drivers, asyncio), each line
+    naming its logger.  URLs are masked on every line.
+    """
     level = logging.WARNING if quiet else (logging.INFO if verbose <= 0 else logging.DEBUG)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
+    fmt = "%(asctime)s %(levelname)-7s " + ("%(name)s: " if verbose >= 2 else "") + "%(message)s"
+    handler.setFormatter(MaskingFormatter(fmt, "%H:%M:%S"))
     handler.setLevel(level)
     root = logging.getLogger("lmq")
     root.handlers[:] = [handler]
-    # the logger passes INFO on (for --log-file); DEBUG, the per-task events, only with -v
+    # the logger passes INFO on; DEBUG, the per-task events, with -v (or --log-file, which
+    # sets the logger to DEBUG and leaves this handler's level alone)
     root.setLevel(min(level, logging.INFO))
     root.propagate = False
+    if verbose >= 2 and not quiet:
+        logging.getLogger().addHandler(handler)
+        logging.getLogger().setLevel(logging.DEBUG)
 
 
 def echo_json(value: Any) -> None:

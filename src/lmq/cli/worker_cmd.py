@@ -79,7 +79,13 @@ from .common import cli, load_app, setup_logging
     metavar="PATH",
     help="Also write one JSON object per event to PATH (reopened after logrotate).",
 )
-@click.option("-v", "--verbose", count=True, help="-v: every task event on the console.")
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="-v: every task event on the console (claimed, succeeded); -vv: also the "
+    "drivers' and asyncio's debug lines.  --log-file gets every event whatever -v says.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on the console.")
 @click.option(
     "--loop",

@@ -185,7 +185,17 @@ class Worker:
                 s.concurrency,
                 s.lease,
                 ",".join(sorted(self.registry)) or "(none)",
-                extra={"event": "worker_started", "worker": self.id},
+                extra={
+                    "event": "worker_started",
+                    "worker": self.id,
+                    "url": self.backend.url,
+                    "pid": os.getpid(),
+                    "version": __version__,
+                    "queues": list(s.queues) if s.queues else None,
+                    "concurrency": s.concurrency,
+                    "lease": s.lease,
+                    "grace": s.grace,
+                },
             )
             if s.install_signal_handlers:
                 self._install_signals()
@@ -276,10 +286,15 @@ class Worker:
             log.warning(
                 "second %s: exiting at once; unfinished tasks return when their leases expire",
                 sig.name,
-                extra={"event": "worker_killed"},
+                extra={"event": "worker_killed", "signal": sig.name, "worker": self.id},
             )
             logging.shutdown()
             os._exit(1)
+        log.info(
+            "%s received",
+            sig.name,
+            extra={"event": "signal", "signal": sig.name, "worker": self.id},
+        )
         self._begin_stop(f"{sig.name} received")
 
     def _begin_stop(self, why: str) -> None:
@@ -297,7 +312,7 @@ class Worker:
 
     async def _retrying(self, name: str, fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Run one storage step, waiting out a lost backend instead of dying."""
-        delay, lost = 0.1, False
+        delay, lost = 0.1, 0.0
         while True:
             try:
                 result = await fn()
@@ -307,14 +322,20 @@ class Worker:
                         "%s: lost the backend (%s); retrying",
                         name,
                         exc,
-                        extra={"event": "backend_lost"},
+                        extra={"event": "backend_lost", "step": name, "error": str(exc)},
                     )
-                    lost = True
+                    lost = time.monotonic()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
             if lost:
-                log.info("%s: backend is back", name, extra={"event": "backend_back"})
+                down = time.monotonic() - lost
+                log.info(
+                    "%s: backend is back after %.1fs",
+                    name,
+                    down,
+                    extra={"event": "backend_back", "step": name, "down": round(down, 3)},
+                )
             return result
 
     # --- fetcher --------------------------------------------------------------------------
@@ -426,7 +447,13 @@ class Worker:
                     c.id,
                     c.attempts,
                     limit,
-                    extra={"event": "claimed", "task_id": c.id},
+                    extra={
+                        "event": "claimed",
+                        "task_id": c.id,
+                        "task_name": c.task_name,
+                        "queue": c.queue,
+                        "attempt": c.attempts,
+                    },
                 )
             if c.attempts > limit:  # its earlier attempts' workers died holding it
                 why = (
@@ -564,12 +591,19 @@ class Worker:
         self._done.append(rt.claimed.id)
         self.stats.succeeded += 1
         if self._debug:
+            took = time.monotonic() - rt.started
             log.debug(
                 "succeeded %s #%s in %.3fs",
                 rt.claimed.task_name,
                 rt.claimed.id,
-                time.monotonic() - rt.started,
-                extra={"event": "succeeded", "task_id": rt.claimed.id},
+                took,
+                extra={
+                    "event": "succeeded",
+                    "task_id": rt.claimed.id,
+                    "task_name": rt.claimed.task_name,
+                    "attempt": rt.claimed.attempts,
+                    "duration": round(took, 6),
+                },
             )
         self._settle(rt)
 
@@ -619,6 +653,8 @@ class Worker:
                 "attempt": c.attempts,
                 "error": one_line(error),
                 "retry_in": round(delay, 3),
+                "next_run": datetime.fromtimestamp(time.time() + delay, UTC).isoformat(),
+                "duration": round(time.monotonic() - rt.started, 6),
             },
         )
         self._settle(rt)
@@ -643,6 +679,7 @@ class Worker:
                 "event": "dead",
                 "task_id": c.id,
                 "task_name": c.task_name,
+                "attempt": c.attempts,
                 "reason": reason,
                 "error": one_line(error),
             },
@@ -804,7 +841,7 @@ class Worker:
             log.info(
                 "re-queued %d approved dead letter(s)",
                 len(requeued),
-                extra={"event": "requeued", "count": len(requeued)},
+                extra={"event": "requeued", "count": len(requeued), "task_ids": requeued},
             )
         return requeued
 
@@ -877,6 +914,7 @@ class Worker:
             st.dead,
             extra={
                 "event": "worker_stopped",
+                "worker": self.id,
                 "succeeded": st.succeeded,
                 "retried": st.retried,
                 "dead": st.dead,
