@@ -691,24 +691,24 @@ class MySQLBackend(MySQLSession):
         """Dead letters re-queued, discarded or rejected more than ``age`` seconds ago, with
         the task rows that are still their record, ``batch`` letters per transaction."""
 
-        def step(cur: Cursor) -> tuple[int, int]:
+        def step(cur: Cursor) -> int:
             cur.execute(self.q["prune_dead_select"], {"age": age, "batch": batch})
             rows = cur.fetchall()
             if not rows:
-                return 0, 0
+                return 0
             ids = _ids_sql([r[0] for r in rows])
-            tasks = cur.execute(
+            cur.execute(
                 self.q["prune_dead_tasks"]
                 .replace("{task_ids}", _ids_sql([r[1] for r in rows]))
                 .replace("{ids}", ids)
             )
-            letters = cur.execute(self.q["prune_dead"].replace("{ids}", ids))
-            return len(rows), int(tasks) + int(letters)
+            cur.execute(self.q["prune_dead"].replace("{ids}", ids))
+            return len(rows)  # a letter and its task row count as one, as on Redis
 
         removed = 0
         while True:
-            found, n = self._run(step)
-            removed += n
+            found = self._run(step)
+            removed += found
             if found < batch:
                 return removed
 
@@ -1181,17 +1181,16 @@ class MySQLBackend(MySQLSession):
 
     def _batch_infos(self, cur: Cursor, rows: Sequence[tuple[Any, ...]]) -> list[BatchInfo]:
         """BatchInfo for batch rows (name, total, created, completed, on_complete_task,
-        followup_id): member counts from the task rows (a discarded member counts as
-        dead: it died, and its dead letter was set aside)."""
+        followup_id): member counts by the task rows' status (a member whose dead letter
+        was discarded is in none of them, as on the other backends)."""
         if not rows:
             return []
         cur.execute(self.q["batch_members"], {"names": [r[0] for r in rows]})
         members: dict[str, dict[str, Any]] = {}
         for name, status, n, last in cur.fetchall():
             per = members.setdefault(name, {**dict.fromkeys(_EMPTY_COUNTS, 0), "last": None})
-            key = "dead" if status == "discarded" else status
-            if key in per:
-                per[key] += int(n)
+            if status in _EMPTY_COUNTS:
+                per[status] += int(n)
             if last is not None and (per["last"] is None or float(last) > per["last"]):
                 per["last"] = float(last)
         out = []

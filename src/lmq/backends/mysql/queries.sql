@@ -244,6 +244,7 @@ SELECT id, task_id FROM {prefix}queue_dead_letters
     OR (status = 'discarded' AND discarded_at < {now} - %(age)s)
     OR (review = 'rejected' AND status = 'dead' AND reviewed_at < {now} - %(age)s)
  LIMIT %(batch)s
+   FOR UPDATE
 
 -- name: prune_dead_tasks
 -- their task rows, where the row is still that letter's record
@@ -439,7 +440,7 @@ SELECT name, total, created, completed, on_complete_task, followup_id
 -- member counts by status (an index-only read of queue_tasks_batch), and the newest
 -- finish of a done or dead member
 SELECT batch, status, COUNT(*),
-       MAX(CASE WHEN status IN ('done', 'dead', 'discarded') THEN updated END)
+       MAX(CASE WHEN status IN ('done', 'dead') THEN updated END)
   FROM {prefix}queue_tasks
  WHERE batch IN %(names)s
  GROUP BY batch, status
