@@ -16,7 +16,7 @@ import click
 from ..exceptions import LmqError
 
 # importing the command modules registers them on ``cli``
-from . import commands, control, dead, worker_cmd  # noqa: F401
+from . import commands, control, dead, deploy, worker_cmd  # noqa: F401
 from .common import cli
 
 
@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(argv: list[str] | None = None) -> int:
     try:
+        deploy.load_env_file()  # $LMQ_ENV_FILE: LMQ_URL and friends from a file (lmq deploy)
         rv: Any = cli.main(args=argv, prog_name="lmq", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("lmq: aborted", err=True)
