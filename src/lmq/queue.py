@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,9 +19,11 @@ from .models import (
     CancelSelector,
     Counts,
     DeadFilter,
+    DeadGroup,
     DeadLetter,
     DeadSelector,
     NewTask,
+    Review,
     Task,
     TaskFilter,
     TaskId,
@@ -449,10 +452,15 @@ class Queue:
         task_name: str | None = None,
         queue: str | None = None,
         error_contains: str | None = None,
+        group: str | None = None,
+        include_all: bool = False,
         limit: int | None = 50,
     ) -> list[DeadLetter]:
-        """Dead letters waiting for a person, newest first."""
-        return self.backend.dead_letters(DeadFilter(task_name, queue, error_contains, limit=limit))
+        """Dead letters waiting for a person, newest first (``group``: one fingerprint;
+        ``include_all``: also the re-queued and discarded records)."""
+        return self.backend.dead_letters(
+            DeadFilter(task_name, queue, error_contains, include_all, limit, group)
+        )
 
     def dead_letter(self, dead_id: TaskId) -> DeadLetter:
         dead = self.backend.get_dead(dead_id)
@@ -460,24 +468,131 @@ class Queue:
             raise NotFound(f"no dead letter with id {dead_id}")
         return dead
 
+    def dead_groups(
+        self,
+        *,
+        task_name: str | None = None,
+        queue: str | None = None,
+        error_contains: str | None = None,
+        group: str | None = None,
+        limit: int | None = 50,
+    ) -> list[DeadGroup]:
+        """Waiting dead letters grouped by error fingerprint, largest group first: 5,000
+        failures from one outage are one group (its ``fingerprint`` is what ``group=``
+        takes elsewhere)."""
+        groups = self.backend.dead_groups(
+            DeadFilter(task_name, queue, error_contains, False, limit, group)
+        )
+        return groups if group is None else [g for g in groups if g.fingerprint == group]
+
+    @staticmethod
+    def _dead_selector(
+        ids: TaskId | Sequence[TaskId],
+        all: bool,
+        task_name: str | None,
+        queue: str | None,
+        group: str | None,
+    ) -> DeadSelector:
+        chosen = (ids,) if isinstance(ids, int | str) else tuple(ids)
+        if chosen and (all or task_name or queue or group):
+            raise ValueError("give dead-letter ids, or all/task_name/queue/group, not both")
+        if not chosen and not (all or task_name or queue or group):
+            raise ValueError("say which dead letters: ids, all=True, task_name, queue or group")
+        return DeadSelector(chosen, all, task_name, queue, group)
+
     def requeue_dead(
         self,
-        ids: Sequence[TaskId] = (),
+        ids: TaskId | Sequence[TaskId] = (),
         *,
         all: bool = False,
         task_name: str | None = None,
         queue: str | None = None,
+        group: str | None = None,
+        payload: Mapping[str, Any] | None = None,
+        delay: float = 0,
+        spread: float = 0,
     ) -> list[TaskId]:
-        """Put dead letters back as pending tasks with their attempts reset."""
-        return self.backend.requeue_dead(DeadSelector(tuple(ids), all, task_name, queue))
+        """Put dead letters back as pending tasks with their attempts reset; return the
+        task ids (each task keeps ``dead_letter_id``, the link back to its letter).
+
+        ``payload`` replaces the payload (one id only; checked like an enqueue's).  The
+        i-th of n (oldest death first) is due at ``now + delay + spread * i / n``, so
+        thousands return gradually.  An unknown (or no longer waiting) id raises
+        NotFound, and then nothing is re-queued.
+        """
+        selector = self._dead_selector(ids, all, task_name, queue, group)
+        if delay < 0 or spread < 0:
+            raise ValueError("delay and spread are seconds >= 0")
+        payload_json = None
+        if payload is not None:
+            if len(set(map(str, selector.ids))) != 1:
+                raise ValueError("a payload edit re-queues exactly one dead letter, by id")
+            payload_json = payload_mod.encode_payload(payload)
+        return self.backend.requeue_dead(
+            selector, payload_json=payload_json, delay=float(delay), spread=float(spread)
+        )
 
     def discard_dead(
         self,
-        ids: Sequence[TaskId] = (),
+        ids: TaskId | Sequence[TaskId] = (),
         *,
         all: bool = False,
         task_name: str | None = None,
         queue: str | None = None,
+        group: str | None = None,
     ) -> int:
         """Mark dead letters discarded: kept as a record, no longer counted or listed."""
-        return self.backend.discard_dead(DeadSelector(tuple(ids), all, task_name, queue))
+        return self.backend.discard_dead(self._dead_selector(ids, all, task_name, queue, group))
+
+    def review_dead(
+        self,
+        ids: TaskId | Sequence[TaskId] = (),
+        *,
+        approve: bool,
+        note: str | None = None,
+        by: str | None = None,
+        group: str | None = None,
+        task_name: str | None = None,
+        queue: str | None = None,
+        all: bool = False,
+        after: datetime | float | None = None,
+        rate: float | None = None,
+    ) -> int:
+        """Record a person's verdict on dead letters; return how many were reviewed.
+
+        Approved letters are re-queued by the workers (about once a second) from
+        ``after`` (an aware datetime, or seconds from now; default now), with ``rate``
+        per second one after another (oldest death first); rejected ones stay as the
+        record.  ``by`` defaults to the OS user.  A later review replaces an earlier one.
+        """
+        selector = self._dead_selector(ids, all, task_name, queue, group)
+        if not isinstance(approve, bool):
+            raise TypeError("approve must be True (approve) or False (reject)")
+        if rate is not None and not rate > 0:
+            raise ValueError("rate is re-queues per second, > 0")
+        if (after is not None or rate is not None) and not approve:
+            raise ValueError("after and rate apply to approved dead letters only")
+        at: float | None
+        if after is None:
+            at = None
+        elif isinstance(after, datetime):
+            if after.tzinfo is None:
+                raise ValueError("after must be an aware datetime (lmq keeps time in UTC)")
+            at = after.timestamp()
+        elif isinstance(after, int | float) and not isinstance(after, bool) and after >= 0:
+            at = time.time() + float(after)
+        else:
+            raise ValueError("after is an aware datetime or seconds from now (>= 0)")
+        review = Review(selector, approve, by or _os_user(), note, at, rate)
+        return self.backend.review_dead(review)
+
+
+def _os_user() -> str:
+    """Who is reviewing: the OS user (``$USER`` and friends, else the uid)."""
+    import getpass
+    import os
+
+    try:
+        return getpass.getuser()
+    except Exception:  # no name for the uid (a container without /etc/passwd entry)
+        return f"uid {os.getuid()}"
