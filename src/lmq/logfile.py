@@ -27,7 +27,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, TextIO
+from typing import Any
 
 from .url import mask
 
@@ -85,14 +85,16 @@ class JsonFileHandler(logging.Handler):
     Records below ``immediate`` (INFO) only join a queue on the logging thread (no lock,
     no formatting there); a daemon thread formats and writes them within
     :data:`FLUSH_INTERVAL`.  A record at ``immediate`` or above first writes out the
-    queued ones (so lines stay in order), then itself, and checks the path.
+    queued ones (so lines stay in order), then itself.  Each batch of lines is one
+    ``write`` on an ``O_APPEND`` descriptor, so the processes of ``--processes N``
+    appending to one file never split each other's lines.
     """
 
     def __init__(self, path: str, immediate: int = logging.INFO) -> None:
         super().__init__(logging.DEBUG)
         self.path = os.path.abspath(path)
         self.immediate = immediate
-        self._stream: TextIO | None = None
+        self._fd = -1
         self._ident: tuple[int, int] | None = None
         self._open()
         self._pending: collections.deque[logging.LogRecord] = collections.deque()
@@ -102,10 +104,8 @@ class JsonFileHandler(logging.Handler):
         self._flusher.start()
 
     def _open(self) -> None:
-        self._stream = open(  # noqa: SIM115 (kept open; closed in close())
-            self.path, "a", encoding="utf-8", buffering=1 << 16
-        )
-        st = os.fstat(self._stream.fileno())
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        st = os.fstat(self._fd)
         self._ident = (st.st_dev, st.st_ino)
 
     def _reopen_if_moved(self) -> None:
@@ -115,9 +115,9 @@ class JsonFileHandler(logging.Handler):
             moved = (st.st_dev, st.st_ino) != self._ident
         except FileNotFoundError:
             moved = True
-        if moved and self._stream is not None:
-            self._stream.close()  # (flushes what was written before the move)
-            self._stream = None
+        if moved and self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
             self._open()
 
     def handle(self, record: logging.LogRecord) -> bool:
@@ -130,29 +130,33 @@ class JsonFileHandler(logging.Handler):
             self._dirty.set()
         return True
 
-    def _write_pending(self) -> None:
-        """Under the lock: format and write the queued records (oldest first)."""
-        stream, pending, fmt = self._stream, self._pending, self.format
-        if stream is None:
-            pending.clear()
-            return
+    def _write(self, lines: list[str]) -> None:
+        """Under the lock: append ``lines`` in one write (looping only on a short write)."""
+        data = "".join(lines).encode("utf-8", "backslashreplace")
+        while data and self._fd >= 0:
+            n = os.write(self._fd, data)
+            data = data[n:]
+
+    def _formatted_pending(self) -> list[str]:
+        """Under the lock: the queued records as lines, oldest first."""
+        pending, fmt, lines = self._pending, self.format, []
         while pending:
             record = pending.popleft()
             try:
-                stream.write(fmt(record) + "\n")
+                lines.append(fmt(record) + "\n")
             except Exception:
                 self.handleError(record)
+        return lines
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            line = self.format(record)
-            if self._stream is None:  # closed
+            line = self.format(record) + "\n"
+            if self._fd < 0:  # closed
                 return
             self._reopen_if_moved()
-            self._write_pending()
-            assert self._stream is not None
-            self._stream.write(line + "\n")
-            self._stream.flush()
+            lines = self._formatted_pending()
+            lines.append(line)
+            self._write(lines)
         except Exception:
             self.handleError(record)
 
@@ -165,25 +169,24 @@ class JsonFileHandler(logging.Handler):
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]  # Handler.lock is set in createLock
             self._dirty.clear()
-            if self._stream is None:
+            if self._fd < 0 or not self._pending:
                 return
             try:
                 self._reopen_if_moved()  # first: lines queued after a move go to the new file
-                self._write_pending()
-                if self._stream is not None:
-                    self._stream.flush()
+                self._write(self._formatted_pending())
             except OSError:
-                pass  # a full disk must not stop the worker; the next flush retries
+                pass  # a full disk must not stop the worker (those lines are lost)
 
     def close(self) -> None:
         with self.lock:  # type: ignore[union-attr]
-            if self._stream is not None:
+            if self._fd >= 0:
                 try:
-                    self._write_pending()
-                    self._stream.flush()
+                    self._write(self._formatted_pending())
+                except OSError:
+                    pass
                 finally:
-                    self._stream.close()
-                    self._stream = None
+                    os.close(self._fd)
+                    self._fd = -1
             self._closed = True
             self._dirty.set()  # let the flusher thread end
         super().close()
