@@ -221,6 +221,11 @@ def test_every_event_with_its_fields(hl: Harness) -> None:
     assert SECRET not in log.read_text()
     assert SECRET not in b.stderr()
     assert "postgresql://app:***@db.internal/app" in b.stderr()
+    # and in what the worker stored: the task's error history, the dead letter
+    for args in (["show", str(flaky_id), "--json"], ["dead", "show", str(letter.id)]):
+        res = h.run(*args)
+        assert res.returncode == 0, res.stderr
+        assert SECRET not in res.stdout and ":***@db.internal" in res.stdout, res.stdout
     b.assert_clean()
 
 

@@ -53,6 +53,7 @@ from ..models import (
 from ..payload import MalformedPayload, decode_payload
 from ..queue import DEFAULT_MAX_ATTEMPTS, Queue, TaskFunction
 from ..retry import fingerprint
+from ..url import mask
 from .pool import Result, SyncPool
 from .running import Resume, loop_factory, one_line, task_error
 
@@ -617,6 +618,10 @@ class Worker:
             return
         c = rt.claimed
         error = task_error(c.attempts, exc, with_traceback)
+        if "://" in error.message or "://" in (error.traceback or ""):
+            # the stored error (lmq show, dead show) never holds a URL's password either
+            tb = mask(error.traceback) if error.traceback else None
+            error = TaskError(error.attempt, error.at, error.type, mask(error.message), tb)
         if isinstance(exc, Discard):
             self._bury(
                 rt, error.type, error.message, f"discarded by the handler: {exc.reason}", error
