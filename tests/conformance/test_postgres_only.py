@@ -124,7 +124,7 @@ def test_fresh_schema_equals_the_migrations_applied_in_order() -> None:
                 conn.execute(sql.encode())
             a, b = _catalog(conn, fresh), _catalog(conn, migrated)
         backend.close()
-        assert len(a["tables"]) == 4 and len(a["indexes"]) >= 8 and a["triggers"]
+        assert len(a["tables"]) == 6 and len(a["indexes"]) >= 16 and a["triggers"]
         assert {f[0] for f in a["functions"]} == {"{prefix}queue_now", "{prefix}queue_notify"}
         for kind in a:
             assert a[kind] == b[kind], kind
@@ -145,6 +145,8 @@ def test_migrate_creates_every_object_under_the_prefix(prefix: str) -> None:
         "{prefix}queue_dead_letters",
         "{prefix}queue_workers",
         "{prefix}queue_meta",
+        "{prefix}queue_queues",
+        "{prefix}queue_batches",
     }
     assert all(i[1].startswith("{prefix}") for i in cat["indexes"])
     assert all(t[1].startswith("{prefix}") for t in cat["triggers"])

@@ -50,6 +50,7 @@ worker's pruner also vacuums the task table when the server runs without autovac
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -64,37 +65,45 @@ from psycopg.rows import dict_row, tuple_row
 
 from ...exceptions import BackendError, ConfigError, NotFound, SchemaMissing
 from ...models import (
+    BatchInfo,
+    BatchSpec,
+    CancelSelector,
     Claimed,
     ClaimRequest,
     ClaimResult,
     CompleteBatch,
     Counts,
     DeadFilter,
+    DeadGroup,
     DeadLetter,
     DeadSelector,
     Heartbeat,
     NewTask,
     PruneRequest,
     RenewRequest,
+    Review,
     Task,
     TaskFilter,
     TaskId,
     WorkerInfo,
+    utc_from_epoch,
 )
 from ...url import QueueURL, mask
+from .. import rows as shared
 from ..external import app_connection
-from ..rows import dead_from_row, error_line, task_from_row
+from ..rows import error_line
 from ..sqlfile import check_prefix, load_migrations, load_queries
 from .connection import Pool, translate
 from .wake import ListenWakeSource
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _PACKAGE = "lmq.backends.postgres"
 _VACUUM_AFTER = 10_000  # dead rows in the task table (only when autovacuum is off)
 _CHUNK = 50_000  # rows per INSERT statement in a bulk enqueue (one transaction for all)
 # the fields of a NewTask, in order, as the insert statements name their parameters
 _FIELDS = ("task_name", "payload", "queue", "priority", "max_attempts", "run_at", "delay",
-           "unique_key")  # fmt: skip
+           "unique_key", "batch")  # fmt: skip
+_STATUSES = ("pending", "processing", "done", "dead", "cancelled")
 
 _LIBPQ = frozenset(
     {
@@ -147,6 +156,51 @@ def _number(url: QueueURL, name: str, default: float, low: float) -> float:
     return number
 
 
+def task_from_row(r: dict[str, Any]) -> Task:
+    """A task row (with schema 2's ``batch``) as a Task."""
+    task = shared.task_from_row(r)
+    batch = r.get("batch")
+    return task if batch is None else dataclasses.replace(task, batch=batch)
+
+
+def dead_from_row(r: dict[str, Any]) -> DeadLetter:
+    """A dead-letter row (with schema 2's review fields) as a DeadLetter."""
+    return dataclasses.replace(
+        shared.dead_from_row(r),
+        review=r.get("review"),
+        reviewed_by=r.get("reviewed_by"),
+        reviewed_at=shared.epoch(r.get("reviewed_at")),
+        review_note=r.get("review_note"),
+        requeue_at=shared.epoch(r.get("requeue_at")),
+        discarded_at=shared.epoch(r.get("discarded_at")),
+    )
+
+
+def _int_ids(ids: Sequence[TaskId], what: str) -> list[int]:
+    """Ids given one by one as integers (once each); one that cannot be an id is unknown."""
+    out = []
+    for i in ids:
+        try:
+            out.append(int(i))
+        except (TypeError, ValueError):
+            raise NotFound(f"no {what} {i!r}") from None
+    return list(dict.fromkeys(out))
+
+
+def _scope(
+    queues: tuple[str, ...] | None, exclude: tuple[str, ...]
+) -> tuple[tuple[str, ...] | None, tuple[str, ...]] | None:
+    """The queues a claim may take from with the paused ones (``exclude``) applied: a
+    worker of named queues just drops the paused ones (None: every one of them is paused);
+    a worker of every queue keeps ``exclude``."""
+    if not exclude:
+        return queues, ()
+    if queues:
+        kept = tuple(q for q in queues if q not in exclude)
+        return (kept, ()) if kept else None
+    return None, tuple(sorted(set(exclude)))
+
+
 class PostgresBackend:
     """See the module docstring."""
 
@@ -190,9 +244,10 @@ class PostgresBackend:
         # queries.sql), and plan every execution of a prepared statement for its own
         # parameters: psycopg prepares a statement on its 5th run, and the generic plan
         # PostgreSQL then switches to walks the claim's whole backlog (a claim of 250
-        # from 100,000 pending took 14 ms instead of 3); the worker's also commit without waiting for the WAL flush
-        # (async_ack).  Set once per session through libpq's `options`, so a claim is one
-        # statement; PgBouncer passes no such options: there, each transaction sets them.
+        # from 100,000 pending took 14 ms instead of 3); the worker's also commit without
+        # waiting for the WAL flush (async_ack).  Set once per session through libpq's
+        # `options`, so a claim is one statement; PgBouncer passes no such options:
+        # there, each transaction sets them.
         self.session_settings = not self.pgbouncer
         main_conninfo = worker_conninfo = self.conninfo
         if self.session_settings:
@@ -232,7 +287,7 @@ class PostgresBackend:
         self.q = load_queries(_PACKAGE, "queries.sql", self.prefix)
         self._schema_checked = False
         self._schema_lock = threading.Lock()
-        self._sql: dict[tuple[str, tuple[str, ...] | None], str] = {}
+        self._sql: dict[tuple[str, tuple[str, ...] | None, bool], str] = {}
 
     # --- connections ---------------------------------------------------------------
 
@@ -354,8 +409,13 @@ class PostgresBackend:
 
     # --- producer ------------------------------------------------------------------
 
-    def enqueue(self, tasks: Sequence[NewTask], connection: object | None = None) -> list[TaskId]:
-        if not tasks:
+    def enqueue(
+        self,
+        tasks: Sequence[NewTask],
+        connection: object | None = None,
+        batch: BatchSpec | None = None,
+    ) -> list[TaskId]:
+        if not tasks and batch is None:
             return []
         if connection is not None:  # the application's transaction: it commits, not lmq
             app = app_connection(connection, "postgresql")
@@ -366,19 +426,37 @@ class PostgresBackend:
             if isinstance(cursor, psycopg.Cursor):
                 cursor.row_factory = tuple_row  # whatever the application's default is
             try:
-                return self._insert(cursor, tasks)
+                return self._insert(cursor, tasks, batch)
             except psycopg.Error as exc:
                 raise self._translate(exc, None) from None
             finally:
                 with contextlib.suppress(Exception):
                     cursor.close()
         with self._conn() as conn:
-            if len(tasks) == 1 and tasks[0].unique_key is None:
+            if batch is None and len(tasks) == 1 and tasks[0].unique_key is None:
                 return self._insert(conn.cursor(), tasks)  # one statement: atomic as it is
             with conn.transaction():
-                return self._insert(conn.cursor(), tasks)
+                return self._insert(conn.cursor(), tasks, batch)
 
-    def _insert(self, cur: Any, tasks: Sequence[NewTask]) -> list[TaskId]:
+    def _insert(
+        self, cur: Any, tasks: Sequence[NewTask], batch: BatchSpec | None = None
+    ) -> list[TaskId]:
+        if batch is not None:  # the batch row first: in the same transaction as its members
+            cur.execute(
+                self.q["upsert_batch"],
+                {
+                    "name": batch.name,
+                    "total": batch.total,
+                    "task": batch.on_complete_task,
+                    "payload": batch.on_complete_payload_json,
+                    "queue": batch.on_complete_queue,
+                },
+            )
+            if any(t.batch != batch.name for t in tasks):
+                name = batch.name
+                tasks = [t if t.batch == name else t._replace(batch=name) for t in tasks]
+        if not tasks:
+            return []
         if len(tasks) == 1 and tasks[0].unique_key is None:
             t = tasks[0]
             cur.execute(
@@ -391,6 +469,7 @@ class PostgresBackend:
                     "max_attempts": t.max_attempts,
                     "run_at": t.run_at,
                     "delay": t.delay,
+                    "batch": t.batch,
                 },
             )
             return [cur.fetchone()[0]]
@@ -404,9 +483,9 @@ class PostgresBackend:
         keys = columns[7]
         first = tasks[0]
         if all(k is None for k in keys) and all(
-            t[2:7] == first[2:7] for t in tasks
+            t[2:] == first[2:] for t in tasks
         ):  # one enqueue_many call: only names and payloads differ
-            params: dict[str, Any] = dict(zip(_FIELDS[2:7], first[2:7], strict=True))
+            params: dict[str, Any] = dict(zip(_FIELDS[2:], first[2:], strict=True))
             params["task_name"] = json.dumps(columns[0])
             params["payload"] = json.dumps(columns[1])
             cur.execute(self.q["insert_uniform"], params)
@@ -443,18 +522,31 @@ class PostgresBackend:
 
     # --- worker --------------------------------------------------------------------
 
-    def _queries(self, name: str, queues: tuple[str, ...] | None) -> str:
-        key = (name, queues)
+    def _queries(self, name: str, queues: tuple[str, ...] | None, excluding: bool = False) -> str:
+        """A worker statement for a worker of ``queues`` (None: every queue).
+
+        ``excluding`` (a worker of every queue while some are paused): the ready walk goes
+        queue by queue over the queues with pending tasks that are not paused, and lapsed
+        leases of paused queues are left alone.  Without paused queues the statement is
+        exactly the one it always was.
+        """
+        key = (name, queues, excluding)
         sql = self._sql.get(key)
         if sql is None:
-            text = self.q[name].replace(
-                "{ready}", self.q["ready_queues" if queues else "ready_all"]
-            )
-            qf = "AND queue = ANY(%(queues)s)" if queues else ""
+            if excluding:
+                ready = self.q["ready_excluding"]
+                qf = "AND queue <> ALL(%(exclude)s::text[])"
+            else:
+                ready = self.q["ready_queues" if queues else "ready_all"]
+                qf = "AND queue = ANY(%(queues)s)" if queues else ""
+            text = self.q[name].replace("{ready}", ready)
+            text = text.replace("{pending_queues}", self.q["pending_queues"])
             sql = self._sql[key] = text.replace("{queue_filter}", qf)
         return sql
 
     def claim(self, request: ClaimRequest) -> ClaimResult:
+        if _scope(request.queues, request.exclude) is None:
+            return ClaimResult([])  # every queue this worker takes is paused
         with self._conn(worker=True) as conn:
             if self.session_settings:  # one statement: no transaction needed
                 return self._claim_in(conn, request)()
@@ -466,16 +558,20 @@ class PostgresBackend:
         self, conn: psycopg.Connection[Any], request: ClaimRequest
     ) -> Callable[[], ClaimResult]:
         """Send the claim; return a function reading its result (after a pipeline)."""
+        scope = _scope(request.queues, request.exclude)
+        if scope is None:
+            return lambda: ClaimResult([])
+        queues, exclude = scope
+        params: dict[str, Any] = {
+            "worker": request.worker_id,
+            "lease": request.lease,
+            "limit": request.limit,
+            "queues": list(queues or ()),
+        }
+        if exclude:
+            params["exclude"] = list(exclude)
         cur = conn.cursor()
-        cur.execute(
-            self._queries("claim", request.queues),
-            {
-                "worker": request.worker_id,
-                "lease": request.lease,
-                "limit": request.limit,
-                "queues": list(request.queues or ()),
-            },
-        )
+        cur.execute(self._queries("claim", queues, bool(exclude)), params)
 
         def result() -> ClaimResult:
             rows = cur.fetchall()
@@ -484,9 +580,11 @@ class PostgresBackend:
 
         return result
 
-    def _due(self, queues: tuple[str, ...] | None) -> tuple[float | None, float | None, float]:
-        sql = self._queries("due", queues)
-        params = {"queues": list(queues or ())}
+    def _due(
+        self, queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()
+    ) -> tuple[float | None, float | None, float]:
+        sql = self._queries("due", queues, bool(exclude))
+        params = {"queues": list(queues or ()), "exclude": list(exclude)}
         with self._conn(worker=True) as conn:
             if self.session_settings:
                 row = conn.execute(sql, params).fetchone()
@@ -497,14 +595,27 @@ class PostgresBackend:
         assert row is not None
         return row[0], row[1], row[2]
 
-    def has_ready(self, queues: tuple[str, ...] | None) -> bool:
-        sql = self._queries("has_ready", queues)
+    def has_ready(self, queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()) -> bool:
+        scope = _scope(queues, exclude)
+        if scope is None:
+            return False
+        queues, exclude = scope
+        if exclude:
+            sql = self._queries("has_ready_excluding", None, True)
+        else:
+            sql = self._queries("has_ready", queues)
+        params = {"queues": list(queues or ()), "exclude": list(exclude)}
         with self._conn(worker=True) as conn:
-            row = conn.execute(sql, {"queues": list(queues or ())}).fetchone()
+            row = conn.execute(sql, params).fetchone()
         return bool(row and row[0])
 
-    def next_due(self, queues: tuple[str, ...] | None) -> float | None:
-        due, expiry, now = self._due(queues)
+    def next_due(
+        self, queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()
+    ) -> float | None:
+        scope = _scope(queues, exclude)
+        if scope is None:
+            return None
+        due, expiry, now = self._due(*scope)
         times = [t for t in (due, expiry) if t is not None]
         return max(0.0, min(times) - now) if times else None
 
@@ -585,16 +696,22 @@ class PostgresBackend:
             conn.execute(self.q["remove_worker"], {"id": worker_id})
 
     def prune(self, request: PruneRequest) -> int:
+        """Done and cancelled tasks, old dead letters (with ``dead_older_than``), completed
+        batches with no member left, stale workers: ``request.batch`` rows per statement,
+        each statement its own transaction, so locks are held briefly."""
         removed = 0
+        steps = [("prune_done", request.done_older_than)]
+        steps.append(("prune_cancelled", request.done_older_than))
+        if request.dead_older_than is not None:
+            steps.append(("prune_dead", request.dead_older_than))
+        steps.append(("prune_batches", request.done_older_than))
         with self._conn(worker=True) as conn:
-            while True:  # small batches, each its own transaction: locks held briefly
-                n = conn.execute(
-                    self.q["prune_done"],
-                    {"age": request.done_older_than, "batch": request.batch},
-                ).rowcount
-                removed += max(n, 0)
-                if n < request.batch:
-                    break
+            for step, age in steps:
+                while True:
+                    n = conn.execute(self.q[step], {"age": age, "batch": request.batch}).rowcount
+                    removed += max(n, 0)
+                    if n < request.batch:
+                        break
             n = conn.execute(self.q["prune_workers"], {"age": request.workers_stale_after}).rowcount
             removed += max(n, 0)
             self._vacuum(conn)
@@ -641,12 +758,15 @@ class PostgresBackend:
                     tasks_cur = conn.execute(self.q["count_tasks"])
                     dead_cur = conn.execute(self.q["count_dead"])
                 tasks, dead = tasks_cur.fetchall(), dead_cur.fetchall()
+
+        def per(queue: str) -> dict[str, int]:
+            # the four statuses always, "cancelled" where there are some
+            return counts.by_queue.setdefault(queue, dict.fromkeys(_STATUSES[:4], 0))
+
         for queue, status, n, ready, first, at in tasks:
             now = at
-            per = counts.by_queue.setdefault(
-                queue, {"pending": 0, "processing": 0, "done": 0, "dead": 0}
-            )
-            per[status] += n
+            counts_of = per(queue)
+            counts_of[status] = counts_of.get(status, 0) + n
             setattr(counts, status, getattr(counts, status) + n)
             if status == "pending":
                 counts.ready += ready or 0
@@ -654,10 +774,7 @@ class PostgresBackend:
                 if first is not None and (oldest is None or first < oldest):
                     oldest = first
         for queue, n in dead:
-            per = counts.by_queue.setdefault(
-                queue, {"pending": 0, "processing": 0, "done": 0, "dead": 0}
-            )
-            per["dead"] += n
+            per(queue)["dead"] += n
             counts.dead += n
         if oldest is not None and now is not None:
             counts.oldest_ready_age = max(0.0, now - oldest)
@@ -670,7 +787,7 @@ class PostgresBackend:
             )
             return [d.as_task() for d in dead]
         where = ["status = %(status)s" if flt.status else
-                 "status IN ('pending', 'processing', 'done')"]  # fmt: skip
+                 "status IN ('pending', 'processing', 'done', 'cancelled')"]  # fmt: skip
         if flt.queue is not None:
             where.append("queue = %(queue)s")
         if flt.task_name is not None:
@@ -704,96 +821,327 @@ class PostgresBackend:
 
     # --- dead letters --------------------------------------------------------------
 
-    def dead_letters(self, flt: DeadFilter) -> list[DeadLetter]:
-        where = ["TRUE" if flt.include_all else "status = 'dead'"]
+    @staticmethod
+    def _dead_where(flt: DeadFilter) -> tuple[list[str], dict[str, Any]]:
+        where: list[str] = []
         if flt.task_name is not None:
             where.append("task_name = %(name)s")
         if flt.queue is not None:
             where.append("queue = %(queue)s")
         if flt.error_contains is not None:
             where.append("strpos(lower(error), lower(%(text)s)) > 0")
-        sql = self.q["list_dead"].replace("{where}", " AND ".join(where))
+        if flt.fingerprint is not None:
+            where.append("fingerprint = %(fp)s")
         params = {
             "name": flt.task_name,
             "queue": flt.queue,
             "text": flt.error_contains,
-            "limit": flt.limit,
+            "fp": flt.fingerprint,
+            "limit": flt.limit,  # None: LIMIT NULL, no limit
         }
+        return where, params
+
+    def dead_letters(self, flt: DeadFilter) -> list[DeadLetter]:
+        where, params = self._dead_where(flt)
+        where.insert(0, "TRUE" if flt.include_all else "status = 'dead'")
+        sql = self.q["list_dead"].replace("{where}", " AND ".join(where))
         with self._conn() as conn:
             rows = conn.cursor(row_factory=dict_row).execute(sql, params).fetchall()
         return [dead_from_row(r) for r in rows]
 
     def get_dead(self, dead_id: TaskId) -> DeadLetter | None:
+        try:
+            key = int(dead_id)
+        except (TypeError, ValueError):
+            return None
         with self._conn() as conn:
             cur = conn.cursor(row_factory=dict_row)
-            row = cur.execute(self.q["get_dead"], {"id": dead_id}).fetchone()
+            row = cur.execute(self.q["get_dead"], {"id": key}).fetchone()
         return None if row is None else dead_from_row(row)
 
-    def _select_dead(self, conn: psycopg.Connection[Any], sel: DeadSelector) -> list[TaskId]:
+    def dead_groups(self, flt: DeadFilter) -> list[DeadGroup]:
+        """Status-'dead' letters only (``include_all`` does not apply to groups)."""
+        where, params = self._dead_where(flt)
+        sql = self.q["dead_groups"].replace("{where}", "".join(f" AND {w}" for w in where))
+        with self._conn() as conn:
+            rows = conn.execute(sql, params).fetchall()
+        return [
+            DeadGroup(
+                fingerprint=fp,
+                count=n,
+                task_name=task_name,
+                example=error or "",
+                example_id=example_id,
+                first_seen=datetime.fromtimestamp(first, UTC),
+                last_seen=datetime.fromtimestamp(last, UTC),
+            )
+            for fp, n, first, last, example_id, task_name, error in rows
+        ]
+
+    def _lock_dead(
+        self, conn: psycopg.Connection[Any], sel: DeadSelector, doing: str
+    ) -> list[tuple[int, int, str | None]]:
+        """(id, task_id, unique_key) of the status-'dead' letters ``sel`` names or matches,
+        oldest death first, locked for the transaction.  Ids given one by one that are
+        unknown or not waiting raise NotFound (and the transaction changes nothing)."""
         if sel.ids:
-            return list(sel.ids)
-        if not (sel.all or sel.task_name or sel.queue):
-            return []
+            ids = _int_ids(sel.ids, "dead letter")
+            rows = conn.execute(
+                self.q["lock_dead"].replace("{where}", "AND id = ANY(%(ids)s::bigint[])"),
+                {"ids": ids},
+            ).fetchall()
+            found = {r[0] for r in rows}
+            for i in ids:
+                if i not in found:
+                    raise NotFound(f"no dead letter {i} waiting to be {doing}")
+            return rows
+        if not (sel.all or sel.task_name or sel.queue or sel.fingerprint):
+            raise ValueError(
+                "say which dead letters: ids, all, or a task name, queue or fingerprint"
+            )
         where = ""
         if sel.task_name is not None:
             where += " AND task_name = %(name)s"
         if sel.queue is not None:
             where += " AND queue = %(queue)s"
-        sql = self.q["select_dead_ids"].replace("{where}", where)
-        rows = conn.execute(sql, {"name": sel.task_name, "queue": sel.queue}).fetchall()
-        return [r[0] for r in rows]
+        if sel.fingerprint is not None:
+            where += " AND fingerprint = %(fp)s"
+        sql = self.q["lock_dead"].replace("{where}", where)
+        params = {"name": sel.task_name, "queue": sel.queue, "fp": sel.fingerprint}
+        return conn.execute(sql, params).fetchall()
 
-    def requeue_dead(self, selector: DeadSelector) -> list[TaskId]:
-        requeued: list[TaskId] = []
+    def requeue_dead(
+        self,
+        selector: DeadSelector,
+        *,
+        payload_json: str | None = None,
+        delay: float = 0.0,
+        spread: float = 0.0,
+    ) -> list[TaskId]:
+        if payload_json is not None:
+            if len(selector.ids) != 1:
+                raise ValueError("a payload edit re-queues exactly one dead letter, by its id")
+            try:
+                json.loads(payload_json)
+            except ValueError:
+                raise ValueError(f"the new payload is not JSON: {payload_json[:80]!r}") from None
+        if delay < 0 or spread < 0:
+            raise ValueError("delay and spread must be >= 0 seconds")
         with self._conn() as conn, conn.transaction():
-            for dead_id in self._select_dead(conn, selector):
-                row = conn.execute(self.q["mark_requeued"], {"id": dead_id}).fetchone()
-                if row is None:
-                    if selector.ids:
-                        raise NotFound(f"no dead letter {dead_id} waiting to be re-queued")
-                    continue
-                task_id, queue, name, payload, priority, max_attempts, created, errors, ukey = row
-                if (
-                    ukey is not None
-                    and conn.execute(self.q["find_unique"], {"keys": [ukey]}).fetchone()
-                ):
-                    ukey = None  # a live task already holds the key; this re-run goes without
-                revived = conn.execute(
-                    self.q["revive"], {"task_id": task_id, "unique_key": ukey, "dead_id": dead_id}
-                ).rowcount
-                if not revived:  # its row is gone (deleted by hand): insert it again
-                    conn.execute(
-                        self.q["reinsert"],
-                        {
-                            "task_id": task_id,
-                            "queue": queue,
-                            "task_name": name,
-                            "payload": payload,
-                            "priority": priority,
-                            "max_attempts": max_attempts,
-                            "created": created,
-                            "errors": None if errors is None else json.dumps(errors),
-                            "unique_key": ukey,
-                            "dead_id": dead_id,
-                        },
-                    )
-                requeued.append(task_id)
-            if requeued:
-                conn.execute(self.q["notify"])
-        return requeued
+            rows = self._lock_dead(conn, selector, "re-queued")
+            n = len(rows)
+            dues = [delay + spread * i / n for i in range(n)]
+            return self._requeue_rows(conn, rows, dues, payload_json)
+
+    def _requeue_rows(
+        self,
+        conn: psycopg.Connection[Any],
+        rows: Sequence[tuple[int, int, str | None]],
+        dues: Sequence[float],
+        payload_json: str | None = None,
+    ) -> list[TaskId]:
+        """Re-queue locked dead letters: each becomes ``requeued`` and its task row pending
+        again (due ``dues[i]`` seconds from now, attempts 0, the error history, batch and
+        the link to the letter kept), inserted again if it was deleted; a unique key that
+        a live task holds meanwhile (or an earlier letter of these) is dropped."""
+        if not rows:
+            return []
+        dead_ids = [r[0] for r in rows]
+        conn.execute(self.q["mark_requeued"], {"ids": dead_ids})
+        keys: list[str | None] = []
+        taken: set[str] = set()
+        for _dead_id, _task_id, key in rows:
+            keep = key
+            if key is not None:
+                row = conn.execute(self.q["key_taken"], {"key": key}).fetchone()
+                if key in taken or (row and row[0]):
+                    keep = None  # a live task holds it: this re-run goes without
+                else:
+                    taken.add(key)
+            keys.append(keep)
+        params: dict[str, Any] = {
+            "task_ids": [r[1] for r in rows],
+            "dead_ids": dead_ids,
+            "dues": list(dues),
+            "keys": keys,
+            "payload": payload_json,
+        }
+        revived = {r[0] for r in conn.execute(self.q["revive"], params).fetchall()}
+        gone = [i for i, r in enumerate(rows) if r[1] not in revived]
+        if gone:  # task rows deleted by hand: insert them again from their letters
+            conn.execute(
+                self.q["reinsert"],
+                {
+                    "dead_ids": [dead_ids[i] for i in gone],
+                    "dues": [dues[i] for i in gone],
+                    "keys": [keys[i] for i in gone],
+                    "payload": payload_json,
+                },
+            )
+        conn.execute(self.q["notify"])
+        return [r[1] for r in rows]
+
+    def review_dead(self, review: Review) -> int:
+        if review.rate is not None and not review.rate > 0:
+            raise ValueError("rate must be > 0 re-queues per second")
+        with self._conn() as conn, conn.transaction():
+            rows = self._lock_dead(conn, review.selector, "reviewed")
+            if not rows:
+                return 0
+            n = conn.execute(
+                self.q["review_dead"],
+                {
+                    "ids": [r[0] for r in rows],  # oldest death first
+                    "review": "approved" if review.approve else "rejected",
+                    "by": review.by,
+                    "note": review.note,
+                    "approve": review.approve,
+                    "after": review.after,
+                    "step": 0.0 if review.rate is None else 1.0 / review.rate,
+                },
+            ).rowcount
+        return max(n, 0)
+
+    def requeue_approved(self, limit: int = 500) -> list[TaskId]:
+        """One read of the partial index first (workers call this about once a second),
+        then the transaction that locks the due letters with SKIP LOCKED."""
+        if limit <= 0:
+            return []
+        with self._conn() as conn:
+            row = conn.execute(self.q["approved_due"]).fetchone()
+            if not (row and row[0]):
+                return []
+            with conn.transaction():
+                rows = conn.execute(self.q["lock_approved"], {"limit": int(limit)}).fetchall()
+                return self._requeue_rows(conn, rows, [0.0] * len(rows))
 
     def discard_dead(self, selector: DeadSelector) -> int:
-        n = 0
         with self._conn() as conn, conn.transaction():
-            for dead_id in self._select_dead(conn, selector):
-                row = conn.execute(self.q["mark_discarded"], {"id": dead_id}).fetchone()
-                if row is None:
-                    if selector.ids:
-                        raise NotFound(f"no dead letter {dead_id} waiting to be discarded")
-                    continue
-                conn.execute(self.q["discard_task"], {"task_id": row[0]})
-                n += 1
-        return n
+            rows = self._lock_dead(conn, selector, "discarded")
+            if rows:
+                conn.execute(self.q["mark_discarded"], {"ids": [r[0] for r in rows]})
+                conn.execute(self.q["discard_task"], {"ids": [r[1] for r in rows]})
+        return len(rows)
+
+    # --- control ---------------------------------------------------------------------
+
+    def cancel(self, selector: CancelSelector) -> list[TaskId]:
+        if selector.ids:
+            ids = _int_ids(selector.ids, "task")
+            with self._conn() as conn, conn.transaction():
+                rows = conn.execute(self.q["lock_tasks"], {"ids": ids}).fetchall()
+                status = dict(rows)
+                for i in ids:
+                    if i not in status:
+                        raise NotFound(f"no task {i}")
+                pending = [i for i in ids if status[i] == "pending"]
+                if not pending:
+                    return []
+                done = {r[0] for r in conn.execute(self.q["cancel_ids"], {"ids": pending})}
+            return [i for i in pending if i in done]
+        where = ""
+        for column, value in (
+            ("task_name", selector.task_name),
+            ("queue", selector.queue),
+            ("batch", selector.batch),
+        ):
+            if value is not None:
+                where += f" AND {column} = %({column})s"
+        if not where:
+            raise ValueError("say which tasks to cancel: ids, or a task name, queue or batch")
+        params = {"task_name": selector.task_name, "queue": selector.queue, "batch": selector.batch}
+        with self._conn() as conn:
+            cur = conn.execute(self.q["cancel_matching"].replace("{where}", where), params)
+            return sorted(r[0] for r in cur.fetchall())
+
+    def pause_queue(self, queue: str, paused: bool) -> None:
+        with self._conn() as conn:
+            conn.execute(self.q["pause_queue" if paused else "resume_queue"], {"name": queue})
+
+    def paused_queues(self) -> dict[str, float]:
+        with self._conn() as conn:
+            rows = conn.execute(self.q["paused_queues"]).fetchall()
+        return {name: float(at or 0.0) for name, at in rows}
+
+    # --- batches ---------------------------------------------------------------------
+
+    def _batch_infos(
+        self, conn: psycopg.Connection[Any], rows: Sequence[tuple[Any, ...]]
+    ) -> list[BatchInfo]:
+        """BatchInfo for batch rows (name, total, created, completed, on_complete_task,
+        followup_id), with member counts by the task rows' status."""
+        if not rows:
+            return []
+        members: dict[str, dict[str, Any]] = {}
+        got = conn.execute(self.q["batch_members"], {"names": [r[0] for r in rows]})
+        for name, status, n, last in got.fetchall():
+            per = members.setdefault(name, {**dict.fromkeys(_STATUSES, 0), "last": None})
+            if status in _STATUSES:
+                per[status] += n
+            if last is not None and (per["last"] is None or last > per["last"]):
+                per["last"] = last
+        out = []
+        for name, total, created, completed, task, followup in rows:
+            per = members.get(name) or {**dict.fromkeys(_STATUSES, 0), "last": None}
+            made = utc_from_epoch(created)
+            assert made is not None  # NOT NULL column
+            out.append(
+                BatchInfo(
+                    name=name,
+                    total=total,
+                    pending=per["pending"],
+                    processing=per["processing"],
+                    done=per["done"],
+                    dead=per["dead"],
+                    cancelled=per["cancelled"],
+                    created=made,
+                    last_finished=utc_from_epoch(per["last"]),
+                    completed=utc_from_epoch(completed),
+                    on_complete=task,
+                    followup_id=followup,
+                )
+            )
+        return out
+
+    def batch(self, name: str) -> BatchInfo | None:
+        with self._conn() as conn:
+            rows = conn.execute(self.q["get_batch"], {"name": name}).fetchall()
+            found = self._batch_infos(conn, rows)
+        return found[0] if found else None
+
+    def batches(self, limit: int = 50) -> list[BatchInfo]:
+        with self._conn() as conn:
+            rows = conn.execute(self.q["list_batches"], {"limit": max(0, int(limit))}).fetchall()
+            return self._batch_infos(conn, rows)
+
+    def settle_batches(self) -> list[tuple[str, TaskId | None]]:
+        """Each open batch with no member left is completed in a transaction of its own,
+        its follow-up enqueued in the same one; the UPDATE ... WHERE completed IS NULL is
+        the compare-and-set that makes concurrent callers complete it once."""
+        settled: list[tuple[str, TaskId | None]] = []
+        with self._conn() as conn:
+            names = [r[0] for r in conn.execute(self.q["open_batches"]).fetchall()]
+            for name in names:
+                with conn.transaction():
+                    row = conn.execute(self.q["settle_batch"], {"name": name}).fetchone()
+                    if row is None:
+                        continue  # another worker settled it, or a member came back
+                    task, payload, queue = row
+                    followup: TaskId | None = None
+                    if task is not None:
+                        made = conn.execute(
+                            self.q["insert_followup"],
+                            {
+                                "task_name": task,
+                                "payload": payload or "{}",
+                                "queue": queue or "default",
+                            },
+                        ).fetchone()
+                        assert made is not None
+                        followup = made[0]
+                        conn.execute(self.q["set_followup"], {"id": followup, "name": name})
+                settled.append((name, followup))
+        return settled
 
     def parse_id(self, text: str) -> TaskId:
         try:

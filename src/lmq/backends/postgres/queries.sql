@@ -18,9 +18,10 @@ SELECT pg_advisory_xact_lock(hashtextextended('lmq migrate ' || %(prefix)s, 0))
 
 -- name: insert_one
 INSERT INTO {prefix}queue_tasks
-    (task_name, payload, queue, priority, max_attempts, next_run, updated, unique_key)
+    (task_name, payload, queue, priority, max_attempts, next_run, updated, unique_key, batch)
 VALUES (%(task_name)s, %(payload)s, %(queue)s, %(priority)s, %(max_attempts)s,
-        COALESCE(%(run_at)s, {prefix}queue_now()) + %(delay)s, {prefix}queue_now(), NULL)
+        COALESCE(%(run_at)s, {prefix}queue_now()) + %(delay)s, {prefix}queue_now(), NULL,
+        %(batch)s)
 RETURNING id
 
 -- name: insert_many
@@ -28,10 +29,10 @@ RETURNING id
 -- of Python strings as text[]), zipped back into rows by ROWS FROM; the ids come back in
 -- insertion order, which is the order of the arrays
 INSERT INTO {prefix}queue_tasks
-    (task_name, payload, queue, priority, max_attempts, next_run, updated, unique_key)
+    (task_name, payload, queue, priority, max_attempts, next_run, updated, unique_key, batch)
 SELECT u.task_name, u.payload, u.queue, u.priority::integer, u.max_attempts::integer,
        COALESCE(u.run_at::double precision, n.t) + u.delay::double precision, n.t,
-       u.unique_key
+       u.unique_key, u.batch
   FROM ROWS FROM (json_array_elements_text(%(task_name)s::json),
                   json_array_elements_text(%(payload)s::json),
                   json_array_elements_text(%(queue)s::json),
@@ -39,9 +40,11 @@ SELECT u.task_name, u.payload, u.queue, u.priority::integer, u.max_attempts::int
                   json_array_elements_text(%(max_attempts)s::json),
                   json_array_elements_text(%(run_at)s::json),
                   json_array_elements_text(%(delay)s::json),
-                  json_array_elements_text(%(unique_key)s::json))
+                  json_array_elements_text(%(unique_key)s::json),
+                  json_array_elements_text(%(batch)s::json))
        WITH ORDINALITY
-       AS u(task_name, payload, queue, priority, max_attempts, run_at, delay, unique_key, ord),
+       AS u(task_name, payload, queue, priority, max_attempts, run_at, delay, unique_key,
+            batch, ord),
        (SELECT {prefix}queue_now() AS t) n
  ORDER BY u.ord
 RETURNING id
@@ -50,9 +53,9 @@ RETURNING id
 -- the common bulk case: every row shares everything but its name and payload (one
 -- enqueue_many call), so only those two travel as arrays
 INSERT INTO {prefix}queue_tasks
-    (task_name, payload, queue, priority, max_attempts, next_run, updated)
+    (task_name, payload, queue, priority, max_attempts, next_run, updated, batch)
 SELECT u.task_name, u.payload, %(queue)s, %(priority)s, %(max_attempts)s,
-       COALESCE(%(run_at)s, n.t) + %(delay)s, n.t
+       COALESCE(%(run_at)s, n.t) + %(delay)s, n.t, %(batch)s
   FROM ROWS FROM (json_array_elements_text(%(task_name)s::json),
                   json_array_elements_text(%(payload)s::json))
        WITH ORDINALITY AS u(task_name, payload, ord),
@@ -64,10 +67,10 @@ RETURNING id
 -- the same with unique keys: a key already pending or processing (or earlier in the same
 -- batch) inserts nothing; the caller looks those ids up (find_unique)
 INSERT INTO {prefix}queue_tasks
-    (task_name, payload, queue, priority, max_attempts, next_run, updated, unique_key)
+    (task_name, payload, queue, priority, max_attempts, next_run, updated, unique_key, batch)
 SELECT u.task_name, u.payload, u.queue, u.priority::integer, u.max_attempts::integer,
        COALESCE(u.run_at::double precision, n.t) + u.delay::double precision, n.t,
-       u.unique_key
+       u.unique_key, u.batch
   FROM ROWS FROM (json_array_elements_text(%(task_name)s::json),
                   json_array_elements_text(%(payload)s::json),
                   json_array_elements_text(%(queue)s::json),
@@ -75,14 +78,32 @@ SELECT u.task_name, u.payload, u.queue, u.priority::integer, u.max_attempts::int
                   json_array_elements_text(%(max_attempts)s::json),
                   json_array_elements_text(%(run_at)s::json),
                   json_array_elements_text(%(delay)s::json),
-                  json_array_elements_text(%(unique_key)s::json))
+                  json_array_elements_text(%(unique_key)s::json),
+                  json_array_elements_text(%(batch)s::json))
        WITH ORDINALITY
-       AS u(task_name, payload, queue, priority, max_attempts, run_at, delay, unique_key, ord),
+       AS u(task_name, payload, queue, priority, max_attempts, run_at, delay, unique_key,
+            batch, ord),
        (SELECT {prefix}queue_now() AS t) n
  ORDER BY u.ord
 ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('pending', 'processing')
 DO NOTHING
 RETURNING id, unique_key
+
+-- name: upsert_batch
+-- a new batch, or more members for an existing one (which keeps its follow-up unless it
+-- had none; every SET expression reads the row as it was)
+INSERT INTO {prefix}queue_batches AS b
+    (name, total, created, on_complete_task, on_complete_payload, on_complete_queue)
+VALUES (%(name)s, %(total)s, {prefix}queue_now(), %(task)s, %(payload)s, %(queue)s)
+ON CONFLICT (name) DO UPDATE SET
+    total = b.total + EXCLUDED.total,
+    on_complete_task = COALESCE(b.on_complete_task, EXCLUDED.on_complete_task),
+    on_complete_payload = CASE WHEN b.on_complete_task IS NULL
+                               THEN EXCLUDED.on_complete_payload
+                               ELSE b.on_complete_payload END,
+    on_complete_queue = CASE WHEN b.on_complete_task IS NULL
+                             THEN EXCLUDED.on_complete_queue
+                             ELSE b.on_complete_queue END
 
 -- name: find_unique
 SELECT unique_key, id FROM {prefix}queue_tasks
@@ -167,6 +188,41 @@ SELECT r.id, r.priority, r.next_run
                  ORDER BY priority DESC, next_run, id
                  LIMIT %(limit)s
                  FOR UPDATE SKIP LOCKED) r
+
+-- name: pending_queues
+-- the queues with pending tasks, one probe of the per-queue index each (a loose index
+-- scan): a worker of every queue with some paused walks the others' ready rows only,
+-- never a paused queue's backlog
+WITH RECURSIVE qs(name) AS (
+    (SELECT queue FROM {prefix}queue_tasks WHERE status = 'pending' ORDER BY queue LIMIT 1)
+  UNION ALL
+    SELECT (SELECT queue FROM {prefix}queue_tasks
+             WHERE status = 'pending' AND queue > qs.name ORDER BY queue LIMIT 1)
+      FROM qs WHERE qs.name IS NOT NULL
+)
+SELECT name FROM qs WHERE name IS NOT NULL AND name <> ALL(%(exclude)s::text[])
+
+-- name: ready_excluding
+-- the claim's walk for a worker of every queue while some are paused (%(exclude)s): one
+-- walk of the per-queue index for each queue with pending tasks that is not paused
+SELECT r.id, r.priority, r.next_run
+  FROM ({pending_queues}) q,
+       LATERAL (SELECT id, priority, next_run FROM {prefix}queue_tasks
+                 WHERE status = 'pending' AND next_run <= {prefix}queue_now()
+                   AND queue = q.name
+                 ORDER BY priority DESC, next_run, id
+                 LIMIT %(limit)s
+                 FOR UPDATE SKIP LOCKED) r
+
+-- name: has_ready_excluding
+-- has_ready for a worker of every queue while some are paused
+SELECT EXISTS (SELECT 1 FROM ({pending_queues}) q
+                WHERE EXISTS (SELECT 1 FROM {prefix}queue_tasks
+                               WHERE status = 'pending' AND queue = q.name
+                                 AND next_run <= {prefix}queue_now()))
+    OR EXISTS (SELECT 1 FROM {prefix}queue_tasks
+                WHERE status = 'processing' AND locked_until <= {prefix}queue_now()
+                      {queue_filter})
 
 -- name: has_ready
 -- "is anything claimable?" for idle workers: EXISTS plans stop at the first row found, so
@@ -287,6 +343,41 @@ DELETE FROM {prefix}queue_tasks
                LIMIT %(batch)s
                FOR UPDATE SKIP LOCKED)
 
+-- name: prune_cancelled
+-- cancelled tasks after the same retention as done ones (updated: when cancelled)
+DELETE FROM {prefix}queue_tasks
+ WHERE id IN (SELECT id FROM {prefix}queue_tasks
+               WHERE status = 'cancelled' AND updated < {prefix}queue_now() - %(age)s
+                 AND id < (SELECT max(id) FROM {prefix}queue_tasks)
+               LIMIT %(batch)s
+               FOR UPDATE SKIP LOCKED)
+
+-- name: prune_dead
+-- dead letters re-queued, discarded or rejected longer ago than the retention, with the
+-- task rows that are still their record (a re-queued letter's task row is live: kept)
+WITH victims AS (
+    SELECT id, task_id FROM {prefix}queue_dead_letters
+     WHERE (status = 'requeued' AND requeued_at < {prefix}queue_now() - %(age)s)
+        OR (status = 'discarded' AND discarded_at < {prefix}queue_now() - %(age)s)
+        OR (review = 'rejected' AND status = 'dead'
+            AND reviewed_at < {prefix}queue_now() - %(age)s)
+     LIMIT %(batch)s
+     FOR UPDATE SKIP LOCKED
+), records AS (
+    DELETE FROM {prefix}queue_tasks t USING victims v
+     WHERE t.id = v.task_id AND t.status IN ('dead', 'discarded') AND t.dead_letter_id = v.id
+)
+DELETE FROM {prefix}queue_dead_letters WHERE id IN (SELECT id FROM victims)
+
+-- name: prune_batches
+-- completed batches older than the retention whose members are all gone
+DELETE FROM {prefix}queue_batches
+ WHERE name IN (SELECT b.name FROM {prefix}queue_batches b
+                 WHERE b.completed < {prefix}queue_now() - %(age)s
+                   AND NOT EXISTS (SELECT 1 FROM {prefix}queue_tasks t WHERE t.batch = b.name)
+                 LIMIT %(batch)s
+                 FOR UPDATE SKIP LOCKED)
+
 -- name: prune_workers
 DELETE FROM {prefix}queue_workers WHERE last_beat < {prefix}queue_now() - %(age)s
 
@@ -309,19 +400,19 @@ VACUUM (SKIP_LOCKED) {prefix}queue_tasks
 -- later migration adds a column ("cached plan must not change result type")
 SELECT id, queue, task_name, payload, priority, status, attempts, max_attempts, next_run,
        created, updated, locked_by, locked_until, last_error, unique_key, errors,
-       dead_letter_id
+       dead_letter_id, batch
   FROM {prefix}queue_tasks WHERE id = %(id)s
 
 -- name: get_dead_by_task
 SELECT id, task_id, queue, task_name, payload, priority, attempts, max_attempts, error,
        reason, fingerprint, created, died_at, errors, unique_key, status, requeued_at,
-       discarded_at
+       discarded_at, review, reviewed_by, reviewed_at, review_note, requeue_at
   FROM {prefix}queue_dead_letters WHERE task_id = %(id)s ORDER BY id DESC LIMIT 1
 
 -- name: get_dead
 SELECT id, task_id, queue, task_name, payload, priority, attempts, max_attempts, error,
        reason, fingerprint, created, died_at, errors, unique_key, status, requeued_at,
-       discarded_at
+       discarded_at, review, reviewed_by, reviewed_at, review_note, requeue_at
   FROM {prefix}queue_dead_letters WHERE id = %(id)s
 
 -- name: count_tasks
@@ -331,7 +422,7 @@ SELECT queue, status, count(*) AS n,
            AS oldest,
        {prefix}queue_now() AS now
   FROM {prefix}queue_tasks
- WHERE status IN ('pending', 'processing', 'done')
+ WHERE status IN ('pending', 'processing', 'done', 'cancelled')
  GROUP BY queue, status
 
 -- name: count_dead
@@ -342,46 +433,183 @@ SELECT queue, count(*) AS n FROM {prefix}queue_dead_letters
 -- {where} is built from the filter (dead-lettered rows are listed through the dead letters)
 SELECT id, queue, task_name, payload, priority, status, attempts, max_attempts, next_run,
        created, updated, locked_by, locked_until, last_error, unique_key, errors,
-       dead_letter_id
+       dead_letter_id, batch
   FROM {prefix}queue_tasks WHERE {where} ORDER BY id DESC LIMIT %(limit)s
 
 -- name: list_dead
 SELECT id, task_id, queue, task_name, payload, priority, attempts, max_attempts, error,
        reason, fingerprint, created, died_at, errors, unique_key, status, requeued_at,
-       discarded_at
+       discarded_at, review, reviewed_by, reviewed_at, review_note, requeue_at
   FROM {prefix}queue_dead_letters WHERE {where}
  ORDER BY died_at DESC, id DESC LIMIT %(limit)s
 
--- name: select_dead_ids
-SELECT id FROM {prefix}queue_dead_letters WHERE status = 'dead' {where} ORDER BY id
+
+-- name: dead_groups
+-- status-'dead' letters by fingerprint ({where} narrows them), largest group first, then
+-- the newest; the example is the group's newest member
+SELECT g.fingerprint, g.n, g.first_seen, g.last_seen, d.id, d.task_name, d.error
+  FROM (SELECT COALESCE(fingerprint, '') AS fingerprint, count(*) AS n,
+               min(died_at) AS first_seen, max(died_at) AS last_seen, max(id) AS example_id
+          FROM {prefix}queue_dead_letters
+         WHERE status = 'dead' {where}
+         GROUP BY COALESCE(fingerprint, '')
+         ORDER BY count(*) DESC, max(died_at) DESC, COALESCE(fingerprint, '')
+         LIMIT %(limit)s) g
+  JOIN {prefix}queue_dead_letters d ON d.id = g.example_id
+ ORDER BY g.n DESC, g.last_seen DESC, g.fingerprint
+
+-- name: lock_dead
+-- the status-'dead' letters a selector names or matches ({where}), oldest death first,
+-- locked for the transaction
+SELECT id, task_id, unique_key
+  FROM {prefix}queue_dead_letters
+ WHERE status = 'dead' {where}
+ ORDER BY died_at, id
+   FOR UPDATE
+
+-- name: lock_approved
+-- approved letters whose time has come, oldest requeue_at first (the partial index);
+-- SKIP LOCKED: concurrent workers share them out and never re-queue one twice
+SELECT id, task_id, unique_key
+  FROM {prefix}queue_dead_letters
+ WHERE review = 'approved' AND status = 'dead' AND requeue_at <= {prefix}queue_now()
+ ORDER BY requeue_at, id
+ LIMIT %(limit)s
+   FOR UPDATE SKIP LOCKED
+
+-- name: approved_due
+-- the cheap check a worker makes about once a second (one entry of the partial index)
+SELECT EXISTS (SELECT 1 FROM {prefix}queue_dead_letters
+                WHERE review = 'approved' AND status = 'dead'
+                  AND requeue_at <= {prefix}queue_now())
 
 -- name: mark_requeued
 UPDATE {prefix}queue_dead_letters SET status = 'requeued', requeued_at = {prefix}queue_now()
- WHERE id = %(id)s AND status = 'dead'
-RETURNING task_id, queue, task_name, payload, priority, max_attempts, created, errors,
-          unique_key
+ WHERE id = ANY(%(ids)s::bigint[]) AND status = 'dead'
 
 -- name: revive
-UPDATE {prefix}queue_tasks
-   SET status = 'pending', attempts = 0, next_run = {prefix}queue_now(),
+-- the letters' task rows back to pending, due %(dues)s seconds from now each, attempts
+-- reset, the error history and the batch kept, linked to their letter; unique keys as
+-- given (NULL when a live task holds the key meanwhile)
+UPDATE {prefix}queue_tasks t
+   SET status = 'pending', attempts = 0, next_run = {prefix}queue_now() + r.due,
        updated = {prefix}queue_now(), locked_by = NULL, locked_until = NULL,
-       unique_key = %(unique_key)s, dead_letter_id = %(dead_id)s
- WHERE id = %(task_id)s AND status IN ('dead', 'discarded')
+       unique_key = r.unique_key, dead_letter_id = r.dead_id,
+       payload = COALESCE(%(payload)s::text, t.payload)
+  FROM unnest(%(task_ids)s::bigint[], %(dead_ids)s::bigint[], %(dues)s::double precision[],
+              %(keys)s::text[]) AS r(task_id, dead_id, due, unique_key)
+ WHERE t.id = r.task_id AND t.status IN ('dead', 'discarded')
+RETURNING t.id
 
 -- name: reinsert
+-- letters whose task row is gone (deleted by hand): the row again, from the letter
 INSERT INTO {prefix}queue_tasks
     (id, queue, task_name, payload, priority, status, attempts, max_attempts, next_run,
      created, updated, errors, unique_key, dead_letter_id)
-VALUES (%(task_id)s, %(queue)s, %(task_name)s, %(payload)s, %(priority)s, 'pending', 0,
-        %(max_attempts)s, {prefix}queue_now(), %(created)s, {prefix}queue_now(), %(errors)s::jsonb,
-        %(unique_key)s, %(dead_id)s)
+SELECT d.task_id, d.queue, d.task_name, COALESCE(%(payload)s::text, d.payload), d.priority,
+       'pending', 0, d.max_attempts, {prefix}queue_now() + r.due, d.created,
+       {prefix}queue_now(), d.errors, r.unique_key, d.id
+  FROM unnest(%(dead_ids)s::bigint[], %(dues)s::double precision[], %(keys)s::text[])
+       AS r(dead_id, due, unique_key)
+  JOIN {prefix}queue_dead_letters d ON d.id = r.dead_id
+
+-- name: key_taken
+SELECT EXISTS (SELECT 1 FROM {prefix}queue_tasks
+                WHERE unique_key = %(key)s AND status IN ('pending', 'processing'))
+
+-- name: review_dead
+-- the i-th letter (oldest death first) of an approval is re-queued at base + i * %(step)s
+UPDATE {prefix}queue_dead_letters d
+   SET review = %(review)s, reviewed_by = %(by)s, reviewed_at = {prefix}queue_now(),
+       review_note = %(note)s,
+       requeue_at = CASE WHEN %(approve)s::boolean
+           THEN COALESCE(%(after)s::double precision, {prefix}queue_now())
+                + (r.ord - 1) * %(step)s::double precision
+           END
+  FROM unnest(%(ids)s::bigint[]) WITH ORDINALITY AS r(id, ord)
+ WHERE d.id = r.id AND d.status = 'dead'
 
 -- name: mark_discarded
 UPDATE {prefix}queue_dead_letters
    SET status = 'discarded', discarded_at = {prefix}queue_now()
- WHERE id = %(id)s AND status = 'dead'
-RETURNING task_id
+ WHERE id = ANY(%(ids)s::bigint[]) AND status = 'dead'
 
 -- name: discard_task
 UPDATE {prefix}queue_tasks SET status = 'discarded', updated = {prefix}queue_now()
- WHERE id = %(task_id)s AND status = 'dead'
+ WHERE id = ANY(%(ids)s::bigint[]) AND status = 'dead'
+
+-- name: lock_tasks
+SELECT id, status FROM {prefix}queue_tasks WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id
+   FOR UPDATE
+
+-- name: cancel_ids
+UPDATE {prefix}queue_tasks
+   SET status = 'cancelled', locked_by = NULL, locked_until = NULL,
+       updated = {prefix}queue_now()
+ WHERE id = ANY(%(ids)s::bigint[]) AND status = 'pending'
+RETURNING id
+
+-- name: cancel_matching
+-- every pending task of a task name / queue / batch ({where})
+UPDATE {prefix}queue_tasks
+   SET status = 'cancelled', locked_by = NULL, locked_until = NULL,
+       updated = {prefix}queue_now()
+ WHERE status = 'pending' {where}
+RETURNING id
+
+-- name: pause_queue
+-- pausing a paused queue keeps when it was first paused
+INSERT INTO {prefix}queue_queues AS q (name, paused, paused_at)
+VALUES (%(name)s, true, {prefix}queue_now())
+ON CONFLICT (name) DO UPDATE
+   SET paused = true,
+       paused_at = CASE WHEN q.paused THEN q.paused_at ELSE EXCLUDED.paused_at END
+
+-- name: resume_queue
+UPDATE {prefix}queue_queues SET paused = false, paused_at = NULL WHERE name = %(name)s
+
+-- name: paused_queues
+SELECT name, paused_at FROM {prefix}queue_queues WHERE paused ORDER BY name
+
+-- name: get_batch
+SELECT name, total, created, completed, on_complete_task, followup_id
+  FROM {prefix}queue_batches WHERE name = %(name)s
+
+-- name: list_batches
+SELECT name, total, created, completed, on_complete_task, followup_id
+  FROM {prefix}queue_batches ORDER BY created DESC, name DESC LIMIT %(limit)s
+
+-- name: batch_members
+-- member counts by status (the batch index), and the newest finish of a done or dead one
+SELECT batch, status, count(*),
+       max(updated) FILTER (WHERE status IN ('done', 'dead'))
+  FROM {prefix}queue_tasks
+ WHERE batch = ANY(%(names)s::text[])
+ GROUP BY batch, status
+
+-- name: open_batches
+-- batches not yet complete with no member pending or processing: with none open, one
+-- probe of the (empty) partial index
+SELECT b.name FROM {prefix}queue_batches b
+ WHERE b.completed IS NULL
+   AND NOT EXISTS (SELECT 1 FROM {prefix}queue_tasks t
+                    WHERE t.batch = b.name AND t.status IN ('pending', 'processing'))
+ ORDER BY b.created, b.name
+
+-- name: settle_batch
+-- the compare-and-set: of two workers settling at once only one sees the row change
+-- (the other waits for its lock, then finds completed set)
+UPDATE {prefix}queue_batches b
+   SET completed = {prefix}queue_now()
+ WHERE b.name = %(name)s AND b.completed IS NULL
+   AND NOT EXISTS (SELECT 1 FROM {prefix}queue_tasks t
+                    WHERE t.batch = b.name AND t.status IN ('pending', 'processing'))
+RETURNING b.on_complete_task, b.on_complete_payload, b.on_complete_queue
+
+-- name: insert_followup
+INSERT INTO {prefix}queue_tasks (task_name, payload, queue, next_run, updated)
+VALUES (%(task_name)s, %(payload)s, %(queue)s, {prefix}queue_now(), {prefix}queue_now())
+RETURNING id
+
+-- name: set_followup
+UPDATE {prefix}queue_batches SET followup_id = %(id)s WHERE name = %(name)s

@@ -1,4 +1,4 @@
--- lmq schema 1 for PostgreSQL (the current schema, applied to an empty database in one
+-- lmq schema 2 for PostgreSQL (the current schema, applied to an empty database in one
 -- go; migrations/NNNN_*.sql upgrade an older one, and a test checks both give the same
 -- catalog).  Times are epoch seconds (double precision, UTC) taken from the SERVER's
 -- clock, so workers on several hosts agree on leases.  `created` may hold text written
@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS {prefix}queue_tasks (
     last_error     text,
     unique_key     text,
     errors         jsonb,
-    dead_letter_id bigint
+    dead_letter_id bigint,
+    batch          text
 );
 
 -- The claim reads only partial indexes over pending rows, so finished rows never slow it
@@ -48,6 +49,12 @@ CREATE INDEX IF NOT EXISTS {prefix}queue_tasks_lease
     ON {prefix}queue_tasks (locked_until) WHERE locked_until IS NOT NULL;
 CREATE INDEX IF NOT EXISTS {prefix}queue_tasks_done
     ON {prefix}queue_tasks (updated) WHERE status = 'done';
+-- cancelled tasks are pruned like done ones (a handful: the index costs nothing to keep)
+CREATE INDEX IF NOT EXISTS {prefix}queue_tasks_cancelled
+    ON {prefix}queue_tasks (updated) WHERE status = 'cancelled';
+-- a batch's members by status (its progress, and "is any member left?")
+CREATE INDEX IF NOT EXISTS {prefix}queue_tasks_batch
+    ON {prefix}queue_tasks (batch, status) WHERE batch IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS {prefix}queue_tasks_unique
     ON {prefix}queue_tasks (unique_key)
     WHERE unique_key IS NOT NULL AND status IN ('pending', 'processing');
@@ -94,12 +101,48 @@ CREATE TABLE IF NOT EXISTS {prefix}queue_dead_letters (
     unique_key   text,
     status       text    NOT NULL DEFAULT 'dead',
     requeued_at  double precision,
-    discarded_at double precision
+    discarded_at double precision,
+    review       text,
+    reviewed_by  text,
+    reviewed_at  double precision,
+    review_note  text,
+    requeue_at   double precision
 );
 CREATE INDEX IF NOT EXISTS {prefix}queue_dead_letters_status
     ON {prefix}queue_dead_letters (status, died_at);
 CREATE INDEX IF NOT EXISTS {prefix}queue_dead_letters_task
     ON {prefix}queue_dead_letters (task_id);
+-- approved letters by the time a worker re-queues them (requeue_approved)
+CREATE INDEX IF NOT EXISTS {prefix}queue_dead_letters_approved
+    ON {prefix}queue_dead_letters (requeue_at) WHERE review = 'approved' AND status = 'dead';
+CREATE INDEX IF NOT EXISTS {prefix}queue_dead_letters_fingerprint
+    ON {prefix}queue_dead_letters (fingerprint);
+
+-- queues by name: paused ones are not claimed
+CREATE TABLE IF NOT EXISTS {prefix}queue_queues (
+    name      text PRIMARY KEY,
+    paused    boolean NOT NULL DEFAULT false,
+    paused_at double precision
+);
+
+-- named batches of tasks (enqueue_many(..., batch=NAME)); members carry the name in
+-- queue_tasks.batch; completed is set (and the follow-up enqueued) once none is left
+CREATE TABLE IF NOT EXISTS {prefix}queue_batches (
+    name                text PRIMARY KEY,
+    total               integer NOT NULL,
+    created             double precision NOT NULL,
+    completed           double precision,
+    on_complete_task    text,
+    on_complete_payload text,
+    on_complete_queue   text,
+    followup_id         bigint
+);
+CREATE INDEX IF NOT EXISTS {prefix}queue_batches_open
+    ON {prefix}queue_batches (created) WHERE completed IS NULL;
+CREATE INDEX IF NOT EXISTS {prefix}queue_batches_completed
+    ON {prefix}queue_batches (completed) WHERE completed IS NOT NULL;
+CREATE INDEX IF NOT EXISTS {prefix}queue_batches_created
+    ON {prefix}queue_batches (created);
 
 CREATE TABLE IF NOT EXISTS {prefix}queue_workers (
     id          text PRIMARY KEY,
