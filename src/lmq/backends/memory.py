@@ -18,19 +18,24 @@ from datetime import UTC, datetime
 
 from ..exceptions import NotFound
 from ..models import (
+    BatchInfo,
+    BatchSpec,
     BuryOutcome,
+    CancelSelector,
     Claimed,
     ClaimRequest,
     ClaimResult,
     CompleteBatch,
     Counts,
     DeadFilter,
+    DeadGroup,
     DeadLetter,
     DeadSelector,
     Heartbeat,
     NewTask,
     PruneRequest,
     RenewRequest,
+    Review,
     Task,
     TaskError,
     TaskFilter,
@@ -66,6 +71,19 @@ class _Row:
     unique_key: str | None = None
     errors: list[TaskError] = field(default_factory=list)
     dead_letter_id: int | None = None
+    batch: str | None = None
+
+
+@dataclass
+class _Batch:
+    name: str
+    total: int
+    created: float
+    completed: float | None = None
+    on_complete_task: str | None = None
+    on_complete_payload: str | None = None
+    on_complete_queue: str | None = None
+    followup_id: int | None = None
 
 
 @dataclass
@@ -77,8 +95,10 @@ class _Store:
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     dead_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     listeners: list[Callable[[], None]] = field(default_factory=list)
-    # a dead letter's stored payload text and unique key, to re-queue it unchanged
-    raw: dict[int, tuple[str, str | None]] = field(default_factory=dict)
+    # a dead letter's stored payload text, unique key and batch, to re-queue it unchanged
+    raw: dict[int, tuple[str, str | None, str | None]] = field(default_factory=dict)
+    batches: dict[str, _Batch] = field(default_factory=dict)
+    paused: dict[str, float] = field(default_factory=dict)
 
 
 _STORES: dict[str, _Store] = {}
@@ -119,10 +139,13 @@ class MemoryBackend:
         return []
 
     def schema_version(self) -> int | None:
-        return 1
+        return 2
 
     def enqueue(
-        self, tasks: Sequence[NewTask], connection: object | None = None
+        self,
+        tasks: Sequence[NewTask],
+        connection: object | None = None,
+        batch: BatchSpec | None = None,
     ) -> list[TaskId]:
         if connection is not None:
             raise refuse_connection("memory")
@@ -130,6 +153,8 @@ class MemoryBackend:
         created = _dt(now).strftime("%Y-%m-%d %H:%M:%S")
         ids: list[TaskId] = []
         with self.store.lock:
+            if batch is not None:
+                self._add_to_batch(batch, now)
             for t in tasks:
                 if t.unique_key is not None:
                     existing = next(
@@ -155,17 +180,42 @@ class MemoryBackend:
                     created=created,
                     updated=now,
                     unique_key=t.unique_key,
+                    batch=t.batch if batch is None else batch.name,
                 )
                 self.store.tasks[row.id] = row
                 ids.append(row.id)
         self._notify()
         return ids
 
-    def _ready(self, now: float, queues: tuple[str, ...] | None) -> list[_Row]:
+    def _add_to_batch(self, spec: BatchSpec, now: float) -> None:
+        b = self.store.batches.get(spec.name)
+        if b is None:
+            self.store.batches[spec.name] = _Batch(
+                spec.name,
+                spec.total,
+                now,
+                on_complete_task=spec.on_complete_task,
+                on_complete_payload=spec.on_complete_payload_json,
+                on_complete_queue=spec.on_complete_queue,
+            )
+            return
+        b.total += spec.total
+        if b.on_complete_task is None and spec.on_complete_task is not None:
+            b.on_complete_task = spec.on_complete_task
+            b.on_complete_payload = spec.on_complete_payload_json
+            b.on_complete_queue = spec.on_complete_queue
+
+    @staticmethod
+    def _wanted(r: _Row, queues: tuple[str, ...] | None, exclude: tuple[str, ...]) -> bool:
+        return (not queues or r.queue in queues) and r.queue not in exclude
+
+    def _ready(
+        self, now: float, queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()
+    ) -> list[_Row]:
         return [
             r
             for r in self.store.tasks.values()
-            if r.status == "pending" and r.next_run <= now and (not queues or r.queue in queues)
+            if r.status == "pending" and r.next_run <= now and self._wanted(r, queues, exclude)
         ]
 
     def claim(self, request: ClaimRequest) -> ClaimResult:
@@ -173,7 +223,8 @@ class MemoryBackend:
         with self.store.lock:
             rescued = self._rescue(now)
             ready = sorted(
-                self._ready(now, request.queues), key=lambda r: (-r.priority, r.next_run, r.id)
+                self._ready(now, request.queues, request.exclude),
+                key=lambda r: (-r.priority, r.next_run, r.id),
             )[: request.limit]
             out = []
             for r in ready:
@@ -216,25 +267,30 @@ class MemoryBackend:
             died_at=_dt(now),
             errors=tuple(r.errors),
         )
-        self.store.raw[dead_id] = (r.payload, r.unique_key)
+        self.store.raw[dead_id] = (r.payload, r.unique_key, r.batch)
         del self.store.tasks[r.id]
 
-    def has_ready(self, queues: tuple[str, ...] | None) -> bool:
+    def has_ready(self, queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()) -> bool:
         now = time.time()
         with self.store.lock:
-            return bool(self._ready(now, queues)) or any(
-                r.status == "processing" and (r.locked_until or 0) <= now
+            return bool(self._ready(now, queues, exclude)) or any(
+                r.status == "processing" and (r.locked_until or 0) <= now and r.queue not in exclude
                 for r in self.store.tasks.values()
             )
 
-    def next_due(self, queues: tuple[str, ...] | None) -> float | None:
+    def next_due(
+        self, queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()
+    ) -> float | None:
         now = time.time()
         with self.store.lock:
             times = [
                 r.next_run if r.status == "pending" else (r.locked_until or now)
                 for r in self.store.tasks.values()
-                if r.status == "processing"
-                or (r.status == "pending" and (not queues or r.queue in queues))
+                if r.queue not in exclude
+                and (
+                    r.status == "processing"
+                    or (r.status == "pending" and (not queues or r.queue in queues))
+                )
             ]
         return max(0.0, min(times) - now) if times else None
 
@@ -290,15 +346,35 @@ class MemoryBackend:
         now = time.time()
         with self.store.lock:
             newest = max(self.store.tasks, default=None)  # kept, as SQLite keeps it
+            cutoff = now - request.done_older_than
             old = [
                 r.id
                 for r in self.store.tasks.values()
-                if r.status == "done"
-                and r.updated < now - request.done_older_than
-                and r.id != newest
+                if r.status in ("done", "cancelled") and r.updated < cutoff and r.id != newest
             ]
             for tid in old:
                 del self.store.tasks[tid]
+            letters: list[int] = []
+            if request.dead_older_than is not None:
+                dead_cutoff = _dt(now - request.dead_older_than)
+                letters = [
+                    int(d.id) for d in self.store.dead.values() if _resolved_before(d, dead_cutoff)
+                ]
+                for dead_id in letters:
+                    del self.store.dead[dead_id]
+                    self.store.raw.pop(dead_id, None)
+            live = {r.batch for r in self.store.tasks.values() if r.batch is not None}
+            for d in self.store.dead.values():
+                raw = self.store.raw.get(int(d.id))
+                if d.status == "dead" and raw is not None and raw[2] is not None:
+                    live.add(raw[2])
+            empty = [
+                b.name
+                for b in self.store.batches.values()
+                if b.completed is not None and b.completed < cutoff and b.name not in live
+            ]
+            for name in empty:
+                del self.store.batches[name]
             stale = [
                 w
                 for w, (_, at) in self.store.workers.items()
@@ -306,7 +382,7 @@ class MemoryBackend:
             ]
             for w in stale:
                 del self.store.workers[w]
-        return len(old) + len(stale)
+        return len(old) + len(letters) + len(empty) + len(stale)
 
     def prepare_worker(self) -> None:
         pass
@@ -333,6 +409,7 @@ class MemoryBackend:
             unique_key=r.unique_key,
             errors=tuple(r.errors),
             dead_letter_id=r.dead_letter_id,
+            batch=r.batch,
         )
 
     def get(self, task_id: TaskId) -> Task | None:
@@ -341,9 +418,11 @@ class MemoryBackend:
             if r is not None:
                 return self._task(r)
             dead = [d for d in self.store.dead.values() if d.task_id == int(task_id)]
-        if not dead:
-            return None
-        return max(dead, key=lambda d: int(d.id)).as_task()
+            if not dead:
+                return None
+            last = max(dead, key=lambda d: int(d.id))
+            batch = self.store.raw.get(int(last.id), ("", None, None))[2]
+        return replace(last.as_task(), batch=batch)
 
     def counts(self) -> Counts:
         now = time.time()
@@ -354,7 +433,7 @@ class MemoryBackend:
                 per = c.by_queue.setdefault(
                     r.queue, {"pending": 0, "processing": 0, "done": 0, "dead": 0}
                 )
-                per[r.status] += 1
+                per[r.status] = per.get(r.status, 0) + 1
                 setattr(c, r.status, getattr(c, r.status) + 1)
                 if r.status == "pending":
                     if r.next_run <= now:
@@ -419,83 +498,311 @@ class MemoryBackend:
             and (flt.task_name is None or d.task_name == flt.task_name)
             and (flt.queue is None or d.queue == flt.queue)
             and (flt.error_contains is None or flt.error_contains.lower() in d.error.lower())
+            and (flt.fingerprint is None or d.fingerprint == flt.fingerprint)
         ]
         return items if flt.limit is None else items[: flt.limit]
+
+    def dead_groups(self, flt: DeadFilter) -> list[DeadGroup]:
+        waiting = replace(flt, include_all=False, limit=None)
+        groups: dict[str, list[DeadLetter]] = {}
+        for d in self.dead_letters(waiting):  # newest first
+            groups.setdefault(d.fingerprint, []).append(d)
+        out = [
+            DeadGroup(
+                fingerprint=fp,
+                count=len(members),
+                task_name=members[0].task_name,
+                example=members[0].error,
+                example_id=members[0].id,
+                first_seen=min(d.died_at for d in members),
+                last_seen=max(d.died_at for d in members),
+            )
+            for fp, members in groups.items()
+        ]
+        out.sort(key=lambda g: (-g.count, -g.last_seen.timestamp(), g.fingerprint))
+        return out if flt.limit is None else out[: max(0, flt.limit)]
 
     def get_dead(self, dead_id: TaskId) -> DeadLetter | None:
         with self.store.lock:
             return self.store.dead.get(int(dead_id))
 
-    def _select(self, sel: DeadSelector) -> list[int]:
+    def _select(self, sel: DeadSelector, verb: str) -> list[DeadLetter]:
+        """The status-'dead' letters ``sel`` names or matches, oldest death first.
+
+        Ids given one by one must all be waiting dead letters (else NotFound, and the
+        caller changes nothing: all or nothing, as in one transaction)."""
         if sel.ids:
-            return [int(i) for i in sel.ids]
-        if not (sel.all or sel.task_name or sel.queue):
-            return []
-        return sorted(
-            int(d.id)
-            for d in self.store.dead.values()
-            if d.status == "dead"
-            and (sel.task_name is None or d.task_name == sel.task_name)
-            and (sel.queue is None or d.queue == sel.queue)
-        )
+            chosen: dict[int, DeadLetter] = {}
+            for dead_id in sel.ids:
+                try:
+                    d = self.store.dead.get(int(dead_id))
+                except (TypeError, ValueError):
+                    d = None
+                if d is None or d.status != "dead":
+                    raise NotFound(f"no dead letter {dead_id} waiting to be {verb}")
+                chosen[int(d.id)] = d
+            items = list(chosen.values())
+        elif not (sel.all or sel.task_name or sel.queue or sel.fingerprint):
+            raise ValueError(
+                "say which dead letters: ids, all, or a task name, queue or fingerprint"
+            )
+        else:
+            items = [
+                d
+                for d in self.store.dead.values()
+                if d.status == "dead"
+                and (sel.task_name is None or d.task_name == sel.task_name)
+                and (sel.queue is None or d.queue == sel.queue)
+                and (sel.fingerprint is None or d.fingerprint == sel.fingerprint)
+            ]
+        return sorted(items, key=lambda d: (d.died_at, int(d.id)))
 
-    def _check_waiting(self, selector: DeadSelector, verb: str) -> None:
-        """Named ids must all be waiting dead letters: all or nothing, as in one transaction."""
-        for dead_id in selector.ids:
-            d = self.store.dead.get(int(dead_id))
-            if d is None or d.status != "dead":
-                raise NotFound(f"no dead letter {dead_id} waiting to be {verb}")
-
-    def requeue_dead(self, selector: DeadSelector) -> list[TaskId]:
+    def _requeue(
+        self, items: Sequence[DeadLetter], dues: Sequence[float], payload_json: str | None = None
+    ) -> list[TaskId]:
+        """Put waiting dead letters back as pending tasks due at ``dues`` (epoch)."""
         now = time.time()
         out: list[TaskId] = []
+        for d, due in zip(items, dues, strict=True):
+            dead_id = int(d.id)
+            self.store.dead[dead_id] = replace(d, status="requeued", requeued_at=_dt(now))
+            payload, ukey, batch = self.store.raw.get(dead_id, (json.dumps(d.payload), None, None))
+            if ukey is not None and any(
+                r.unique_key == ukey and r.status in ("pending", "processing")
+                for r in self.store.tasks.values()
+            ):
+                ukey = None  # a live task already holds the key: this re-run goes without
+            self.store.tasks[int(d.task_id)] = _Row(
+                id=int(d.task_id),
+                queue=d.queue,
+                task_name=d.task_name,
+                payload=payload if payload_json is None else payload_json,
+                priority=d.priority,
+                max_attempts=d.max_attempts,
+                next_run=due,
+                created=d.created or "",
+                updated=now,
+                unique_key=ukey,
+                errors=list(d.errors),
+                dead_letter_id=dead_id,
+                batch=batch,
+            )
+            out.append(d.task_id)
+        return out
+
+    def requeue_dead(
+        self,
+        selector: DeadSelector,
+        *,
+        payload_json: str | None = None,
+        delay: float = 0.0,
+        spread: float = 0.0,
+    ) -> list[TaskId]:
+        if payload_json is not None:
+            if len({str(i) for i in selector.ids}) != 1:
+                raise ValueError("a payload edit re-queues exactly one dead letter, by its id")
+            try:
+                json.loads(payload_json)
+            except ValueError:
+                raise ValueError(f"the new payload is not JSON: {payload_json[:80]!r}") from None
+        if delay < 0 or spread < 0:
+            raise ValueError("delay and spread must be >= 0 seconds")
+        now = time.time()
         with self.store.lock:
-            self._check_waiting(selector, "re-queued")
-            for dead_id in self._select(selector):
-                d = self.store.dead.get(dead_id)
-                if d is None or d.status != "dead":
-                    if selector.ids:
-                        raise NotFound(f"no dead letter {dead_id} waiting to be re-queued")
-                    continue
-                self.store.dead[dead_id] = replace(d, status="requeued", requeued_at=_dt(now))
-                payload, ukey = self.store.raw.get(dead_id, (json.dumps(d.payload), None))
-                self.store.tasks[int(d.task_id)] = _Row(
-                    id=int(d.task_id),
-                    queue=d.queue,
-                    task_name=d.task_name,
-                    payload=payload,
-                    priority=d.priority,
-                    max_attempts=d.max_attempts,
-                    next_run=now,
-                    created=d.created or "",
-                    updated=now,
-                    unique_key=ukey,
-                    errors=list(d.errors),
-                    dead_letter_id=dead_id,
-                )
-                out.append(d.task_id)
+            items = self._select(selector, "re-queued")
+            n = len(items)
+            dues = [now + delay + spread * i / n for i in range(n)]
+            out = self._requeue(items, dues, payload_json)
         self._notify()
         return out
 
-    def discard_dead(self, selector: DeadSelector) -> int:
-        n = 0
+    def review_dead(self, review: Review) -> int:
+        if review.rate is not None and not review.rate > 0:
+            raise ValueError("rate must be > 0 re-queues per second")
+        now = time.time()
         with self.store.lock:
-            self._check_waiting(selector, "discarded")
-            for dead_id in self._select(selector):
-                d = self.store.dead.get(dead_id)
-                if d is None or d.status != "dead":
-                    if selector.ids:
-                        raise NotFound(f"no dead letter {dead_id} waiting to be discarded")
+            items = self._select(review.selector, "reviewed")
+            base = review.after if review.after is not None else now
+            for i, d in enumerate(items):
+                at: float | None = None
+                if review.approve:
+                    at = base + (i / review.rate if review.rate else 0.0)
+                self.store.dead[int(d.id)] = replace(
+                    d,
+                    review="approved" if review.approve else "rejected",
+                    reviewed_by=review.by,
+                    reviewed_at=_dt(now),
+                    review_note=review.note,
+                    requeue_at=utc_from_epoch(at),
+                )
+        return len(items)
+
+    def requeue_approved(self, limit: int = 500) -> list[TaskId]:
+        now = time.time()
+        with self.store.lock:
+            due = sorted(
+                (
+                    d
+                    for d in self.store.dead.values()
+                    if d.status == "dead"
+                    and d.review == "approved"
+                    and d.requeue_at is not None
+                    and d.requeue_at.timestamp() <= now
+                ),
+                key=lambda d: (d.requeue_at, d.died_at, int(d.id)),
+            )[: max(0, limit)]
+            out = self._requeue(due, [now] * len(due))
+        if out:
+            self._notify()
+        return out
+
+    def discard_dead(self, selector: DeadSelector) -> int:
+        now = _dt(time.time())
+        with self.store.lock:
+            items = self._select(selector, "discarded")
+            for d in items:
+                self.store.dead[int(d.id)] = replace(d, status="discarded", discarded_at=now)
+        return len(items)
+
+    # --- control --------------------------------------------------------------------
+
+    def cancel(self, selector: CancelSelector) -> list[TaskId]:
+        now = time.time()
+        with self.store.lock:
+            if selector.ids:
+                rows: list[_Row] = []
+                dead_tasks = {int(d.task_id) for d in self.store.dead.values()}
+                for tid in selector.ids:
+                    try:
+                        key = int(tid)
+                    except (TypeError, ValueError):
+                        raise NotFound(f"no task {tid}") from None
+                    r = self.store.tasks.get(key)
+                    if r is None and key not in dead_tasks:
+                        raise NotFound(f"no task {tid}")
+                    if r is not None and r.status == "pending" and r not in rows:
+                        rows.append(r)
+            elif not (selector.task_name or selector.queue or selector.batch):
+                raise ValueError("say which tasks to cancel: ids, or a task name, queue or batch")
+            else:
+                rows = sorted(
+                    (
+                        r
+                        for r in self.store.tasks.values()
+                        if r.status == "pending"
+                        and (selector.task_name is None or r.task_name == selector.task_name)
+                        and (selector.queue is None or r.queue == selector.queue)
+                        and (selector.batch is None or r.batch == selector.batch)
+                    ),
+                    key=lambda r: r.id,
+                )
+            for r in rows:
+                r.status, r.updated = "cancelled", now
+        return [r.id for r in rows]
+
+    def pause_queue(self, queue: str, paused: bool) -> None:
+        with self.store.lock:
+            if paused:
+                self.store.paused.setdefault(queue, time.time())
+            else:
+                self.store.paused.pop(queue, None)
+        if not paused:
+            self._notify()
+
+    def paused_queues(self) -> dict[str, float]:
+        with self.store.lock:
+            return dict(self.store.paused)
+
+    # --- batches --------------------------------------------------------------------
+
+    def _batch_info(self, b: _Batch) -> BatchInfo:
+        n = dict.fromkeys(("pending", "processing", "done", "cancelled"), 0)
+        finished: list[float] = []
+        for r in self.store.tasks.values():
+            if r.batch == b.name and r.status in n:
+                n[r.status] += 1
+                if r.status == "done":
+                    finished.append(r.updated)
+        dead = 0
+        for d in self.store.dead.values():
+            raw = self.store.raw.get(int(d.id))
+            if d.status == "dead" and raw is not None and raw[2] == b.name:
+                dead += 1
+                finished.append(d.died_at.timestamp())
+        return BatchInfo(
+            name=b.name,
+            total=b.total,
+            pending=n["pending"],
+            processing=n["processing"],
+            done=n["done"],
+            dead=dead,
+            cancelled=n["cancelled"],
+            created=_dt(b.created),
+            last_finished=utc_from_epoch(max(finished)) if finished else None,
+            completed=utc_from_epoch(b.completed),
+            on_complete=b.on_complete_task,
+            followup_id=b.followup_id,
+        )
+
+    def batch(self, name: str) -> BatchInfo | None:
+        with self.store.lock:
+            b = self.store.batches.get(name)
+            return None if b is None else self._batch_info(b)
+
+    def batches(self, limit: int = 50) -> list[BatchInfo]:
+        with self.store.lock:
+            newest = sorted(self.store.batches.values(), key=lambda b: (-b.created, b.name))
+            return [self._batch_info(b) for b in newest[: max(0, limit)]]
+
+    def settle_batches(self) -> list[tuple[str, TaskId | None]]:
+        out: list[tuple[str, TaskId | None]] = []
+        with self.store.lock:
+            open_ = [b for b in self.store.batches.values() if b.completed is None]
+            if not open_:
+                return out
+            busy = {
+                r.batch
+                for r in self.store.tasks.values()
+                if r.batch is not None and r.status in ("pending", "processing")
+            }
+            now = time.time()
+            for b in sorted(open_, key=lambda b: (b.created, b.name)):
+                if b.name in busy:
                     continue
-                self.store.dead[dead_id] = replace(d, status="discarded")
-                n += 1
-        return n
+                b.completed = now
+                if b.on_complete_task is not None:
+                    row = _Row(
+                        id=next(self.store.ids),
+                        queue=b.on_complete_queue or "default",
+                        task_name=b.on_complete_task,
+                        payload=b.on_complete_payload or "{}",
+                        priority=0,
+                        max_attempts=None,
+                        next_run=now,
+                        created=_dt(now).strftime("%Y-%m-%d %H:%M:%S"),
+                        updated=now,
+                    )
+                    self.store.tasks[row.id] = row
+                    b.followup_id = row.id
+                out.append((b.name, b.followup_id))
+        if any(f is not None for _, f in out):
+            self._notify()
+        return out
 
     def parse_id(self, text: str) -> TaskId:
         return int(text)
 
     def close(self) -> None:
         pass
+
+
+def _resolved_before(d: DeadLetter, cutoff: datetime) -> bool:
+    """A dead letter handled (re-queued, discarded or rejected) before ``cutoff``."""
+    if d.status == "requeued":
+        return d.requeued_at is not None and d.requeued_at < cutoff
+    if d.status == "discarded":
+        return d.discarded_at is not None and d.discarded_at < cutoff
+    return d.review == "rejected" and d.reviewed_at is not None and d.reviewed_at < cutoff
 
 
 def _line(error: TaskError) -> str:
