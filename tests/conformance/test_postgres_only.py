@@ -1,6 +1,8 @@
-"""PostgreSQL-only behaviour: the schema (fresh == migrated), the seed's bare INSERT, the
-NOTIFY trigger and the LISTEN wake source (also across a killed connection), PgBouncer in
-transaction mode, schema and connection errors, concurrent migrates and claims.
+"""PostgreSQL-only behaviour: the schema (fresh == migrated, and `lmq migrate` from schema
+1), the seed's bare INSERT, the NOTIFY trigger and the LISTEN wake source (also across a
+killed connection), PgBouncer in transaction mode, schema and connection errors,
+concurrent migrates and claims, paused queues in the claim's plan, concurrent batch
+settling and approved re-queues, batches inside the application's transaction.
 
 Runs when ``LMQ_TEST_POSTGRES_URL`` names a server (``.ci/run`` sets it); every test
 works under a fresh prefix of its own and drops it afterwards.  The PgBouncer test starts
@@ -14,6 +16,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -29,11 +32,11 @@ import lmq
 from lmq.backends.postgres import PostgresBackend
 from lmq.backends.postgres.backend import SCHEMA_VERSION
 from lmq.backends.sqlfile import load_migrations
-from lmq.models import ClaimRequest, CompleteBatch, TaskId
+from lmq.models import ClaimRequest, CompleteBatch, DeadFilter, DeadSelector, Review, TaskId
 from lmq.url import parse_url
 from lmq_testservers import drop_prefix
 
-from .helpers import claim, complete, ids, run_burst, wait_for
+from .helpers import claim, complete, ids, kill, run_burst, wait_for
 
 PG_URL = os.environ.get("LMQ_TEST_POSTGRES_URL", "")
 pytestmark = pytest.mark.skipif(not PG_URL, reason="set LMQ_TEST_POSTGRES_URL to a PostgreSQL URL")
@@ -596,3 +599,232 @@ def test_behind_pgbouncer_in_transaction_mode(bouncer: str, prefix: str) -> None
         assert run_burst(q, concurrency=20) == 0
         assert len(ran) == 501  # the unique one and the 500
         assert q.counts() == {"pending": 0, "processing": 0, "done": 502, "dead": 0}
+
+
+# --- schema 2: upgrading, the issue-4 verbs on this server -----------------------------------
+
+
+def _make_schema_1(prefix: str) -> None:
+    """What an lmq of schema 1 left: 0001_initial.sql only, schema_version 1."""
+    (number, _name, sql), *_later = load_migrations("lmq.backends.postgres.migrations", prefix)
+    assert number == 1
+    with _raw() as conn:
+        conn.execute(sql.encode())
+        conn.execute(f"INSERT INTO {prefix}queue_meta (key, value) VALUES ('schema_version', '1')")
+
+
+def test_lmq_migrate_upgrades_a_schema_1_database() -> None:
+    """A version-1 database with work in it: refused until `lmq migrate` (the CLI), which
+    applies 0002 only; the catalog is then schema.sql's, the old rows are kept, and the
+    new verbs and a worker run on it."""
+    old, fresh = _new_prefix(), _new_prefix()
+    try:
+        _make_schema_1(old)
+        with _raw() as conn:  # rows schema 1 wrote
+            conn.execute(
+                f"INSERT INTO {old}queue_tasks (task_name, payload, status) VALUES"
+                " ('job', '{\"n\": 1}', 'pending'), ('job', '{\"n\": 2}', 'done')"
+            )
+            conn.execute(
+                f"INSERT INTO {old}queue_dead_letters (task_id, queue, task_name, payload,"
+                " error, reason, fingerprint, died_at) VALUES (99, 'default', 'job', '{}',"
+                " 'ValueError: old', 'attempts used up', 'fp-old',"
+                " extract(epoch FROM now()))"
+            )
+        url = _with(_base(), prefix=old)
+        with lmq.Queue(url) as q, pytest.raises(lmq.SchemaMissing, match="lmq migrate"):
+            q.counts()
+        done = subprocess.run(
+            [sys.executable, "-m", "lmq", "migrate", "--url", url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        with lmq.Queue(_with(_base(), prefix=fresh)) as q:
+            q.migrate()
+        with _raw() as conn:
+            a, b = _catalog(conn, fresh), _catalog(conn, old)
+        for kind in a:
+            assert a[kind] == b[kind], kind
+        with lmq.Queue(url) as q:
+            assert q.backend.schema_version() == SCHEMA_VERSION == 2
+            assert q.migrate() == []
+            assert q.counts() == {"pending": 1, "processing": 0, "done": 1, "dead": 1}
+            (group,) = q.backend.dead_groups(DeadFilter())
+            assert (group.fingerprint, group.count, group.example) == (
+                "fp-old",
+                1,
+                "ValueError: old",
+            )
+            seen: list[Any] = []
+
+            @q.task
+            def job(n: int) -> None:
+                seen.append(n)
+
+            @q.task
+            def finished(name: str) -> None:
+                seen.append(name)
+
+            q.enqueue_many([("job", {"n": 3})], batch="b", on_complete=("finished", {"name": "b"}))
+            assert run_burst(q) == 0
+            assert sorted(map(str, seen)) == ["1", "3", "b"]
+            info = q.batch("b")
+            assert info is not None and info.completed is not None
+            assert info.done == 1 and info.followup_id is not None
+    finally:
+        drop_prefix(_base(), old)
+        drop_prefix(_base(), fresh)
+
+
+def _plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", ()):
+        yield from _plan_nodes(child)
+
+
+def test_the_claim_is_unchanged_without_paused_queues_and_skips_a_paused_backlog(
+    pq: lmq.Queue,
+) -> None:
+    backend = pq.backend
+    assert isinstance(backend, PostgresBackend)
+    for queues in (None, ("a",), ("a", "b")):
+        plain = backend._queries("claim", queues)
+        assert backend._queries("claim", queues, False) == plain
+        assert "<> ALL" not in plain and "qs(name)" not in plain
+    excluding = backend._queries("claim", None, True)
+    assert "<> ALL" in excluding
+    # a paused backlog ahead of everything else in the ready order: the claim of a worker
+    # of every queue walks only the open queue's rows (one probe per queue to find them)
+    pq.enqueue_many([("t", {}) for _ in range(5000)], queue="paused", priority=9)
+    open_ids = pq.enqueue_many([("t", {}) for _ in range(20)], queue="open")
+    with _raw() as conn:
+        conn.execute(f"ANALYZE {pq.backend.prefix}queue_tasks")
+        with conn.transaction(force_rollback=True):
+            conn.execute("SET LOCAL enable_sort = off")
+            conn.execute("SET LOCAL jit = off")
+            explain = "EXPLAIN (ANALYZE, FORMAT JSON) " + excluding
+            params = {"worker": "w", "lease": 30.0, "limit": 10, "queues": [],
+                      "exclude": ["paused"]}  # fmt: skip
+            (plan,) = conn.execute(explain, params).fetchone()[0]
+    nodes = list(_plan_nodes(plan["Plan"]))
+    scans = [n for n in nodes if "Scan" in n["Node Type"]]
+    assert sum(n.get("Actual Rows", 0) * n.get("Actual Loops", 1) for n in scans) < 200, plan
+    assert all(n.get("Rows Removed by Filter", 0) < 200 for n in nodes), plan
+    got = backend.claim(ClaimRequest("w", 10, 30.0, None, ("paused",))).tasks
+    assert len(got) == 10 and set(ids(got)) <= set(open_ids)
+
+
+@pytest.mark.parametrize("options", [{}, {"pgbouncer": "true"}, {"pipeline": "true"}])
+def test_paused_queues_are_not_claimed_nor_rescued(prefix: str, options: dict[str, str]) -> None:
+    with lmq.Queue(_with(_base(), prefix=prefix, **options)) as q:
+        q.migrate()
+        backend = q.backend
+        stop = q.enqueue_many([("t", {}) for _ in range(5)], queue="stop", priority=9)
+        go = q.enqueue_many([("t", {}) for _ in range(3)], queue="go")
+        lapsed = q.enqueue("t", queue="stop")
+        complete(backend, "w", released=ids(claim(backend, "w", queues=("stop",), limit=6)))
+        (held,) = claim(backend, "dead-worker", queues=("stop",), limit=1, lease=0.01)
+        assert held.id in stop
+        time.sleep(0.05)  # its lease runs out
+        q.pause("stop")
+        q.pause("stop")  # twice: keeps the first time
+        paused = tuple(backend.paused_queues())
+        assert paused == ("stop",)
+        assert not backend.has_ready(("stop",), paused)
+        assert backend.has_ready(None, paused)
+        assert backend.next_due(("stop",), paused) is None
+        assert backend.next_due(None, paused) == 0
+        got = backend.claim(ClaimRequest("w", 10, 30.0, None, paused))
+        assert sorted(ids(got.tasks)) == sorted(go) and got.rescued == 0
+        assert not backend.has_ready(None, paused)
+        assert backend.claim(ClaimRequest("w", 10, 30.0, ("stop", "go"), paused)).tasks == []
+        result = backend.complete(
+            CompleteBatch("w", done=ids(got.tasks)), ClaimRequest("w", 10, 30.0, ("stop",), paused)
+        )
+        assert result is not None and result.tasks == []
+        q.resume("stop")
+        assert backend.paused_queues() == {}
+        again = backend.claim(ClaimRequest("w", 10, 30.0, None, ()))
+        assert sorted(ids(again.tasks)) == sorted([*stop, lapsed]) and again.rescued == 1
+
+
+def test_concurrent_settles_and_approved_requeues_happen_once(prefix: str) -> None:
+    """Several threads (each with its own Queue) call settle_batches and requeue_approved
+    at once: each batch completes once with one follow-up, each approved letter is
+    re-queued once, and no error reaches a caller."""
+    url = _with(_base(), prefix=prefix)
+    with lmq.Queue(url) as q:
+        q.migrate()
+        for n in range(5):
+            q.enqueue_many(
+                [("t", {}) for _ in range(3)], batch=f"b{n}", on_complete=("fin", {"n": n})
+            )
+            complete(q.backend, done=ids(claim(q.backend, limit=3)))
+        letters = [kill(q, message=f"failure {i}")[1] for i in range(40)]
+        review = Review(DeadSelector(all=True), True, "ops", rate=1000.0)
+        assert q.backend.review_dead(review) == len(letters)
+        time.sleep(0.05)
+    queues = [lmq.Queue(url) for _ in range(4)]
+    barrier = threading.Barrier(len(queues))
+    settled: list[tuple[str, Any]] = []
+    requeued: list[TaskId] = []
+    errors: list[BaseException] = []
+
+    def run(q: lmq.Queue) -> None:
+        try:
+            barrier.wait()
+            for _ in range(5):
+                settled.extend(q.backend.settle_batches())
+                requeued.extend(q.backend.requeue_approved(limit=7))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(q,)) for q in queues]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        assert errors == []
+        assert sorted(name for name, _ in settled) == [f"b{n}" for n in range(5)]
+        assert len({f for _, f in settled}) == 5
+        assert sorted(requeued) == sorted(d.task_id for d in letters)
+        q = queues[0]
+        assert q.counts()["dead"] == 0
+        assert q.stats().pending == 40 + 5  # the re-queued and the follow-ups
+        for name, followup in settled:
+            info = q.batch(name)
+            assert info is not None and info.followup_id == followup
+            assert info.completed is not None
+    finally:
+        for q in queues:
+            q.close()
+
+
+@pytest.mark.parametrize("commit", [True, False])
+def test_a_batch_in_the_applications_transaction(pq: lmq.Queue, commit: bool) -> None:
+    """The batch row and its members are written in the application's open transaction:
+    both exist only if it commits."""
+    import psycopg
+
+    with psycopg.connect(_base(), connect_timeout=5) as app:
+        made = pq.enqueue_many(
+            [("t", {"i": i}) for i in range(3)],
+            connection=app,
+            batch="tx",
+            on_complete=("fin", {}),
+        )
+        assert pq.backend.batch("tx") is None  # not committed yet
+        if commit:
+            app.commit()
+        else:
+            app.rollback()
+    info = pq.backend.batch("tx")
+    if commit:
+        assert info is not None and (info.total, info.pending) == (3, 3)
+        assert [pq.get(i).batch for i in made] == ["tx"] * 3  # type: ignore[union-attr]
+    else:
+        assert info is None and all(pq.get(i) is None for i in made)
