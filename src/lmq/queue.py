@@ -340,7 +340,10 @@ class Queue:
                 raise TypeError("on_complete's task name must be a non-empty string")
             handler = self.registry.get(name)
             spec["on_complete_task"] = name
-            spec["on_complete_payload_json"] = payload_mod.encode_payload(payload)
+            try:
+                spec["on_complete_payload_json"] = payload_mod.encode_payload(payload)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"on_complete {name!r}: {exc}") from None
             spec["on_complete_queue"] = handler.options.queue if handler else DEFAULT_QUEUE
         return spec
 

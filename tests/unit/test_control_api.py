@@ -1,5 +1,5 @@
-"""The control API on SQLite: ``cancel``, ``pause``/``resume``, batches with a follow-up,
-and a burst worker honouring them (in this process)."""
+"""The control API on SQLite and in memory: ``cancel``, ``pause``/``resume``, batches
+with a follow-up, and a burst worker honouring them (in this process)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ from lmq.worker import Worker, WorkerSettings
 ran: list[tuple[str, Any]] = []
 
 
-@pytest.fixture
-def queue(tmp_path: Path) -> Iterator[lmq.Queue]:
-    q = lmq.Queue(f"sqlite:///{tmp_path}/control.db")
+@pytest.fixture(params=["sqlite", "memory"])
+def queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[lmq.Queue]:
+    url = f"sqlite:///{tmp_path}/control.db" if request.param == "sqlite" else "memory://"
+    q = lmq.Queue(url)
 
     @q.task
     def work(n: int) -> None:
