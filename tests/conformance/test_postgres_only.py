@@ -685,34 +685,43 @@ def _plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from _plan_nodes(child)
 
 
+def _walked(conn: Any, sql: str, params: dict[str, Any]) -> tuple[int, int, Any]:
+    """Rows a statement's scans returned in all, and the most one node filtered out."""
+    (plan,) = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params).fetchone()[0]
+    nodes = list(_plan_nodes(plan["Plan"]))
+    scans = [n for n in nodes if "Scan" in n["Node Type"]]
+    rows = sum(n.get("Actual Rows", 0) * n.get("Actual Loops", 1) for n in scans)
+    return rows, max(n.get("Rows Removed by Filter", 0) for n in nodes), plan
+
+
 def test_the_claim_is_unchanged_without_paused_queues_and_skips_a_paused_backlog(
     pq: lmq.Queue,
 ) -> None:
     backend = pq.backend
     assert isinstance(backend, PostgresBackend)
     for queues in (None, ("a",), ("a", "b")):
-        plain = backend._queries("claim", queues)
-        assert backend._queries("claim", queues, False) == plain
-        assert "<> ALL" not in plain and "qs(name)" not in plain
-    excluding = backend._queries("claim", None, True)
-    assert "<> ALL" in excluding
-    # a paused backlog ahead of everything else in the ready order: the claim of a worker
-    # of every queue walks only the open queue's rows (one probe per queue to find them)
+        for name in ("claim", "has_ready", "due"):
+            plain = backend._queries(name, queues)
+            assert backend._queries(name, queues, False) == plain
+            assert "<> ALL" not in plain and "qs(name)" not in plain
+    # a paused backlog ahead of everything else in the ready order: the statements of a
+    # worker of every queue walk only the open queue's rows (one probe per queue to find
+    # the queues); a claim, "is anything ready" and "when is the next one due"
     pq.enqueue_many([("t", {}) for _ in range(5000)], queue="paused", priority=9)
     open_ids = pq.enqueue_many([("t", {}) for _ in range(20)], queue="open")
+    params = {"worker": "w", "lease": 30.0, "limit": 10, "queues": [], "exclude": ["paused"]}
     with _raw() as conn:
-        conn.execute(f"ANALYZE {pq.backend.prefix}queue_tasks")
-        with conn.transaction(force_rollback=True):
-            conn.execute("SET LOCAL enable_sort = off")
-            conn.execute("SET LOCAL jit = off")
-            explain = "EXPLAIN (ANALYZE, FORMAT JSON) " + excluding
-            params = {"worker": "w", "lease": 30.0, "limit": 10, "queues": [],
-                      "exclude": ["paused"]}  # fmt: skip
-            (plan,) = conn.execute(explain, params).fetchone()[0]
-    nodes = list(_plan_nodes(plan["Plan"]))
-    scans = [n for n in nodes if "Scan" in n["Node Type"]]
-    assert sum(n.get("Actual Rows", 0) * n.get("Actual Loops", 1) for n in scans) < 200, plan
-    assert all(n.get("Rows Removed by Filter", 0) < 200 for n in nodes), plan
+        conn.execute(f"ANALYZE {backend.prefix}queue_tasks")
+        for name in ("claim", "has_ready_excluding", "due_excluding"):
+            sql = backend._queries(name, None, True)
+            assert "<> ALL" in sql
+            with conn.transaction(force_rollback=True):
+                conn.execute("SET LOCAL enable_sort = off")
+                conn.execute("SET LOCAL jit = off")
+                rows, filtered, plan = _walked(conn, sql, params)
+            assert rows < 200 and filtered < 200, (name, plan)
+    assert backend.has_ready(None, ("paused",))
+    assert backend.next_due(None, ("paused",)) == 0
     got = backend.claim(ClaimRequest("w", 10, 30.0, None, ("paused",))).tasks
     assert len(got) == 10 and set(ids(got)) <= set(open_ids)
 

@@ -583,7 +583,7 @@ class PostgresBackend:
     def _due(
         self, queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()
     ) -> tuple[float | None, float | None, float]:
-        sql = self._queries("due", queues, bool(exclude))
+        sql = self._queries("due_excluding" if exclude else "due", queues, bool(exclude))
         params = {"queues": list(queues or ()), "exclude": list(exclude)}
         with self._conn(worker=True) as conn:
             if self.session_settings:

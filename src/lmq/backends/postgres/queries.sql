@@ -254,6 +254,32 @@ SELECT min((SELECT next_run FROM {prefix}queue_tasks
        {prefix}queue_now()
   FROM p WHERE p.priority IS NOT NULL
 
+-- name: due_excluding
+-- "due" for a worker of every queue while some are paused: the same loose index scan over
+-- priorities, queue by queue for the queues with pending tasks that are not paused (so a
+-- paused backlog is never walked); lapsed leases of paused queues do not count
+SELECT (SELECT min(d.due)
+          FROM ({pending_queues}) q,
+               LATERAL (WITH RECURSIVE p(priority) AS (
+                            (SELECT priority FROM {prefix}queue_tasks
+                              WHERE status = 'pending' AND queue = q.name
+                              ORDER BY priority DESC LIMIT 1)
+                          UNION ALL
+                            SELECT (SELECT priority FROM {prefix}queue_tasks
+                                     WHERE status = 'pending' AND queue = q.name
+                                       AND priority < p.priority
+                                     ORDER BY priority DESC LIMIT 1)
+                              FROM p WHERE p.priority IS NOT NULL
+                        )
+                        SELECT min((SELECT next_run FROM {prefix}queue_tasks
+                                     WHERE status = 'pending' AND queue = q.name
+                                       AND priority = p.priority
+                                     ORDER BY priority DESC, next_run LIMIT 1)) AS due
+                          FROM p WHERE p.priority IS NOT NULL) d),
+       (SELECT min(locked_until) FROM {prefix}queue_tasks
+         WHERE status = 'processing' {queue_filter}),
+       {prefix}queue_now()
+
 -- name: ack_done
 UPDATE {prefix}queue_tasks
    SET status = 'done', locked_by = NULL, locked_until = NULL, updated = {prefix}queue_now()
