@@ -600,6 +600,27 @@ def test_behind_pgbouncer_in_transaction_mode(bouncer: str, prefix: str) -> None
         assert len(ran) == 501  # the unique one and the 500
         assert q.counts() == {"pending": 0, "processing": 0, "done": 502, "dead": 0}
 
+        # the issue-4 verbs through the pooler: batches, pauses, cancel, review
+        q.pause("slow")
+        q.enqueue_many([("t", {}) for _ in range(3)], queue="slow")
+        assert q.backend.paused_queues().keys() == {"slow"}
+        q.enqueue_many([("t", {"i": i}) for i in range(5)], batch="b", on_complete=("t", {}))
+        cancelled = q.enqueue("t", {"i": 99})
+        assert q.backend.cancel(lmq.models.CancelSelector(ids=[cancelled])) == [cancelled]
+        assert run_burst(q) == 0
+        info = q.backend.batch("b")
+        assert info is not None and info.done == 5 and info.followup_id is not None
+        assert q.get(info.followup_id).status == "done"  # type: ignore[union-attr]
+        assert q.stats().pending == 3 and q.stats().cancelled == 1
+        q.resume("slow")
+        _task_id, letter = kill(q, message="order 17 failed")
+        (group,) = q.backend.dead_groups(DeadFilter())
+        assert group.count == 1 and group.example_id == letter.id
+        review = Review(DeadSelector(fingerprint=group.fingerprint), True, "ops")
+        assert q.backend.review_dead(review) == 1
+        assert q.backend.requeue_approved() == [letter.task_id]
+        assert q.counts()["dead"] == 0
+
 
 # --- schema 2: upgrading, the issue-4 verbs on this server -----------------------------------
 
