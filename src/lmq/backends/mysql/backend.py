@@ -49,6 +49,16 @@ Semantics are SQLite's (see :mod:`lmq.backends.base`); the differences are the s
 * Tables are never created implicitly: ``lmq migrate`` does, under ``GET_LOCK``.
 * There are no notifications: :meth:`wake_source` returns None and idle workers poll
   :meth:`has_ready`, a read of a few index entries.
+* Paused queues (``{prefix}queue_queues``): a worker of named queues just leaves the
+  paused ones out; a worker of every queue reads the same ready index with ``queue NOT IN
+  (...)``.  With nothing paused the claim is the statement it always was.
+* Batches (``{prefix}queue_batches``, members by ``queue_tasks.batch``): counts come from
+  the (batch, status) index; ``settle_batches`` completes a batch with a compare-and-set
+  on ``completed IS NULL`` (that re-checks no member is pending or processing), in the
+  transaction that inserts its follow-up.
+* Approved dead letters are re-queued under ``FOR UPDATE SKIP LOCKED`` (``claim=update``:
+  a plain ``FOR UPDATE``, whose waiter re-reads the row, and an UPDATE guarded on
+  ``status = 'dead'``), after a one-entry read that finds nothing to do most seconds.
 """
 
 from __future__ import annotations
