@@ -42,6 +42,15 @@ and claims the freed slots in the same one.  Tables are created by ``lmq migrate
 other calls on a database without them (or with an older schema) raise SchemaMissing
 naming it.
 
+Paused queues (``ClaimRequest.exclude``): a worker of some queues drops the paused ones
+from its list; a worker of every queue walks the ready rows queue by queue over the
+queues with pending tasks (found by a loose scan of the per-queue index) that are not
+paused, so a paused backlog costs nothing.  With nothing paused every statement is the one
+it always was.  Batches live in ``{prefix}queue_batches`` (members carry the name in
+``queue_tasks.batch``); ``settle_batches`` completes one with a compare-and-set on
+``completed IS NULL`` and enqueues its follow-up in the same transaction.  Approved dead
+letters are re-queued under ``FOR UPDATE SKIP LOCKED``, so concurrent workers share them.
+
 Wake-ups: a statement-level trigger NOTIFYs ``{prefix}queue_tasks`` on every insert
 (anyone's, delivered at commit); :mod:`.wake` LISTENs on its own connection.  The
 worker's pruner also vacuums the task table when the server runs without autovacuum.
@@ -737,6 +746,10 @@ class PostgresBackend:
     # --- inspection ----------------------------------------------------------------
 
     def get(self, task_id: TaskId) -> Task | None:
+        try:
+            task_id = int(task_id)
+        except (TypeError, ValueError):
+            return None  # cannot be an id here
         with self._conn() as conn:
             cur = conn.cursor(row_factory=dict_row)
             row = cur.execute(self.q["get_task"], {"id": task_id}).fetchone()
