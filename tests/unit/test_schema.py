@@ -59,3 +59,92 @@ def test_the_catalog_comparison_sees_a_difference(tmp_path: Path) -> None:
         conn.execute("ALTER TABLE b_queue_tasks ADD COLUMN extra TEXT")
         conn.execute("CREATE INDEX b_queue_tasks_extra ON b_queue_tasks (extra)")
         assert _catalog(conn, "a_") != _catalog(conn, "b_")
+
+
+def _v1_database(path: Path, prefix: str = "") -> None:
+    """A database as lmq 1 left it: migration 0001 only, schema_version 1, some rows."""
+    first = load_migrations("lmq.backends.sqlite.migrations", prefix)[0][2]
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        for statement in split_sql(first):
+            conn.execute(statement)
+        conn.execute(f"INSERT INTO {prefix}queue_meta (key, value) VALUES ('schema_version', '1')")
+        conn.execute(
+            f"INSERT INTO {prefix}queue_tasks (task_name, payload, status, created)"
+            " VALUES ('old_task', '{\"n\": 1}', 'pending', '2026-01-01 00:00:00')"
+        )
+        conn.execute(
+            f"INSERT INTO {prefix}queue_dead_letters (task_id, queue, task_name, payload,"
+            " error, reason, fingerprint, died_at) VALUES (99, 'default', 'gone', '{}',"
+            " 'ValueError: x', 'attempts used up', 'fp1', 1.7e9)"
+        )
+        conn.commit()
+
+
+def test_migrate_upgrades_a_version_1_database(tmp_path: Path) -> None:
+    import lmq
+    from lmq.models import DeadFilter, DeadSelector, NewTask, Review
+
+    db = tmp_path / "v1.db"
+    _v1_database(db, "wp_")
+    with lmq.Queue(f"sqlite:///{db}?prefix=wp_") as queue:
+        assert queue.backend.schema_version() == 1
+        assert queue.migrate() == list(range(2, SCHEMA_VERSION + 1))
+        assert queue.backend.schema_version() == SCHEMA_VERSION
+        assert queue.migrate() == []
+        # the old rows are there and the new verbs work on them
+        (old,) = queue.tasks(name="old_task")
+        assert old.payload == {"n": 1} and old.batch is None
+        backend = queue.backend
+        ids = queue.enqueue_many([("member", {})], batch="b1", on_complete=("report", {}))
+        info = queue.batch("b1")
+        assert (info.total, info.pending, info.on_complete) == (1, 1, "report")
+        assert queue.cancel(ids) == ids
+        assert dict(backend.settle_batches()).keys() == {"b1"}
+        queue.pause("bulk")
+        assert list(queue.paused_queues()) == ["bulk"]
+        assert [g.count for g in backend.dead_groups(DeadFilter())] == [1]
+        (dead,) = backend.dead_letters(DeadFilter())
+        assert backend.review_dead(Review(DeadSelector(ids=[dead.id]), approve=True, by="a")) == 1
+        assert backend.requeue_approved() == [99]
+        backend.enqueue([NewTask("t", "{}")])
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        upgraded = _catalog(conn, "wp_")
+        for statement in split_sql(load_schema("lmq.backends.sqlite", "fresh_")):
+            conn.execute(statement)
+        assert upgraded == _catalog(conn, "fresh_")
+
+
+def test_first_use_upgrades_a_version_1_database(tmp_path: Path) -> None:
+    """SQLite upgrades on first use too (as it creates its tables on first use)."""
+    import lmq
+
+    db = tmp_path / "v1.db"
+    _v1_database(db)
+    with lmq.Queue(f"sqlite:///{db}") as queue:
+        ids = queue.enqueue_many([("member", {})], batch="b")
+        task = queue.get(ids[0])
+        assert task is not None and task.batch == "b"
+        assert queue.backend.schema_version() == SCHEMA_VERSION
+
+
+def test_a_repair_after_a_dropped_table_reruns_the_migrations(tmp_path: Path) -> None:
+    """`lmq migrate` re-runs every migration when a table is gone (ADD COLUMN included)."""
+    import lmq
+
+    db = tmp_path / "q.db"
+    url = f"sqlite:///{db}?prefix=r_"
+    with lmq.Queue(url) as queue:
+        queue.migrate()
+        queue.enqueue_many([("member", {})], batch="b")
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("DROP TABLE r_queue_batches")
+        conn.commit()
+    with lmq.Queue(url) as queue:
+        queue.migrate()
+        assert queue.backend.batch("b") is None
+        assert queue.backend.schema_version() == SCHEMA_VERSION
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        repaired = _catalog(conn, "r_")
+        for statement in split_sql(load_schema("lmq.backends.sqlite", "fresh_")):
+            conn.execute(statement)
+        assert repaired == _catalog(conn, "fresh_")

@@ -14,14 +14,16 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import re
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ...exceptions import (
     BackendBusy,
@@ -32,18 +34,23 @@ from ...exceptions import (
     SchemaMissing,
 )
 from ...models import (
+    BatchInfo,
+    BatchSpec,
+    CancelSelector,
     Claimed,
     ClaimRequest,
     ClaimResult,
     CompleteBatch,
     Counts,
     DeadFilter,
+    DeadGroup,
     DeadLetter,
     DeadSelector,
     Heartbeat,
     NewTask,
     PruneRequest,
     RenewRequest,
+    Review,
     Task,
     TaskError,
     TaskFilter,
@@ -52,13 +59,13 @@ from ...models import (
 )
 from ...url import QueueURL
 from ..external import app_connection
-from ..rows import dead_from_row, error_line, split_sql, task_from_row
+from ..rows import dead_from_row, epoch, error_line, split_sql, task_from_row
 from ..sqlfile import check_prefix, load_migrations, load_queries, load_schema
 from .watch import WalWatcher
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # SQLite's own busy handler sleeps 1, 2, 5 … then 100 ms between tries, so a waiting
 # writer can starve behind busy workers for seconds (long enough for a short lease to
 # expire).  lmq waits itself instead, retrying every 0.1-2 ms (see _retry_locked).
@@ -73,6 +80,10 @@ def _now() -> float:
 
 def _utc_text(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+_FilterKey = tuple[tuple[str, ...] | None, tuple[str, ...]]  # (--queues, paused queues)
+_ADD_COLUMN = re.compile(r"^ALTER\s+TABLE\s+(\w+)\s+ADD\s+COLUMN\s+(\w+)", re.IGNORECASE)
 
 
 def _is_locked(exc: sqlite3.OperationalError) -> bool:
@@ -108,8 +119,8 @@ class SQLiteBackend:
         self._conns_lock = threading.Lock()
         self._schema_checked = False
         self._schema_lock = threading.Lock()
-        self._filters: dict[tuple[str, ...] | None, tuple[str, dict[str, str]]] = {}
-        self._claim_sql: dict[tuple[str, ...] | None, str] = {}
+        self._filters: dict[_FilterKey, tuple[str, dict[str, str]]] = {}
+        self._claim_sql: dict[_FilterKey, str] = {}
         self._check_path()
 
     # --- connections -----------------------------------------------------------------
@@ -278,8 +289,7 @@ class SQLiteBackend:
                     f"({SCHEMA_VERSION}); upgrade lmq"
                 )
             migrations = load_migrations("lmq.backends.sqlite.migrations", self.prefix)
-            if current and self._missing_tables(conn):
-                current = 0  # repair: the schema and every migration are idempotent
+            repair = bool(current) and bool(self._missing_tables(conn))
             if current == 0:  # an empty database: the current schema in one go
                 for statement in split_sql(self.q_schema()):
                     conn.execute(statement)
@@ -287,12 +297,14 @@ class SQLiteBackend:
                 applied = [n for n, _name, _sql in migrations if n <= SCHEMA_VERSION]
                 current = SCHEMA_VERSION
             for number, _name, sql in migrations:
-                if number <= current:
+                if number <= current and not repair:
                     continue
+                # repair (a table gone): every migration again, each one idempotent
                 for statement in split_sql(sql):
-                    conn.execute(statement)
-                conn.execute(self.q["set_schema_version"], {"version": str(number)})
-                applied.append(number)
+                    self._migration_statement(conn, statement)
+                if number > current:
+                    conn.execute(self.q["set_schema_version"], {"version": str(number)})
+                    applied.append(number)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -300,11 +312,30 @@ class SQLiteBackend:
             raise
         return applied
 
+    @staticmethod
+    def _migration_statement(conn: sqlite3.Connection, statement: str) -> None:
+        """Run one migration statement; an ADD COLUMN whose column exists is skipped
+        (SQLite has no ADD COLUMN IF NOT EXISTS), so every migration can be re-run."""
+        m = _ADD_COLUMN.match(statement)
+        if m is not None:
+            table, column = m.groups()
+            have = {row[1] for row in conn.execute(f"PRAGMA table_xinfo({table})")}
+            if column in have:
+                return
+        conn.execute(statement)
+
     def q_schema(self) -> str:
         """schema.sql with the prefix filled in (the current schema for an empty database)."""
         return load_schema("lmq.backends.sqlite", self.prefix)
 
-    _TABLES = ("queue_tasks", "queue_dead_letters", "queue_workers", "queue_meta")
+    _TABLES = (
+        "queue_tasks",
+        "queue_dead_letters",
+        "queue_workers",
+        "queue_meta",
+        "queue_queues",
+        "queue_batches",
+    )
 
     def _missing_tables(self, conn: sqlite3.Connection) -> list[str]:
         return [
@@ -326,25 +357,49 @@ class SQLiteBackend:
     # --- producer ----------------------------------------------------------------------
 
     def enqueue(
-        self, tasks: Sequence[NewTask], connection: object | None = None
+        self,
+        tasks: Sequence[NewTask],
+        connection: object | None = None,
+        batch: BatchSpec | None = None,
     ) -> list[TaskId]:
-        if not tasks:
+        if batch is not None and any(t.batch != batch.name for t in tasks):
+            tasks = [t._replace(batch=batch.name) for t in tasks]
+        if not tasks and batch is None:
             return []
         if connection is not None:  # the application's transaction: it commits, not lmq
             app = app_connection(connection, "sqlite")
             self._conn()  # lmq's own connection checks (or creates) the tables first
             try:
+                if batch is not None:
+                    self._add_batch(app.cursor, batch)
                 return self._insert(app.cursor, tasks)
             except sqlite3.Error as exc:
                 raise self._translate(exc) from None
             finally:
                 app.cursor.close()
         with self._tx() as conn:
+            if batch is not None:
+                self._add_batch(conn, batch)
             return self._insert(conn, tasks)
+
+    def _add_batch(self, conn: sqlite3.Connection | sqlite3.Cursor, spec: BatchSpec) -> None:
+        conn.execute(
+            self.q["batch_add"],
+            {
+                "name": spec.name,
+                "total": spec.total,
+                "now": _now(),
+                "task": spec.on_complete_task,
+                "payload": spec.on_complete_payload_json,
+                "queue": spec.on_complete_queue,
+            },
+        )
 
     def _insert(
         self, conn: sqlite3.Connection | sqlite3.Cursor, tasks: Sequence[NewTask]
     ) -> list[TaskId]:
+        if not tasks:
+            return []
         insert = self.q["insert_task"]
         now = _now()
         extra = (now, _utc_text(now))
@@ -368,28 +423,45 @@ class SQLiteBackend:
 
     # --- worker ------------------------------------------------------------------------
 
-    def _queue_filter(self, queues: tuple[str, ...] | None) -> tuple[str, dict[str, str]]:
-        cached = self._filters.get(queues)
+    def _queue_filter(
+        self, queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()
+    ) -> tuple[str, dict[str, str]]:
+        """The claim's queue condition: ``--queues`` and the paused queues (none: "")."""
+        key = (queues, exclude)
+        cached = self._filters.get(key)
         if cached is None:
+            sql, params = "", {}
             if not queues:
-                cached = ("", {})
+                pass
             elif len(queues) == 1:
-                cached = ("AND queue = :q0", {"q0": queues[0]})
+                sql, params = "AND queue = :q0", {"q0": queues[0]}
             else:
                 names = ", ".join(f":q{i}" for i in range(len(queues)))
-                cached = (f"AND queue IN ({names})", {f"q{i}": q for i, q in enumerate(queues)})
-            self._filters[queues] = cached
+                sql = f"AND queue IN ({names})"
+                params = {f"q{i}": q for i, q in enumerate(queues)}
+            if exclude:
+                xsql, xparams = self._exclude_filter(exclude)
+                sql, params = f"{sql} {xsql}".strip(), {**params, **xparams}
+            cached = self._filters[key] = (sql, params)
         return cached
+
+    @staticmethod
+    def _exclude_filter(exclude: tuple[str, ...]) -> tuple[str, dict[str, str]]:
+        if not exclude:
+            return "", {}
+        names = ", ".join(f":x{i}" for i in range(len(exclude)))
+        return f"AND queue NOT IN ({names})", {f"x{i}": q for i, q in enumerate(exclude)}
 
     def claim(self, request: ClaimRequest) -> ClaimResult:
         with self._tx() as conn:
             return self._claim_in(conn, request)
 
     def _claim_in(self, conn: sqlite3.Connection, request: ClaimRequest) -> ClaimResult:
-        qf, qparams = self._queue_filter(request.queues)
-        sql = self._claim_sql.get(request.queues)
+        key = (request.queues, request.exclude)
+        qf, qparams = self._queue_filter(*key)
+        sql = self._claim_sql.get(key)
         if sql is None:
-            sql = self._claim_sql[request.queues] = self.q["claim"].replace("{queue_filter}", qf)
+            sql = self._claim_sql[key] = self.q["claim"].replace("{queue_filter}", qf)
         now = _now()
         rescued = self._rescue(conn, now)
         rows = conn.execute(
@@ -426,18 +498,23 @@ class SQLiteBackend:
             )
         return len(expired)
 
-    def has_ready(self, queues: tuple[str, ...] | None) -> bool:
-        qf, qparams = self._queue_filter(queues)
-        sql = self.q["has_ready"].replace("{queue_filter}", qf)
+    def has_ready(self, queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()) -> bool:
+        qf, qparams = self._queue_filter(queues, exclude)
+        xf, _ = self._exclude_filter(exclude)
+        sql = self.q["has_ready"].replace("{queue_filter}", qf).replace("{exclude_filter}", xf)
         return bool(self._read(lambda c: c.execute(sql, {"now": _now(), **qparams}).fetchone()[0]))
 
-    def next_due(self, queues: tuple[str, ...] | None) -> float | None:
-        qf, qparams = self._queue_filter(queues)
+    def next_due(
+        self, queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()
+    ) -> float | None:
+        qf, qparams = self._queue_filter(queues, exclude)
         sql = self.q["next_due"].replace("{queue_filter}", qf)
+        xf, xparams = self._exclude_filter(exclude)
+        lease_sql = self.q["next_lease_expiry"].replace("{exclude_filter}", xf)
 
         def read(c: sqlite3.Connection) -> float | None:
             due = c.execute(sql, qparams).fetchone()[0]
-            expiry = c.execute(self.q["next_lease_expiry"]).fetchone()[0]
+            expiry = c.execute(lease_sql, xparams).fetchone()[0]
             times = [t for t in (due, expiry) if t is not None]
             return max(0.0, min(times) - _now()) if times else None
 
@@ -530,14 +607,39 @@ class SQLiteBackend:
 
     def prune(self, request: PruneRequest) -> int:
         removed = 0
-        cutoff = _now() - request.done_older_than
-        while True:  # small batches: each transaction holds the lock only briefly
+        now = _now()
+        cutoff = now - request.done_older_than
+        size = max(1, request.batch)
+        for name in ("prune_done", "prune_cancelled"):
+            while True:  # small batches: each transaction holds the lock only briefly
+                with self._tx() as conn:
+                    n = conn.execute(self.q[name], {"cutoff": cutoff, "batch": size}).rowcount
+                removed += n
+                if n < size:
+                    break
+        if request.dead_older_than is not None:
+            dead_cutoff = now - request.dead_older_than
+            for name in ("prune_dead_requeued", "prune_dead_discarded", "prune_dead_rejected"):
+                while True:
+                    with self._tx() as conn:
+                        gone = conn.execute(
+                            self.q[name], {"cutoff": dead_cutoff, "batch": size}
+                        ).fetchall()
+                        # the task row kept as its record goes with it (counted as one)
+                        conn.executemany(
+                            self.q["prune_dead_task"],
+                            [{"dead_id": d, "task_id": t} for d, t in gone],
+                        )
+                    removed += len(gone)
+                    if len(gone) < size:
+                        break
+        while True:  # completed batches whose members are all gone
             with self._tx() as conn:
                 n = conn.execute(
-                    self.q["prune_done"], {"cutoff": cutoff, "batch": request.batch}
+                    self.q["prune_batches"], {"cutoff": cutoff, "batch": size}
                 ).rowcount
             removed += n
-            if n < request.batch:
+            if n < size:
                 break
         with self._tx() as conn:
             removed += conn.execute(
@@ -566,9 +668,9 @@ class SQLiteBackend:
             try:
                 row = c.execute(self.q["get_task"], {"id": task_id}).fetchone()
                 if row is not None:
-                    return task_from_row(row)
+                    return _task(row)
                 dead = c.execute(self.q["get_dead_by_task"], {"id": task_id}).fetchone()
-                return dead_from_row(dead).as_task() if dead is not None else None
+                return _dead(dead).as_task() if dead is not None else None
             finally:
                 c.row_factory = None
 
@@ -583,8 +685,8 @@ class SQLiteBackend:
                 per = counts.by_queue.setdefault(
                     queue, {"pending": 0, "processing": 0, "done": 0, "dead": 0}
                 )
-                if status in per:
-                    per[status] += n
+                if status in per or status == "cancelled":
+                    per[status] = per.get(status, 0) + n
                     setattr(counts, status, getattr(counts, status) + n)
                 if status == "pending":
                     counts.ready += ready or 0
@@ -623,7 +725,7 @@ class SQLiteBackend:
                 ).fetchall()
             finally:
                 c.row_factory = None
-            return [task_from_row(r) for r in rows]
+            return [_task(r) for r in rows]
 
         return self._read(read)
 
@@ -662,12 +764,13 @@ class SQLiteBackend:
                         "name": flt.task_name,
                         "queue": flt.queue,
                         "text": flt.error_contains,
+                        "fingerprint": flt.fingerprint,
                         "limit": -1 if flt.limit is None else flt.limit,
                     },
                 ).fetchall()
             finally:
                 c.row_factory = None
-            return [dead_from_row(r) for r in rows]
+            return [_dead(r) for r in rows]
 
         return self._read(read)
 
@@ -678,77 +781,310 @@ class SQLiteBackend:
                 row = c.execute(self.q["get_dead"], {"id": dead_id}).fetchone()
             finally:
                 c.row_factory = None
-            return None if row is None else dead_from_row(row)
+            return None if row is None else _dead(row)
 
         return self._read(read)
 
-    def _select_dead(self, conn: sqlite3.Connection, sel: DeadSelector) -> list[TaskId]:
-        if sel.ids:
-            return list(sel.ids)
-        if not (sel.all or sel.task_name or sel.queue):
-            return []
-        rows = conn.execute(
-            self.q["select_dead_ids"], {"name": sel.task_name, "queue": sel.queue}
-        ).fetchall()
-        return [r[0] for r in rows]
+    def dead_groups(self, flt: DeadFilter) -> list[DeadGroup]:
+        def read(c: sqlite3.Connection) -> list[DeadGroup]:
+            rows = c.execute(
+                self.q["dead_groups"],
+                {
+                    "name": flt.task_name,
+                    "queue": flt.queue,
+                    "text": flt.error_contains,
+                    "fingerprint": flt.fingerprint,
+                    "limit": -1 if flt.limit is None else max(0, flt.limit),
+                },
+            ).fetchall()
+            return [
+                DeadGroup(
+                    fingerprint=fp,
+                    count=n,
+                    task_name=name,
+                    example=error or "",
+                    example_id=example_id,
+                    first_seen=datetime.fromtimestamp(first, UTC),
+                    last_seen=datetime.fromtimestamp(last, UTC),
+                )
+                for fp, n, name, error, example_id, first, last in rows
+            ]
 
-    def requeue_dead(self, selector: DeadSelector) -> list[TaskId]:
+        return self._read(read)
+
+    def _select_dead(self, conn: sqlite3.Connection, sel: DeadSelector, doing: str) -> list[TaskId]:
+        """The status-'dead' letters ``sel`` names or matches, oldest death first.  Ids given
+        one by one that are unknown or not waiting raise NotFound (the caller's
+        transaction then changes nothing)."""
+        if sel.ids:
+            wanted: list[int] = []
+            for dead_id in sel.ids:
+                try:
+                    wanted.append(int(dead_id))
+                except (TypeError, ValueError):
+                    raise NotFound(f"no dead letter {dead_id} waiting to be {doing}") from None
+            rows = conn.execute(self.q["waiting_dead_ids"], {"ids": json.dumps(wanted)})
+            found = [r[0] for r in rows]
+            for dead_id in wanted:
+                if dead_id not in found:
+                    raise NotFound(f"no dead letter {dead_id} waiting to be {doing}")
+            return list(found)
+        if not (sel.all or sel.task_name or sel.queue or sel.fingerprint):
+            raise ValueError(
+                "say which dead letters: ids, all, or a task name, queue or fingerprint"
+            )
+        params = {"name": sel.task_name, "queue": sel.queue, "fingerprint": sel.fingerprint}
+        return [r[0] for r in conn.execute(self.q["select_dead_ids"], params)]
+
+    def _requeue(
+        self,
+        conn: sqlite3.Connection,
+        dead_ids: Sequence[TaskId],
+        dues: Sequence[float],
+        now: float,
+        payload_json: str | None = None,
+    ) -> list[TaskId]:
+        """Re-queue waiting dead letters (inside the caller's transaction): the letter
+        becomes ``requeued``, its task row pending again, due at ``dues[i]`` (attempts 0,
+        the error history and the link to the letter kept)."""
         requeued: list[TaskId] = []
+        for dead_id, due in zip(dead_ids, dues, strict=True):
+            row = conn.execute(self.q["mark_requeued"], {"id": dead_id, "now": now}).fetchone()
+            if row is None:  # not waiting (checked by the caller for ids given one by one)
+                continue
+            task_id, queue, name, payload, priority, max_attempts, created, errors, ukey = row
+            if ukey is not None and conn.execute(self.q["find_unique"], (ukey,)).fetchone():
+                ukey = None  # a live task already holds the key; this re-run goes without
+            revived = conn.execute(
+                self.q["revive"],
+                {
+                    "task_id": task_id,
+                    "now": now,
+                    "due": due,
+                    "unique_key": ukey,
+                    "dead_id": dead_id,
+                    "payload": payload_json,
+                },
+            ).rowcount
+            if not revived:  # its row is gone (deleted by hand): insert it again
+                conn.execute(
+                    self.q["reinsert"],
+                    {
+                        "task_id": task_id,
+                        "queue": queue,
+                        "task_name": name,
+                        "payload": payload if payload_json is None else payload_json,
+                        "priority": priority,
+                        "max_attempts": max_attempts,
+                        "now": now,
+                        "due": due,
+                        "created": created,
+                        "errors": errors,
+                        "unique_key": ukey,
+                        "dead_id": dead_id,
+                    },
+                )
+            requeued.append(task_id)
+        return requeued
+
+    def requeue_dead(
+        self,
+        selector: DeadSelector,
+        *,
+        payload_json: str | None = None,
+        delay: float = 0.0,
+        spread: float = 0.0,
+    ) -> list[TaskId]:
+        if payload_json is not None:
+            if len({str(i) for i in selector.ids}) != 1:
+                raise ValueError("a payload edit re-queues exactly one dead letter, by its id")
+            try:
+                json.loads(payload_json)
+            except ValueError:
+                raise ValueError(f"the new payload is not JSON: {payload_json[:80]!r}") from None
+        if delay < 0 or spread < 0:
+            raise ValueError("delay and spread must be >= 0 seconds")
         with self._tx() as conn:
             now = _now()
-            ids = self._select_dead(conn, selector)
-            for dead_id in ids:
-                row = conn.execute(self.q["mark_requeued"], {"id": dead_id, "now": now}).fetchone()
-                if row is None:
-                    if selector.ids:
-                        raise NotFound(f"no dead letter {dead_id} waiting to be re-queued")
-                    continue
-                task_id, queue, name, payload, priority, max_attempts, created, errors, ukey = row
-                if ukey is not None and conn.execute(self.q["find_unique"], (ukey,)).fetchone():
-                    ukey = None  # a live task already holds the key; this re-run goes without
-                revived = conn.execute(
-                    self.q["revive"],
-                    {"task_id": task_id, "now": now, "unique_key": ukey, "dead_id": dead_id},
-                ).rowcount
-                if not revived:  # its row is gone (deleted by hand): insert it again
-                    conn.execute(
-                        self.q["reinsert"],
-                        {
-                            "task_id": task_id,
-                            "queue": queue,
-                            "task_name": name,
-                            "payload": payload,
-                            "priority": priority,
-                            "max_attempts": max_attempts,
-                            "now": now,
-                            "created": created,
-                            "errors": errors,
-                            "unique_key": ukey,
-                            "dead_id": dead_id,
-                        },
-                    )
-                requeued.append(task_id)
-        return requeued
+            ids = self._select_dead(conn, selector, "re-queued")
+            n = len(ids)
+            dues = [now + delay + spread * i / n for i in range(n)]
+            return self._requeue(conn, ids, dues, now, payload_json)
+
+    def review_dead(self, review: Review) -> int:
+        if review.rate is not None and not review.rate > 0:
+            raise ValueError("rate must be > 0 re-queues per second")
+        with self._tx() as conn:
+            now = _now()
+            ids = self._select_dead(conn, review.selector, "reviewed")
+            base = review.after if review.after is not None else now
+            conn.executemany(
+                self.q["review"],
+                [
+                    {
+                        "id": dead_id,
+                        "review": "approved" if review.approve else "rejected",
+                        "by": review.by,
+                        "now": now,
+                        "note": review.note,
+                        "requeue_at": (base + (i / review.rate if review.rate else 0.0))
+                        if review.approve
+                        else None,
+                    }
+                    for i, dead_id in enumerate(ids)
+                ],
+            )
+            return len(ids)
+
+    def requeue_approved(self, limit: int = 500) -> list[TaskId]:
+        if limit <= 0:
+            return []
+        # a read first (the partial index): most calls find nothing and take no write lock
+        due = self._read(lambda c: c.execute(self.q["approved_due"], {"now": _now()}).fetchone())
+        if not due or not due[0]:
+            return []
+        with self._tx() as conn:  # BEGIN IMMEDIATE: one worker at a time takes them
+            now = _now()
+            rows = conn.execute(self.q["approved_ids"], {"now": now, "limit": limit})
+            ids = [r[0] for r in rows]
+            return self._requeue(conn, ids, [now] * len(ids), now)
 
     def discard_dead(self, selector: DeadSelector) -> int:
         n = 0
         with self._tx() as conn:
             now = _now()
-            for dead_id in self._select_dead(conn, selector):
+            for dead_id in self._select_dead(conn, selector, "discarded"):
                 row = conn.execute(self.q["mark_discarded"], {"id": dead_id, "now": now}).fetchone()
                 if row is None:
-                    if selector.ids:
-                        raise NotFound(f"no dead letter {dead_id} waiting to be discarded")
                     continue
                 conn.execute(self.q["discard_task"], {"task_id": row[0], "now": now})
                 n += 1
         return n
+
+    # --- control -----------------------------------------------------------------------
+
+    def cancel(self, selector: CancelSelector) -> list[TaskId]:
+        if not (selector.ids or selector.task_name or selector.queue or selector.batch):
+            raise ValueError("say which tasks to cancel: ids, or a task name, queue or batch")
+        with self._tx() as conn:
+            now = _now()
+            if selector.ids:
+                wanted: list[int] = []
+                for tid in selector.ids:
+                    try:
+                        wanted.append(int(tid))
+                    except (TypeError, ValueError):
+                        raise NotFound(f"no task {tid}") from None
+                for tid in wanted:
+                    if not conn.execute(self.q["task_exists"], {"id": tid}).fetchone()[0]:
+                        raise NotFound(f"no task {tid}")
+                rows = conn.execute(self.q["cancel_ids"], {"now": now, "ids": json.dumps(wanted)})
+            else:
+                rows = conn.execute(
+                    self.q["cancel_matching"],
+                    {
+                        "now": now,
+                        "name": selector.task_name,
+                        "queue": selector.queue,
+                        "batch": selector.batch,
+                    },
+                )
+            return sorted(r[0] for r in rows.fetchall())
+
+    def pause_queue(self, queue: str, paused: bool) -> None:
+        with self._tx() as conn:
+            if paused:
+                conn.execute(self.q["pause_queue"], {"name": queue, "now": _now()})
+            else:
+                conn.execute(self.q["resume_queue"], {"name": queue})
+
+    def paused_queues(self) -> dict[str, float]:
+        def read(c: sqlite3.Connection) -> dict[str, float]:
+            return {name: float(at or 0.0) for name, at in c.execute(self.q["paused_queues"])}
+
+        return self._read(read)
+
+    # --- batches -----------------------------------------------------------------------
+
+    def _batch_info(self, c: sqlite3.Connection, row: tuple[Any, ...]) -> BatchInfo:
+        name, total, created, completed, on_complete, followup = row
+        n = dict.fromkeys(("pending", "processing", "done", "dead", "cancelled"), 0)
+        last: float | None = None
+        for status, count, finished in c.execute(self.q["batch_counts"], {"name": name}):
+            if status in n:
+                n[status] += count
+            if finished is not None and (last is None or finished > last):
+                last = finished
+        created_at = epoch(created)
+        assert created_at is not None  # NOT NULL column
+        return BatchInfo(
+            name=name,
+            total=total,
+            pending=n["pending"],
+            processing=n["processing"],
+            done=n["done"],
+            dead=n["dead"],
+            cancelled=n["cancelled"],
+            created=created_at,
+            last_finished=epoch(last),
+            completed=epoch(completed),
+            on_complete=on_complete,
+            followup_id=followup,
+        )
+
+    def batch(self, name: str) -> BatchInfo | None:
+        def read(c: sqlite3.Connection) -> BatchInfo | None:
+            row = c.execute(self.q["batch_get"], {"name": name}).fetchone()
+            return None if row is None else self._batch_info(c, row)
+
+        return self._read(read)
+
+    def batches(self, limit: int = 50) -> list[BatchInfo]:
+        def read(c: sqlite3.Connection) -> list[BatchInfo]:
+            rows = c.execute(self.q["batch_list"], {"limit": max(0, limit)}).fetchall()
+            return [self._batch_info(c, r) for r in rows]
+
+        return self._read(read)
+
+    def settle_batches(self) -> list[tuple[str, TaskId | None]]:
+        # a read first: with no batch ready to complete, no write lock is taken
+        if not self._read(lambda c: c.execute(self.q["settleable"]).fetchone()):
+            return []
+        settled: list[tuple[str, TaskId | None]] = []
+        with self._tx() as conn:
+            now = _now()
+            for name, task, payload, queue in conn.execute(self.q["settleable"]).fetchall():
+                if not conn.execute(self.q["settle"], {"name": name, "now": now}).rowcount:
+                    continue  # another worker completed it first
+                followup: TaskId | None = None
+                if task is not None:
+                    new = NewTask(task, payload or "{}", queue or "default")
+                    (followup,) = self._insert(conn, [new])
+                    conn.execute(self.q["set_followup"], {"name": name, "id": followup})
+                settled.append((name, followup))
+        return settled
 
     def parse_id(self, text: str) -> TaskId:
         try:
             return int(text)
         except ValueError:
             raise ValueError(f"task ids are integers on SQLite, got {text!r}") from None
+
+
+def _task(row: sqlite3.Row) -> Task:
+    return replace(task_from_row(row), batch=row["batch"])
+
+
+def _dead(row: sqlite3.Row) -> DeadLetter:
+    return replace(
+        dead_from_row(row),
+        review=row["review"],
+        reviewed_by=row["reviewed_by"],
+        reviewed_at=epoch(row["reviewed_at"]),
+        review_note=row["review_note"],
+        requeue_at=epoch(row["requeue_at"]),
+        discarded_at=epoch(row["discarded_at"]),
+    )
 
 
 # --- wake-ups ----------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 -- Every statement the SQLite backend runs, by name.  {prefix} is the table prefix;
--- {queue_filter} (claim, has_ready) is "", "AND queue = ?"-style text built from the
--- worker's fixed --queues list.  Parameters are named (:now, :worker...).
+-- {queue_filter} (claim, has_ready, next_due) is "", "AND queue = :q0"-style text built
+-- from the worker's fixed --queues list and its paused queues ("AND queue NOT IN (:x0)"),
+-- {exclude_filter} the paused queues alone.  Parameters are named (:now, :worker...).
 
 -- name: schema_version
 SELECT value FROM {prefix}queue_meta WHERE key = 'schema_version'
@@ -13,18 +14,20 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value
 SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = :name
 
 -- name: insert_task
--- ?1..?8 are the fields of models.NewTask in order: task_name, payload_json, queue,
--- priority, max_attempts, run_at (epoch or NULL = now), delay, unique_key; ?9 is now
--- (epoch seconds) and ?10 the same as UTC text for `created` (bound rather than the
+-- ?1..?9 are the fields of models.NewTask in order: task_name, payload_json, queue,
+-- priority, max_attempts, run_at (epoch or NULL = now), delay, unique_key, batch; ?10 is
+-- now (epoch seconds) and ?11 the same as UTC text for `created` (bound rather than the
 -- column default: strftime() per row costs a sixth of a bulk insert).
 INSERT INTO {prefix}queue_tasks
-    (task_name, payload, queue, priority, max_attempts, next_run, updated, unique_key, created)
-VALUES (?1, ?2, ?3, ?4, ?5, COALESCE(?6, ?9) + ?7, ?9, ?8, ?10)
+    (task_name, payload, queue, priority, max_attempts, next_run, updated, unique_key, batch,
+     created)
+VALUES (?1, ?2, ?3, ?4, ?5, COALESCE(?6, ?10) + ?7, ?10, ?8, ?9, ?11)
 
 -- name: insert_task_unique
 INSERT INTO {prefix}queue_tasks
-    (task_name, payload, queue, priority, max_attempts, next_run, updated, unique_key, created)
-VALUES (?1, ?2, ?3, ?4, ?5, COALESCE(?6, ?9) + ?7, ?9, ?8, ?10)
+    (task_name, payload, queue, priority, max_attempts, next_run, updated, unique_key, batch,
+     created)
+VALUES (?1, ?2, ?3, ?4, ?5, COALESCE(?6, ?10) + ?7, ?10, ?8, ?9, ?11)
 ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('pending', 'processing')
 DO NOTHING
 RETURNING id
@@ -53,13 +56,13 @@ RETURNING id, queue, task_name, payload, attempts, max_attempts
 SELECT EXISTS (SELECT 1 FROM {prefix}queue_tasks
                 WHERE status = 'pending' AND next_run <= :now {queue_filter})
     OR EXISTS (SELECT 1 FROM {prefix}queue_tasks
-                WHERE status = 'processing' AND locked_until <= :now)
+                WHERE status = 'processing' AND locked_until <= :now {exclude_filter})
 
 -- name: next_due
 SELECT min(next_run) FROM {prefix}queue_tasks WHERE status = 'pending' {queue_filter}
 
 -- name: next_lease_expiry
-SELECT min(locked_until) FROM {prefix}queue_tasks WHERE status = 'processing'
+SELECT min(locked_until) FROM {prefix}queue_tasks WHERE status = 'processing' {exclude_filter}
 
 -- name: expired
 SELECT id, attempts, locked_by
@@ -146,6 +149,45 @@ DELETE FROM {prefix}queue_tasks
                WHERE status = 'done' AND updated < :cutoff LIMIT :batch)
    AND id < (SELECT max(id) FROM {prefix}queue_tasks)
 
+-- name: prune_cancelled
+DELETE FROM {prefix}queue_tasks
+ WHERE id IN (SELECT id FROM {prefix}queue_tasks
+               WHERE status = 'cancelled' AND updated < :cutoff LIMIT :batch)
+   AND id < (SELECT max(id) FROM {prefix}queue_tasks)
+
+-- name: prune_dead_requeued
+DELETE FROM {prefix}queue_dead_letters
+ WHERE id IN (SELECT id FROM {prefix}queue_dead_letters
+               WHERE status = 'requeued' AND requeued_at < :cutoff LIMIT :batch)
+RETURNING id, task_id
+
+-- name: prune_dead_discarded
+DELETE FROM {prefix}queue_dead_letters
+ WHERE id IN (SELECT id FROM {prefix}queue_dead_letters
+               WHERE status = 'discarded' AND discarded_at < :cutoff LIMIT :batch)
+RETURNING id, task_id
+
+-- name: prune_dead_rejected
+DELETE FROM {prefix}queue_dead_letters
+ WHERE id IN (SELECT id FROM {prefix}queue_dead_letters
+               WHERE status = 'dead' AND review = 'rejected' AND reviewed_at < :cutoff
+               LIMIT :batch)
+RETURNING id, task_id
+
+-- name: prune_dead_task
+-- the task row kept as the record of a pruned dead letter (never the newest row)
+DELETE FROM {prefix}queue_tasks
+ WHERE id = :task_id AND dead_letter_id = :dead_id AND status IN ('dead', 'discarded')
+   AND id < (SELECT max(id) FROM {prefix}queue_tasks)
+
+-- name: prune_batches
+DELETE FROM {prefix}queue_batches
+ WHERE name IN (SELECT name FROM {prefix}queue_batches AS b
+                 WHERE completed < :cutoff
+                   AND NOT EXISTS (SELECT 1 FROM {prefix}queue_tasks AS t
+                                    WHERE t.batch = b.name)
+                 LIMIT :batch)
+
 -- name: prune_workers
 DELETE FROM {prefix}queue_workers WHERE last_beat < :cutoff
 
@@ -163,7 +205,7 @@ SELECT queue, status, count(*) AS n,
        sum(status = 'pending' AND next_run <= :now) AS ready,
        min(CASE WHEN status = 'pending' AND next_run <= :now THEN next_run END) AS oldest
   FROM {prefix}queue_tasks
- WHERE status IN ('pending', 'processing', 'done')
+ WHERE status IN ('pending', 'processing', 'done', 'cancelled')
  GROUP BY queue, status
 
 -- name: count_dead
@@ -173,7 +215,8 @@ SELECT queue, count(*) AS n FROM {prefix}queue_dead_letters
 -- name: list_tasks
 -- dead-lettered rows are listed through the dead letters (status 'dead')
 SELECT * FROM {prefix}queue_tasks
- WHERE (status = :status OR (:status IS NULL AND status IN ('pending', 'processing', 'done')))
+ WHERE (status = :status
+        OR (:status IS NULL AND status IN ('pending', 'processing', 'done', 'cancelled')))
    AND (:queue IS NULL OR queue = :queue)
    AND (:name IS NULL OR task_name = :name)
  ORDER BY id DESC LIMIT :limit
@@ -184,7 +227,24 @@ SELECT * FROM {prefix}queue_dead_letters
    AND (:name IS NULL OR task_name = :name)
    AND (:queue IS NULL OR queue = :queue)
    AND (:text IS NULL OR instr(lower(error), lower(:text)) > 0)
+   AND (:fingerprint IS NULL OR fingerprint = :fingerprint)
  ORDER BY died_at DESC, id DESC LIMIT :limit
+
+-- name: dead_groups
+-- status-'dead' letters by fingerprint, largest first; the example is the newest member
+SELECT g.fingerprint, g.n, d.task_name, d.error, d.id, g.first_seen, g.last_seen
+  FROM (SELECT COALESCE(fingerprint, '') AS fingerprint, count(*) AS n,
+               min(died_at) AS first_seen, max(died_at) AS last_seen, max(id) AS example
+          FROM {prefix}queue_dead_letters
+         WHERE status = 'dead'
+           AND (:name IS NULL OR task_name = :name)
+           AND (:queue IS NULL OR queue = :queue)
+           AND (:text IS NULL OR instr(lower(error), lower(:text)) > 0)
+           AND (:fingerprint IS NULL OR fingerprint = :fingerprint)
+         GROUP BY COALESCE(fingerprint, '')) AS g
+  JOIN {prefix}queue_dead_letters AS d ON d.id = g.example
+ ORDER BY g.n DESC, g.last_seen DESC, g.fingerprint
+ LIMIT :limit
 
 -- name: mark_requeued
 UPDATE {prefix}queue_dead_letters SET status = 'requeued', requeued_at = :now
@@ -192,10 +252,11 @@ UPDATE {prefix}queue_dead_letters SET status = 'requeued', requeued_at = :now
 RETURNING task_id, queue, task_name, payload, priority, max_attempts, created, errors, unique_key
 
 -- name: revive
+-- :due is when it runs again (now, or later with a delay/spread); :payload NULL keeps it
 UPDATE {prefix}queue_tasks
-   SET status = 'pending', attempts = 0, next_run = :now, updated = :now,
+   SET status = 'pending', attempts = 0, next_run = :due, updated = :now,
        locked_by = NULL, locked_until = NULL, unique_key = :unique_key,
-       dead_letter_id = :dead_id
+       dead_letter_id = :dead_id, payload = COALESCE(:payload, payload)
  WHERE id = :task_id AND status IN ('dead', 'discarded')
 
 -- name: reinsert
@@ -203,7 +264,7 @@ INSERT INTO {prefix}queue_tasks
     (id, queue, task_name, payload, priority, status, attempts, max_attempts, next_run,
      created, updated, errors, unique_key, dead_letter_id)
 VALUES (:task_id, :queue, :task_name, :payload, :priority, 'pending', 0, :max_attempts,
-        :now, :created, :now, :errors, :unique_key, :dead_id)
+        :due, :created, :now, :errors, :unique_key, :dead_id)
 
 -- name: mark_discarded
 UPDATE {prefix}queue_dead_letters SET status = 'discarded', discarded_at = :now
@@ -215,8 +276,104 @@ UPDATE {prefix}queue_tasks SET status = 'discarded', updated = :now
  WHERE id = :task_id AND status = 'dead'
 
 -- name: select_dead_ids
+-- the letters a selector matches, oldest death first
 SELECT id FROM {prefix}queue_dead_letters
  WHERE status = 'dead'
    AND (:name IS NULL OR task_name = :name)
    AND (:queue IS NULL OR queue = :queue)
- ORDER BY id
+   AND (:fingerprint IS NULL OR fingerprint = :fingerprint)
+ ORDER BY died_at, id
+
+-- name: waiting_dead_ids
+-- which of the ids given one by one are waiting dead letters, oldest death first
+SELECT id FROM {prefix}queue_dead_letters
+ WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'dead'
+ ORDER BY died_at, id
+
+-- name: review
+UPDATE {prefix}queue_dead_letters
+   SET review = :review, reviewed_by = :by, reviewed_at = :now, review_note = :note,
+       requeue_at = :requeue_at
+ WHERE id = :id AND status = 'dead'
+
+-- name: approved_due
+SELECT EXISTS (SELECT 1 FROM {prefix}queue_dead_letters
+                WHERE review = 'approved' AND status = 'dead' AND requeue_at <= :now)
+
+-- name: approved_ids
+SELECT id FROM {prefix}queue_dead_letters
+ WHERE review = 'approved' AND status = 'dead' AND requeue_at <= :now
+ ORDER BY requeue_at, id
+ LIMIT :limit
+
+-- name: task_exists
+SELECT EXISTS (SELECT 1 FROM {prefix}queue_tasks WHERE id = :id)
+    OR EXISTS (SELECT 1 FROM {prefix}queue_dead_letters WHERE task_id = :id)
+
+-- name: cancel_ids
+UPDATE {prefix}queue_tasks
+   SET status = 'cancelled', updated = :now
+ WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'pending'
+RETURNING id
+
+-- name: cancel_matching
+UPDATE {prefix}queue_tasks
+   SET status = 'cancelled', updated = :now
+ WHERE status = 'pending'
+   AND (:name IS NULL OR task_name = :name)
+   AND (:queue IS NULL OR queue = :queue)
+   AND (:batch IS NULL OR batch = :batch)
+RETURNING id
+
+-- name: pause_queue
+INSERT INTO {prefix}queue_queues (name, paused, paused_at) VALUES (:name, 1, :now)
+ON CONFLICT (name) DO UPDATE
+   SET paused = 1, paused_at = CASE WHEN paused THEN paused_at ELSE excluded.paused_at END
+
+-- name: resume_queue
+UPDATE {prefix}queue_queues SET paused = 0, paused_at = NULL WHERE name = :name
+
+-- name: paused_queues
+SELECT name, paused_at FROM {prefix}queue_queues WHERE paused
+
+-- name: batch_get
+SELECT name, total, created, completed, on_complete_task, followup_id
+  FROM {prefix}queue_batches WHERE name = :name
+
+-- name: batch_list
+SELECT name, total, created, completed, on_complete_task, followup_id
+  FROM {prefix}queue_batches ORDER BY created DESC, name DESC LIMIT :limit
+
+-- name: batch_counts
+-- member counts from the task rows (through the (batch, status) index)
+SELECT status, count(*), max(CASE WHEN status IN ('done', 'dead') THEN updated END)
+  FROM {prefix}queue_tasks WHERE batch = :name GROUP BY status
+
+-- name: batch_add
+-- a new batch, or `total` more for an existing one (keeping its follow-up unless it had none)
+INSERT INTO {prefix}queue_batches
+    (name, total, created, on_complete_task, on_complete_payload, on_complete_queue)
+VALUES (:name, :total, :now, :task, :payload, :queue)
+ON CONFLICT (name) DO UPDATE SET
+    total = total + excluded.total,
+    on_complete_payload = CASE WHEN on_complete_task IS NULL
+                               THEN excluded.on_complete_payload ELSE on_complete_payload END,
+    on_complete_queue = CASE WHEN on_complete_task IS NULL
+                             THEN excluded.on_complete_queue ELSE on_complete_queue END,
+    on_complete_task = COALESCE(on_complete_task, excluded.on_complete_task)
+
+-- name: settleable
+-- open batches with no member pending or processing (cheap when none is open: the
+-- completed index holds the open ones first)
+SELECT name, on_complete_task, on_complete_payload, on_complete_queue
+  FROM {prefix}queue_batches AS b
+ WHERE completed IS NULL
+   AND NOT EXISTS (SELECT 1 FROM {prefix}queue_tasks AS t
+                    WHERE t.batch = b.name AND t.status IN ('pending', 'processing'))
+ ORDER BY created, name
+
+-- name: settle
+UPDATE {prefix}queue_batches SET completed = :now WHERE name = :name AND completed IS NULL
+
+-- name: set_followup
+UPDATE {prefix}queue_batches SET followup_id = :id WHERE name = :name

@@ -24,7 +24,8 @@ CREATE TABLE IF NOT EXISTS {prefix}queue_tasks (
     last_error     TEXT,
     unique_key     TEXT,
     errors         TEXT,
-    dead_letter_id INTEGER
+    dead_letter_id INTEGER,
+    batch          TEXT              -- the batch it belongs to (enqueue_many(batch=...))
 );
 
 -- The claim reads only these partial indexes, so finished rows never slow it down.
@@ -39,6 +40,10 @@ CREATE INDEX IF NOT EXISTS {prefix}queue_tasks_done
 CREATE UNIQUE INDEX IF NOT EXISTS {prefix}queue_tasks_unique
     ON {prefix}queue_tasks (unique_key)
     WHERE unique_key IS NOT NULL AND status IN ('pending', 'processing');
+CREATE INDEX IF NOT EXISTS {prefix}queue_tasks_batch
+    ON {prefix}queue_tasks (batch, status) WHERE batch IS NOT NULL;
+CREATE INDEX IF NOT EXISTS {prefix}queue_tasks_cancelled
+    ON {prefix}queue_tasks (updated) WHERE status = 'cancelled';
 
 CREATE TABLE IF NOT EXISTS {prefix}queue_dead_letters (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -58,12 +63,21 @@ CREATE TABLE IF NOT EXISTS {prefix}queue_dead_letters (
     unique_key   TEXT,
     status       TEXT    NOT NULL DEFAULT 'dead',
     requeued_at  REAL,
-    discarded_at REAL
+    discarded_at REAL,
+    review       TEXT,             -- NULL | 'approved' | 'rejected'
+    reviewed_by  TEXT,
+    reviewed_at  REAL,
+    review_note  TEXT,
+    requeue_at   REAL              -- approved: when a worker re-queues it
 );
 CREATE INDEX IF NOT EXISTS {prefix}queue_dead_letters_status
     ON {prefix}queue_dead_letters (status, died_at);
 CREATE INDEX IF NOT EXISTS {prefix}queue_dead_letters_task
     ON {prefix}queue_dead_letters (task_id);
+CREATE INDEX IF NOT EXISTS {prefix}queue_dead_letters_approved
+    ON {prefix}queue_dead_letters (requeue_at) WHERE review = 'approved' AND status = 'dead';
+CREATE INDEX IF NOT EXISTS {prefix}queue_dead_letters_fingerprint
+    ON {prefix}queue_dead_letters (fingerprint);
 
 CREATE TABLE IF NOT EXISTS {prefix}queue_workers (
     id          TEXT PRIMARY KEY,
@@ -77,6 +91,29 @@ CREATE TABLE IF NOT EXISTS {prefix}queue_workers (
     started     REAL    NOT NULL,
     last_beat   REAL    NOT NULL
 );
+
+-- paused queues (a row per queue ever paused; paused = 0 once resumed)
+CREATE TABLE IF NOT EXISTS {prefix}queue_queues (
+    name      TEXT    PRIMARY KEY,
+    paused    INTEGER NOT NULL DEFAULT 0,
+    paused_at REAL
+);
+
+-- named batches: member counts come from the task rows (queue_tasks.batch)
+CREATE TABLE IF NOT EXISTS {prefix}queue_batches (
+    name                TEXT    PRIMARY KEY,
+    total               INTEGER NOT NULL,
+    created             REAL    NOT NULL,
+    completed           REAL,
+    on_complete_task    TEXT,
+    on_complete_payload TEXT,
+    on_complete_queue   TEXT,
+    followup_id         INTEGER
+);
+CREATE INDEX IF NOT EXISTS {prefix}queue_batches_completed
+    ON {prefix}queue_batches (completed);
+CREATE INDEX IF NOT EXISTS {prefix}queue_batches_created
+    ON {prefix}queue_batches (created);
 
 CREATE TABLE IF NOT EXISTS {prefix}queue_meta (
     key   TEXT PRIMARY KEY,
