@@ -981,7 +981,7 @@ class SQLiteBackend:
                 rows = conn.execute(self.q["cancel_ids"], {"now": now, "ids": json.dumps(wanted)})
             else:
                 rows = conn.execute(
-                    self.q["cancel_matching"],
+                    self.q["cancel_batch" if selector.batch else "cancel_matching"],
                     {
                         "now": now,
                         "name": selector.task_name,

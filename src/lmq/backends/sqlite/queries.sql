@@ -297,11 +297,13 @@ UPDATE {prefix}queue_dead_letters
  WHERE id = :id AND status = 'dead'
 
 -- name: approved_due
+-- every worker asks about once a second: the partial index, never the status index
 SELECT EXISTS (SELECT 1 FROM {prefix}queue_dead_letters
+                INDEXED BY {prefix}queue_dead_letters_approved
                 WHERE review = 'approved' AND status = 'dead' AND requeue_at <= :now)
 
 -- name: approved_ids
-SELECT id FROM {prefix}queue_dead_letters
+SELECT id FROM {prefix}queue_dead_letters INDEXED BY {prefix}queue_dead_letters_approved
  WHERE review = 'approved' AND status = 'dead' AND requeue_at <= :now
  ORDER BY requeue_at, id
  LIMIT :limit
@@ -323,6 +325,15 @@ UPDATE {prefix}queue_tasks
    AND (:name IS NULL OR task_name = :name)
    AND (:queue IS NULL OR queue = :queue)
    AND (:batch IS NULL OR batch = :batch)
+RETURNING id
+
+-- name: cancel_batch
+-- a batch's pending members, through the (batch, status) index
+UPDATE {prefix}queue_tasks
+   SET status = 'cancelled', updated = :now
+ WHERE batch = :batch AND status = 'pending'
+   AND (:name IS NULL OR task_name = :name)
+   AND (:queue IS NULL OR queue = :queue)
 RETURNING id
 
 -- name: pause_queue
