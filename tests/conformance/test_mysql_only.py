@@ -793,8 +793,12 @@ def test_a_migration_cut_short_is_finished_by_the_next_run() -> None:
         drop_prefix(BASE.split("?", 1)[0], prefix)
 
 
-def test_the_claim_is_unchanged_without_paused_queues_and_indexed_with_them() -> None:
-    with prefixed() as url, lmq.Queue(url) as q:
+@pytest.mark.parametrize("mode", MODES)
+def test_the_claim_is_unchanged_without_paused_queues_and_indexed_with_them(mode: str) -> None:
+    """No paused queue: the statement the claim always sent.  Some paused: a worker of
+    every queue reads each other queue's part of queue_ready in order (never the paused
+    queue's ready rows), so a paused backlog costs the others nothing."""
+    with prefixed(claim=mode) as url, lmq.Queue(url) as q:
         backend = q.backend
         assert isinstance(backend, MySQLBackend)
         for queues in (None, ("a",), ("a", "b")):
@@ -803,13 +807,23 @@ def test_the_claim_is_unchanged_without_paused_queues_and_indexed_with_them() ->
             assert "NOT IN" not in statement[0]
         assert backend._claim_statement(("a",), ("a",)) is None  # its only queue is paused
         assert backend._claim_statement(("a", "b"), ("a",)) == backend._claim_statement(("b",))
-        q.enqueue_many([("t", {}) for _ in range(500)], queue="paused")
+        q.enqueue_many([("t", {}) for _ in range(3000)], queue="paused", priority=5)
         q.enqueue_many([("t", {}) for _ in range(50)], queue="open")
-        statement = backend._claim_statement(None, ("paused",))
-        assert statement is not None and "NOT IN" in statement[0]
-        (plan,) = _explain(url, statement[0], {"limit": 10, **statement[1]})
-        assert plan["key"] == f"{backend.prefix}queue_tasks_ready", plan
-        assert "filesort" not in (plan["Extra"] or ""), plan
+        q.enqueue_many([("t", {}) for _ in range(50)], queue="other")
+        p = backend.prefix
+        with backend.connection() as conn, conn.cursor() as cur:
+            plan = backend._claim_plan(cur, ClaimRequest("w", 10, 30.0, None, ("paused",)))
+        assert plan is not None
+        sql, params = plan
+        token = {"now": time.time(), "until": time.time() + 30, "worker": "w"}
+        parts = [r for r in _explain(url, sql, {"limit": 10, **token, **params}) if r["key"]]
+        assert len(parts) == 2, parts  # one ordered read per queue that is not paused
+        for part in parts:
+            assert part["key"] == f"{p}queue_tasks_queue_ready", part
+            assert "filesort" not in (part["Extra"] or ""), part
+        got = backend.claim(ClaimRequest("w", 200, 30.0, None, ("paused",))).tasks
+        assert len(got) == 100 and {c.queue for c in got} == {"open", "other"}
+        assert backend.claim(ClaimRequest("w", 10, 30.0, None, ("paused",))).tasks == []
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -115,6 +115,7 @@ from .session import (
 
 _INSERT_CHUNK = 2 * 1024 * 1024  # characters of VALUES per multi-row INSERT statement
 _CHUNK = 1000  # ids per statement when a verb acts on many rows
+_PER_QUEUE_MAX = 32  # queue names up to which a claim with paused queues reads each alone
 _ALREADY_THERE = {1060, 1061}  # duplicate column / key name: a migration statement ran before
 _EMPTY_COUNTS = ("pending", "processing", "done", "dead", "cancelled")
 T = TypeVar("T")
@@ -407,6 +408,42 @@ class MySQLBackend(MySQLSession):
         self._claim_sql[key] = (sql, params)
         return sql, params
 
+    def _claim_plan(self, cur: Cursor, request: ClaimRequest) -> tuple[str, dict[str, str]] | None:
+        """The claim statement for a request (None: all its queues are paused).
+
+        A worker of every queue with some paused must not walk the paused queues' ready
+        rows on every claim (a paused bulk enqueue of 50,000 made each claim ~80 ms): it
+        reads the queue names (a loose scan of queue_ready, a few index dives), and claims
+        from the others as a worker of those queues would, by one ordered index read
+        each.  Past _PER_QUEUE_MAX names it falls back to ``queue NOT IN (...)``.
+        """
+        if request.queues or not request.exclude:
+            return self._claim_statement(request.queues, request.exclude)
+        cur.execute(self.q["queue_names"])
+        paused = set(request.exclude)
+        names = tuple(sorted(r[0] for r in cur.fetchall() if r[0] not in paused))
+        if not names:
+            return None
+        if len(names) > _PER_QUEUE_MAX:
+            return self._claim_statement(None, request.exclude)
+        cached = self._per_queue_sql.get(names)
+        if cached is not None:
+            return cached
+        if len(names) > 1 and self.claim_mode() == "update":
+            sql = " UNION ALL ".join(
+                "(" + self.q["claim_pick_sorted"].replace("{i}", str(i)) + ")"
+                for i in range(len(names))
+            )
+            statement = (sql, {f"q{i}": q for i, q in enumerate(names)})
+        else:
+            made = self._claim_statement(names)
+            assert made is not None  # nothing excluded
+            statement = made
+        if len(self._per_queue_sql) >= 256:
+            self._per_queue_sql.clear()
+        self._per_queue_sql[names] = statement
+        return statement
+
     def claim(self, request: ClaimRequest) -> ClaimResult:
         if self.claim_mode() == "skip_locked":
             result = self._run(
@@ -418,7 +455,7 @@ class MySQLBackend(MySQLSession):
 
     def _claim_in(self, cur: Cursor, request: ClaimRequest) -> ClaimResult:
         rescued = self._rescue(cur)
-        statement = self._claim_statement(request.queues, request.exclude)
+        statement = self._claim_plan(cur, request)
         if statement is None:  # all its queues are paused
             return ClaimResult([], rescued)
         sql, qparams = statement
@@ -441,7 +478,10 @@ class MySQLBackend(MySQLSession):
         for _pass in range(3):
             want = request.limit - taken
             cur.execute(sql, {**token, "limit": want, **qparams})
-            picked = [r[0] for r in cur.fetchall()]
+            rows = list(cur.fetchall())
+            if rows and len(rows[0]) == 3:  # claim_pick_sorted: one read per queue, merged
+                rows = sorted(rows, key=lambda r: (r[1], r[2], r[0]))[:want]
+            picked = [r[0] for r in rows]
             if not picked:
                 break
             take = self.q["claim_take"].replace("{ids}", _ids_sql(picked))
@@ -547,7 +587,7 @@ class MySQLBackend(MySQLSession):
         statement = None
         if claim is not None:
             statements.append(self.q["rescue"])
-            statement = self._claim_statement(claim.queues, claim.exclude)
+            statement = self._claim_plan(cur, claim)  # before START TRANSACTION is sent
             if statement is not None:  # None: all its queues are paused
                 sql, qparams = statement
                 statements.append(sql)
@@ -575,7 +615,7 @@ class MySQLBackend(MySQLSession):
     ) -> ClaimResult:
         """Lease the rows a SKIP LOCKED select locked (the best ``limit`` of them); with
         ``commit``, the UPDATE and the COMMIT go in one round trip."""
-        if request.queues and len(request.queues) > 1:
+        if rows and len(rows[0]) == 8:  # claim_select_sorted: one read per queue, merged
             rows.sort(key=lambda r: (r[6], r[7], r[0]))
             rows = [r[:6] for r in rows[: request.limit]]
         if not rows:

@@ -109,6 +109,19 @@ SELECT id FROM {prefix}queue_tasks FORCE INDEX ({index})
  ORDER BY ready_priority, ready_at, id
  LIMIT %(limit)s
 
+-- name: claim_pick_sorted
+-- step 1 for one queue of several (UNION ALL of these, merged by the backend): a worker of
+-- every queue but the paused ones never walks past the paused queues' ready rows
+SELECT id, ready_priority, ready_at
+  FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_queue_ready)
+ WHERE queue = %(q{i})s AND ready_priority IS NOT NULL AND ready_at <= %(now)s
+ ORDER BY ready_priority, ready_at, id
+ LIMIT %(limit)s
+
+-- name: queue_names
+-- every queue name with a row: a loose index scan of queue_ready (one dive per name)
+SELECT DISTINCT queue FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_queue_ready)
+
 -- name: claim_take
 -- step 2, the atomic part: each row is re-checked under its row lock, so a row another
 -- claim took first is passed over (never claimed twice); (locked_by, next_run, updated) =

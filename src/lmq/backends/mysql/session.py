@@ -191,6 +191,8 @@ class MySQLSession:
         self._claim_sql: dict[
             tuple[tuple[str, ...] | None, tuple[str, ...]], tuple[str, dict[str, str]] | None
         ] = {}
+        # the ready queues but the paused ones -> their per-queue claim (see _claim_plan)
+        self._per_queue_sql: dict[tuple[str, ...], tuple[str, dict[str, str]]] = {}
         self.lock_retries = 0  # transactions re-run after a deadlock or lock wait timeout
 
     # --- connections ---------------------------------------------------------------------
