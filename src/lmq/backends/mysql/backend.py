@@ -527,8 +527,27 @@ class MySQLBackend(MySQLSession):
 
         return self._read(read)
 
-    def has_ready(self, queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()) -> bool:
+    def _readiness_scope(
+        self, queues: tuple[str, ...] | None, exclude: tuple[str, ...]
+    ) -> tuple[tuple[str, ...] | None, tuple[str, ...]] | None:
+        """_scope for has_ready/next_due; a worker of every queue with some paused checks
+        the other queues by name (as _claim_plan claims), not the paused backlog."""
         scope = _scope(queues, exclude)
+        if scope is None or scope[0] or not scope[1]:
+            return scope
+
+        def names(cur: Cursor) -> list[str]:
+            cur.execute(self.q["queue_names"])
+            return [r[0] for r in cur.fetchall()]
+
+        paused = set(exclude)
+        others = tuple(sorted(n for n in self._read(names) if n not in paused))
+        if not others:
+            return None
+        return scope if len(others) > _PER_QUEUE_MAX else (others, ())
+
+    def has_ready(self, queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()) -> bool:
+        scope = self._readiness_scope(queues, exclude)
         if scope is None:  # all its queues are paused: only an expired lease to rescue
             now, _due, expiry = self._ready_state(None)
             return expiry is not None and expiry <= now
@@ -551,7 +570,7 @@ class MySQLBackend(MySQLSession):
     def next_due(
         self, queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()
     ) -> float | None:
-        scope = _scope(queues, exclude)
+        scope = self._readiness_scope(queues, exclude)
         if scope is None:
             now, _due, expiry = self._ready_state(None)
             due = None
