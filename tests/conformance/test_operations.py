@@ -383,6 +383,20 @@ def test_claim_excludes_queues(queue: lmq.Queue, backend: Backend) -> None:
     assert exclude_claim(backend, ("other",)) == [bulk]
 
 
+def test_claim_order_across_queues_with_some_excluded(queue: lmq.Queue, backend: Backend) -> None:
+    for i in range(5):
+        queue.enqueue("t", queue="paused", priority=10, payload={"i": i})
+    low = queue.enqueue("t", queue="x", priority=1)
+    high = queue.enqueue("t", queue="y", priority=5)
+    mid = queue.enqueue("t", queue="z", priority=3)
+    mid2 = queue.enqueue("t", queue="z", priority=3)
+    got = backend.claim(ClaimRequest("w", 3, 60, None, ("paused",))).tasks
+    assert [c.id for c in got] == [high, mid, mid2]
+    assert exclude_claim(backend, ("paused",)) == [low]
+    assert exclude_claim(backend, ("paused",)) == []
+    assert len(exclude_claim(backend, ())) == 5
+
+
 def test_next_due_with_exclude(queue: lmq.Queue, backend: Backend) -> None:
     queue.enqueue("t", queue="bulk")
     queue.enqueue("t", queue="default", delay=100)

@@ -457,7 +457,18 @@ class SQLiteBackend:
             return self._claim_in(conn, request)
 
     def _claim_in(self, conn: sqlite3.Connection, request: ClaimRequest) -> ClaimResult:
-        key = (request.queues, request.exclude)
+        if request.exclude:
+            return self._claim_excluding(conn, request)
+        return self._claim_with(conn, request, request.queues, ())
+
+    def _claim_with(
+        self,
+        conn: sqlite3.Connection,
+        request: ClaimRequest,
+        queues: tuple[str, ...] | None,
+        exclude: tuple[str, ...],
+    ) -> ClaimResult:
+        key = (queues, exclude)
         qf, qparams = self._queue_filter(*key)
         sql = self._claim_sql.get(key)
         if sql is None:
@@ -475,6 +486,70 @@ class SQLiteBackend:
             },
         ).fetchall()
         return ClaimResult(list(map(Claimed._make, rows)), rescued)
+
+    def _claim_excluding(self, conn: sqlite3.Connection, request: ClaimRequest) -> ClaimResult:
+        """A claim that skips paused queues without walking their backlog.
+
+        ``queue NOT IN (paused)`` on the ready index would step over every ready row of a
+        paused queue ahead of the first claimable one (50,000 paused rows: ~16 ms a claim).
+        Instead: the queues that have pending rows (a loose scan of the per-queue index),
+        less the paused ones; with ``--queues`` or one queue left, the ordinary claim for
+        those; else each queue's first ``limit`` ready rows, merged in claim order.
+        """
+        eligible = self._eligible(conn, request.queues, request.exclude)
+        if eligible is None:  # very many queues: the NOT IN filter after all
+            return self._claim_with(conn, request, request.queues, request.exclude)
+        if request.queues is not None or len(eligible) <= 1:
+            if not eligible:
+                return ClaimResult([], self._rescue(conn, _now()))
+            return self._claim_with(conn, request, eligible, ())
+        now = _now()
+        rescued = self._rescue(conn, now)
+        candidates: list[tuple[int, float, int]] = []
+        for name in eligible:
+            candidates += conn.execute(
+                self.q["claim_candidates"], {"queue": name, "now": now, "limit": request.limit}
+            ).fetchall()
+        candidates.sort(key=lambda r: (-r[0], r[1], r[2]))
+        ids = [r[2] for r in candidates[: request.limit]]
+        if not ids:
+            return ClaimResult([], rescued)
+        rows = conn.execute(
+            self.q["claim_ids"],
+            {
+                "ids": json.dumps(ids),
+                "worker": request.worker_id,
+                "now": now,
+                "lease": request.lease,
+            },
+        ).fetchall()
+        order = {task_id: i for i, task_id in enumerate(ids)}
+        rows.sort(key=lambda r: order[r[0]])
+        return ClaimResult(list(map(Claimed._make, rows)), rescued)
+
+    _MERGE_QUEUES = 64  # more unpaused queues than this: NOT IN instead of a merge
+
+    def _eligible(
+        self,
+        conn: sqlite3.Connection,
+        queues: tuple[str, ...] | None,
+        exclude: tuple[str, ...],
+    ) -> tuple[str, ...] | None:
+        """``queues`` less ``exclude``; with every queue (None), the queues that have
+        pending rows less ``exclude``, or None when there are too many to merge."""
+        if queues is not None:
+            return tuple(q for q in queues if q not in exclude)
+        found: list[str] = []
+        after = ""
+        first = conn.execute(self.q["first_pending_queue"]).fetchone()
+        while first is not None:
+            after = first[0]
+            if after not in exclude:
+                found.append(after)
+                if len(found) > self._MERGE_QUEUES:
+                    return None
+            first = conn.execute(self.q["next_pending_queue"], {"after": after}).fetchone()
+        return tuple(found)
 
     def _rescue(self, conn: sqlite3.Connection, now: float) -> int:
         """Expired leases go back to pending with the lapse recorded as an error.
@@ -499,10 +574,22 @@ class SQLiteBackend:
         return len(expired)
 
     def has_ready(self, queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()) -> bool:
-        qf, qparams = self._queue_filter(queues, exclude)
-        xf, _ = self._exclude_filter(exclude)
-        sql = self.q["has_ready"].replace("{queue_filter}", qf).replace("{exclude_filter}", xf)
-        return bool(self._read(lambda c: c.execute(sql, {"now": _now(), **qparams}).fetchone()[0]))
+        xf, xparams = self._exclude_filter(exclude)
+
+        def read(c: sqlite3.Connection) -> bool:
+            chosen, skip = queues, exclude
+            if exclude:  # as the claim does: never walk a paused queue's backlog
+                eligible = self._eligible(c, queues, exclude)
+                if eligible == ():  # no queue left: only expired leases elsewhere count
+                    sql = self.q["has_expired"].replace("{exclude_filter}", xf)
+                    return bool(c.execute(sql, {"now": _now(), **xparams}).fetchone()[0])
+                if eligible is not None:
+                    chosen, skip = eligible, ()
+            qf, qparams = self._queue_filter(chosen, skip)
+            sql = self.q["has_ready"].replace("{queue_filter}", qf).replace("{exclude_filter}", xf)
+            return bool(c.execute(sql, {"now": _now(), **qparams, **xparams}).fetchone()[0])
+
+        return self._read(read)
 
     def next_due(
         self, queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()

@@ -52,6 +52,37 @@ UPDATE {prefix}queue_tasks
                LIMIT :limit)
 RETURNING id, queue, task_name, payload, attempts, max_attempts
 
+-- name: claim_candidates
+-- with paused queues: one unpaused queue's first ready rows, in claim order (the
+-- per-queue index), merged with the other queues' by the backend
+SELECT priority, next_run, id FROM {prefix}queue_tasks
+ WHERE status = 'pending' AND queue = :queue AND next_run <= :now
+ ORDER BY priority DESC, next_run, id
+ LIMIT :limit
+
+-- name: claim_ids
+UPDATE {prefix}queue_tasks
+   SET status = 'processing',
+       attempts = attempts + 1,
+       locked_by = :worker,
+       locked_until = :now + :lease,
+       updated = :now
+ WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'pending'
+RETURNING id, queue, task_name, payload, attempts, max_attempts
+
+-- name: first_pending_queue
+-- a loose scan of the per-queue index: the queues that have pending rows, one step each
+SELECT queue FROM {prefix}queue_tasks INDEXED BY {prefix}queue_tasks_queue_ready
+ WHERE status = 'pending' ORDER BY queue LIMIT 1
+
+-- name: next_pending_queue
+SELECT queue FROM {prefix}queue_tasks INDEXED BY {prefix}queue_tasks_queue_ready
+ WHERE status = 'pending' AND queue > :after ORDER BY queue LIMIT 1
+
+-- name: has_expired
+SELECT EXISTS (SELECT 1 FROM {prefix}queue_tasks
+                WHERE status = 'processing' AND locked_until <= :now {exclude_filter})
+
 -- name: has_ready
 SELECT EXISTS (SELECT 1 FROM {prefix}queue_tasks
                 WHERE status = 'pending' AND next_run <= :now {queue_filter})
