@@ -291,7 +291,8 @@ class Worker:
             )
             logging.shutdown()
             os._exit(1)
-        log.info(
+        # DEBUG: the console already says "SIGTERM received: stopping…" (worker_stopping)
+        log.debug(
             "%s received",
             sig.name,
             extra={"event": "signal", "signal": sig.name, "worker": self.id},
