@@ -129,8 +129,12 @@ def test_requeue_by_task_name(queue: lmq.Queue) -> None:
 
 
 def test_requeue_nothing_selected(queue: lmq.Queue) -> None:
+    """No ids and no --all/--task/--group: a mistake, refused, and nothing changes."""
     kill(queue)
-    assert queue.requeue_dead() == []
+    with pytest.raises(ValueError):
+        queue.requeue_dead()
+    with pytest.raises(ValueError):
+        queue.discard_dead()
     assert queue.counts()["dead"] == 1
 
 
