@@ -135,6 +135,7 @@ def test_cancel_by_task_queue_and_batch_asks_unless_yes(hb: Harness) -> None:
 
 def test_pause_stops_claiming_status_shows_it_and_resume_restarts(hb: Harness) -> None:
     h = hb
+    h.counts()  # SQLite: the file exists before `lmq status` looks
     w = h.worker("-c", "4")
     h.wait_for(lambda: h.run_json("status", "--json")["workers"], "the worker's heartbeat", 30)
     out = ok(run(h, "queues", "pause", "imports"))

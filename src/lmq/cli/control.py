@@ -211,9 +211,10 @@ def queues_list(as_json: bool, url: str | None, app: str | None) -> None:
 def queues_pause(name: str, url: str | None, app: str | None) -> None:
     """Stop workers claiming tasks of queue NAME (running ones finish).
 
-    Workers notice within about a second.  A queue with no tasks yet can be paused too.
+    Workers notice within about a second.  A queue with no tasks yet can be paused too
+    (before a bulk enqueue, say), and so can a SQLite database not yet created.
     """
-    queue = open_queue(url, app)
+    queue = open_queue(url, app, create=True)
     known = name in queue.stats().by_queue
     if queue.pause(name):
         click.echo(
