@@ -217,6 +217,8 @@ def dead_show(dead_id: str, as_json: bool, url: str | None, app: str | None) -> 
         rows.append(("review", "not reviewed"))
     if d.status == "requeued":
         now = f", now {task.status} (attempts {task.attempts})" if task else " (since pruned)"
+        if task and task.status == "dead" and str(task.dead_letter_id) != str(d.id):
+            now += f"; dead again: lmq dead show {task.dead_letter_id}"
         rows.append(("re-queued", f"{_iso(d.requeued_at)} as task {d.task_id}{now}"))
     if d.status == "discarded":
         rows.append(("discarded", _iso(d.discarded_at)))
