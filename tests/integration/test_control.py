@@ -104,8 +104,7 @@ def test_cancel_pending_tasks_while_the_running_one_finishes(hb: Harness) -> Non
     w.assert_clean()
 
 
-def test_cancel_by_task_queue_and_batch_asks_unless_yes(hb: Harness) -> None:
-    h = hb
+def test_cancel_by_task_queue_and_batch_asks_unless_yes(h: Harness) -> None:
     h.queue.enqueue_many([("hello", {"name": f"h{i}"}) for i in range(3)], delay=3600)
     in_q = h.queue.enqueue_many([("record", {"n": n}) for n in range(2)], queue="bulk")
     batch = h.queue.enqueue_many([("record", {"n": n}) for n in range(10, 15)], batch="imp")
@@ -175,8 +174,7 @@ def test_pause_stops_claiming_status_shows_it_and_resume_restarts(hb: Harness) -
     assert "queue 'imports' is paused" in w.stderr() and "resumed" in w.stderr()
 
 
-def test_burst_worker_exits_when_only_paused_tasks_are_left(hb: Harness) -> None:
-    h = hb
+def test_burst_worker_exits_when_only_paused_tasks_are_left(h: Harness) -> None:
     ok(run(h, "queues", "pause", "imports"))
     held = h.queue.enqueue_many([("record", {"n": n}) for n in range(3)], queue="imports")
     h.queue.enqueue("record", {"n": 7})
@@ -248,8 +246,7 @@ def test_batch_follow_up_runs_once_after_the_last_member(hb: Harness) -> None:
     assert logged.count(f"batch '{name}' complete") == 1, logged[-3000:]
 
 
-def test_batches_show_reports_progress_while_running(hb: Harness) -> None:
-    h = hb
+def test_batches_show_reports_progress_while_running(h: Harness) -> None:
     items = [("stamped", {"n": n, "seconds": 0.1}) for n in range(80)]  # ~4 s on 2 slots
     h.queue.enqueue_many(items, batch="slow")
     w = h.worker("-c", "2")
@@ -347,8 +344,7 @@ def test_status_watch_on_a_pipe_prints_each_refresh(h: Harness) -> None:
 # --- bad input ----------------------------------------------------------------------------
 
 
-def test_bad_input_for_the_new_commands(hb: Harness) -> None:
-    h = hb
+def test_bad_input_for_the_new_commands(h: Harness) -> None:
     tid = h.queue.enqueue("record", {"n": 1})
     # unknown ids: one line naming the id, and nothing changes (the known one stays)
     one_error_line(run(h, "tasks", "cancel", "987654321"), "987654321")

@@ -231,8 +231,7 @@ def test_an_outage_is_one_group_requeued_with_one_command(hb: Harness) -> None:
     assert ok_json(h, "dead", "list", "--groups", "--json") == []
 
 
-def test_requeue_by_task_with_delay_and_spread(hb: Harness) -> None:
-    h = hb
+def test_requeue_by_task_with_delay_and_spread(h: Harness) -> None:
     an_outage(h, products=10, users=1)
     set_outage(h, False)
     t0 = time.time()
@@ -317,8 +316,7 @@ def test_review_approve_at_a_rate_is_requeued_by_the_worker_and_reject_keeps(
 # --- a payload edit -----------------------------------------------------------------------
 
 
-def test_payload_edit_requeues_one_corrected_task(hb: Harness) -> None:
-    h = hb
+def test_payload_edit_requeues_one_corrected_task(h: Harness) -> None:
     setup_app(h, outage=False)
     bad = h.queue.enqueue("import_product", {"n": 7, "sku": "BAD"})
     h.queue.enqueue("import_product", {"n": 8, "sku": "BAD"})
@@ -348,8 +346,7 @@ def test_payload_edit_requeues_one_corrected_task(hb: Harness) -> None:
 # --- bad input ----------------------------------------------------------------------------
 
 
-def test_bad_input_is_one_line_or_usage(hb: Harness) -> None:
-    h = hb
+def test_bad_input_is_one_line_or_usage(h: Harness) -> None:
     an_outage(h, products=2, users=1)
     d = letters(h)[0]
     did = str(d["id"])

@@ -150,7 +150,10 @@ def _print_groups(groups: list[DeadGroup]) -> None:
         return
     t = Table()
     for col in ("count", "group", "task", "first", "last", "example (id)"):
-        t.add_column(col, justify="right" if col == "count" else "left")
+        # only the example wraps: a fingerprint or task name cut in two can't be copied
+        t.add_column(
+            col, justify="right" if col == "count" else "left", no_wrap=col != "example (id)"
+        )
     for g in groups:
         t.add_row(
             str(g.count),

@@ -71,7 +71,17 @@ from .common import cli, load_app, setup_logging
     default=86400.0,
     show_default=True,
     metavar="S",
-    help="Seconds finished tasks are kept before the pruner deletes them.",
+    help="Seconds finished (and cancelled) tasks are kept before the pruner deletes "
+    "them; 0 deletes them within about a second.",
+)
+@click.option(
+    "--keep-dead",
+    type=click.FloatRange(min=0),
+    default=7 * 86400.0,
+    show_default=True,
+    metavar="S",
+    help="Seconds a dead letter is kept once resolved (re-queued, discarded or rejected "
+    "in review); dead letters nobody has looked at are never pruned.",
 )
 @click.option(
     "--log-file",
@@ -105,6 +115,7 @@ def worker(
     lease: float,
     grace: float,
     keep_done: float,
+    keep_dead: float,
     log_file: str | None,
     verbose: int,
     quiet: bool,
@@ -143,6 +154,8 @@ def worker(
             str(grace),
             "--keep-done",
             str(keep_done),
+            "--keep-dead",
+            str(keep_dead),
         ]
         if queues:
             child_args += ["--queues", queues]
@@ -164,6 +177,7 @@ def worker(
         burst=burst,
         grace=grace,
         keep_done=keep_done,
+        keep_dead=keep_dead,
         loop=loop_kind,
     )
     queue.backend.schema_version()  # open now: a bad URL fails here with one line

@@ -70,7 +70,10 @@ class WorkerSettings:
     grace: float = 10.0
     heartbeat_interval: float = 5.0
     keep_done: float = 86400.0  # seconds a finished task is kept (0: deleted at once)
-    prune_interval: float = 60.0
+    # seconds a dead letter is kept once resolved (re-queued, discarded or rejected);
+    # None keeps them; unreviewed ones are always kept
+    keep_dead: float | None = 7 * 86400.0
+    prune_interval: float = 60.0  # (1 s when keep_done is 0)
     stale_worker_after: float = 3600.0  # heartbeat rows older than this are removed
     idle_poll: float = 1.0  # longest idle wait without a wake-up
     housekeeping_interval: float = 1.0  # paused queues, batches, approved re-queues
@@ -777,9 +780,11 @@ class Worker:
 
     async def _pruner(self) -> None:
         s = self.settings
-        request = PruneRequest(s.keep_done, s.stale_worker_after)
+        request = PruneRequest(s.keep_done, s.stale_worker_after, dead_older_than=s.keep_dead)
+        # --keep-done 0: finished rows go within about a second, not at the next minute
+        interval = min(s.prune_interval, 1.0) if s.keep_done == 0 else s.prune_interval
         while True:
-            await asyncio.sleep(s.prune_interval)
+            await asyncio.sleep(interval)
             n = await self._retrying("prune", lambda: self._side(self.backend.prune, request))
             if n:
                 log.info(
