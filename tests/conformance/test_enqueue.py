@@ -80,10 +80,38 @@ def test_counts_and_stats(queue: lmq.Queue, backend: Backend) -> None:
     assert queue.counts() == {"pending": 2, "processing": 1, "done": 1, "dead": 1}
     stats = queue.stats()
     assert stats.as_dict() == queue.counts()
-    assert stats.by_queue["a"] == {"pending": 1, "processing": 0, "done": 1, "dead": 0}
-    assert stats.by_queue["b"] == {"pending": 1, "processing": 1, "done": 0, "dead": 1}
+    assert four(stats.by_queue["a"]) == {"pending": 1, "processing": 0, "done": 1, "dead": 0}
+    assert four(stats.by_queue["b"]) == {"pending": 1, "processing": 1, "done": 0, "dead": 1}
     assert (stats.ready, stats.scheduled) == (1, 1)
+    # per queue too (lmq status's table): a's pending one is not yet due, b's is
+    assert (stats.by_queue["a"]["ready"], stats.by_queue["a"]["scheduled"]) == (0, 1)
+    assert (stats.by_queue["b"]["ready"], stats.by_queue["b"]["scheduled"]) == (1, 0)
     assert stats.oldest_ready_age is not None and 0 <= stats.oldest_ready_age < 60
+
+
+def four(per_queue: dict[str, int]) -> dict[str, int]:
+    return {k: per_queue[k] for k in ("pending", "processing", "done", "dead")}
+
+
+def test_counts_per_queue_ready_and_scheduled(queue: lmq.Queue, backend: Backend) -> None:
+    queue.enqueue_many([("t", {}) for _ in range(3)], queue="now")
+    queue.enqueue_many([("t", {}) for _ in range(2)], queue="later", delay=3600)
+    queue.enqueue("t", queue="mixed")
+    queue.enqueue("t", queue="mixed", delay=3600)
+    done = queue.enqueue("t", queue="finished")
+    (c,) = claim(backend, queues=("finished",), limit=1)
+    assert c.id == done
+    complete(backend, done=[done])
+    stats = queue.stats()
+    got = {q: (v["ready"], v["scheduled"], v["pending"]) for q, v in stats.by_queue.items()}
+    assert got == {
+        "now": (3, 0, 3),
+        "later": (0, 2, 2),
+        "mixed": (1, 1, 2),
+        "finished": (0, 0, 0),
+    }
+    assert sum(v["ready"] for v in stats.by_queue.values()) == stats.ready == 4
+    assert sum(v["scheduled"] for v in stats.by_queue.values()) == stats.scheduled == 3
 
 
 @pytest.mark.parametrize(

@@ -513,8 +513,19 @@ def test_counts_and_listing_after_a_mixed_run(rq: lmq.Queue) -> None:
     complete(rq.backend, done=got[:2], burials=[burial(got[2], task_name="job")])
     stats = rq.stats()
     assert stats.as_dict() == {"pending": 3, "processing": 1, "done": 2, "dead": 1}
-    assert stats.by_queue["q1"] == {"pending": 2, "processing": 1, "done": 2, "dead": 1}
-    assert stats.by_queue["q2"] == {"pending": 1, "processing": 0, "done": 0, "dead": 0}
+    four = ("pending", "processing", "done", "dead")
+    assert {k: stats.by_queue["q1"][k] for k in four} == {
+        "pending": 2,
+        "processing": 1,
+        "done": 2,
+        "dead": 1,
+    }
+    assert {k: stats.by_queue["q2"][k] for k in four} == {
+        "pending": 1,
+        "processing": 0,
+        "done": 0,
+        "dead": 0,
+    }
     assert (stats.ready, stats.scheduled) == (2, 1)
     assert [t.id for t in rq.tasks(status="done")] == sorted(got[:2], key=int, reverse=True)
     assert [t.id for t in rq.tasks(status="processing")] == [got[3]]

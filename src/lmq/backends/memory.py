@@ -429,23 +429,29 @@ class MemoryBackend:
         c = Counts()
         oldest: float | None = None
         with self.store.lock:
+            empty = {
+                "pending": 0,
+                "processing": 0,
+                "done": 0,
+                "dead": 0,
+                "ready": 0,
+                "scheduled": 0,
+            }
             for r in self.store.tasks.values():
-                per = c.by_queue.setdefault(
-                    r.queue, {"pending": 0, "processing": 0, "done": 0, "dead": 0}
-                )
+                per = c.by_queue.setdefault(r.queue, dict(empty))
                 per[r.status] = per.get(r.status, 0) + 1
                 setattr(c, r.status, getattr(c, r.status) + 1)
                 if r.status == "pending":
                     if r.next_run <= now:
                         c.ready += 1
+                        per["ready"] += 1
                         oldest = r.next_run if oldest is None else min(oldest, r.next_run)
                     else:
                         c.scheduled += 1
+                        per["scheduled"] += 1
             for d in self.store.dead.values():
                 if d.status == "dead":
-                    c.by_queue.setdefault(
-                        d.queue, {"pending": 0, "processing": 0, "done": 0, "dead": 0}
-                    )["dead"] += 1
+                    c.by_queue.setdefault(d.queue, dict(empty))["dead"] += 1
                     c.dead += 1
         c.oldest_ready_age = None if oldest is None else now - oldest
         return c

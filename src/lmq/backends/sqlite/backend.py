@@ -91,6 +91,9 @@ def _is_locked(exc: sqlite3.OperationalError) -> bool:
     return "database is locked" in text or "database table is locked" in text or "busy" in text
 
 
+STATUS_KEYS = ("pending", "processing", "done", "dead")
+
+
 class SQLiteBackend:
     """See the module docstring.  ``create=False`` refuses to create a missing file."""
 
@@ -768,22 +771,28 @@ class SQLiteBackend:
             now = _now()
             counts = Counts()
             oldest: float | None = None
+            empty = {
+                "pending": 0,
+                "processing": 0,
+                "done": 0,
+                "dead": 0,
+                "ready": 0,
+                "scheduled": 0,
+            }
             for queue, status, n, ready, first in c.execute(self.q["count_tasks"], {"now": now}):
-                per = counts.by_queue.setdefault(
-                    queue, {"pending": 0, "processing": 0, "done": 0, "dead": 0}
-                )
-                if status in per or status == "cancelled":
+                per = counts.by_queue.setdefault(queue, dict(empty))
+                if status in STATUS_KEYS or status == "cancelled":
                     per[status] = per.get(status, 0) + n
                     setattr(counts, status, getattr(counts, status) + n)
                 if status == "pending":
                     counts.ready += ready or 0
                     counts.scheduled += n - (ready or 0)
+                    per["ready"] += ready or 0
+                    per["scheduled"] += n - (ready or 0)
                     if first is not None and (oldest is None or first < oldest):
                         oldest = first
             for queue, n in c.execute(self.q["count_dead"]):
-                per = counts.by_queue.setdefault(
-                    queue, {"pending": 0, "processing": 0, "done": 0, "dead": 0}
-                )
+                per = counts.by_queue.setdefault(queue, dict(empty))
                 per["dead"] += n
                 counts.dead += n
             counts.oldest_ready_age = None if oldest is None else max(0.0, now - oldest)
