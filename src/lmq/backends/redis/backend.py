@@ -577,16 +577,21 @@ class RedisBackend:
 
         def per(queue: str) -> dict[str, int]:
             return c.by_queue.setdefault(
-                queue, {"pending": 0, "processing": 0, "done": 0, "dead": 0}
+                queue,
+                {"pending": 0, "processing": 0, "done": 0, "dead": 0, "ready": 0, "scheduled": 0},
             )
 
         for i in range(0, len(pend), 4):
             queue, total, ready, first = pend[i : i + 4]
-            if int(total):
-                per(queue)["pending"] += int(total)
-            c.pending += int(total)
-            c.ready += int(ready)
-            c.scheduled += int(total) - int(ready)
+            n_total, n_ready = int(total), int(ready)
+            if n_total:
+                q = per(queue)
+                q["pending"] += n_total
+                q["ready"] += n_ready
+                q["scheduled"] += n_total - n_ready
+            c.pending += n_total
+            c.ready += n_ready
+            c.scheduled += n_total - n_ready
             if first != "" and (oldest is None or float(first) < oldest):
                 oldest = float(first)
         for status, flat in (
