@@ -773,8 +773,10 @@ class PostgresBackend:
                 tasks, dead = tasks_cur.fetchall(), dead_cur.fetchall()
 
         def per(queue: str) -> dict[str, int]:
-            # the four statuses always, "cancelled" where there are some
-            return counts.by_queue.setdefault(queue, dict.fromkeys(_STATUSES[:4], 0))
+            # the four statuses and ready/scheduled always, "cancelled" where there are some
+            return counts.by_queue.setdefault(
+                queue, dict.fromkeys((*_STATUSES[:4], "ready", "scheduled"), 0)
+            )
 
         for queue, status, n, ready, first, at in tasks:
             now = at
@@ -782,8 +784,11 @@ class PostgresBackend:
             counts_of[status] = counts_of.get(status, 0) + n
             setattr(counts, status, getattr(counts, status) + n)
             if status == "pending":
-                counts.ready += ready or 0
-                counts.scheduled += n - (ready or 0)
+                due = ready or 0
+                counts_of["ready"] += due
+                counts_of["scheduled"] += n - due
+                counts.ready += due
+                counts.scheduled += n - due
                 if first is not None and (oldest is None or first < oldest):
                     oldest = first
         for queue, n in dead:
