@@ -842,8 +842,10 @@ class MySQLBackend(MySQLSession):
         now: float | None = None
 
         def per(queue: str) -> dict[str, int]:
-            # the four statuses always, "cancelled" where there are some
-            return counts.by_queue.setdefault(queue, dict.fromkeys(_EMPTY_COUNTS[:4], 0))
+            # the four statuses and ready/scheduled always, "cancelled" where there are some
+            return counts.by_queue.setdefault(
+                queue, dict.fromkeys((*_EMPTY_COUNTS[:4], "ready", "scheduled"), 0)
+            )
 
         not_done: dict[str, int] = {}  # a queue's non-pending rows that are not done
         for queue, status, rows, ready, first, server_now in live:
@@ -857,6 +859,8 @@ class MySQLBackend(MySQLSession):
                 setattr(counts, status, getattr(counts, status) + n)
             if status == "pending":
                 ready_n = int(ready or 0)
+                counts_of["ready"] += ready_n
+                counts_of["scheduled"] += n - ready_n
                 counts.ready += ready_n
                 counts.scheduled += n - ready_n
                 if first is not None and (oldest is None or first < oldest):
