@@ -46,6 +46,7 @@ from ..models import (
 from ..payload import loads_lenient
 from ..url import QueueURL
 from .external import refuse_connection
+from .rows import check_requeue
 
 
 def _dt(ts: float) -> datetime:
@@ -604,15 +605,7 @@ class MemoryBackend:
         delay: float = 0.0,
         spread: float = 0.0,
     ) -> list[TaskId]:
-        if payload_json is not None:
-            if len({str(i) for i in selector.ids}) != 1:
-                raise ValueError("a payload edit re-queues exactly one dead letter, by its id")
-            try:
-                json.loads(payload_json)
-            except ValueError:
-                raise ValueError(f"the new payload is not JSON: {payload_json[:80]!r}") from None
-        if delay < 0 or spread < 0:
-            raise ValueError("delay and spread must be >= 0 seconds")
+        check_requeue(selector, payload_json, delay, spread)
         now = time.time()
         with self.store.lock:
             items = self._select(selector, "re-queued")

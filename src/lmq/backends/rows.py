@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from ..models import DeadLetter, Task, TaskError, utc_from_epoch
+from ..models import DeadLetter, DeadSelector, Task, TaskError, utc_from_epoch
 from ..payload import loads_lenient
 
 Row = Any  # a mapping of column name to value: sqlite3.Row, a dict...
@@ -125,3 +125,18 @@ def dead_from_row(r: Row, created: Callable[[Any], str | None] = text) -> DeadLe
         errors=parse_errors(r["errors"]),
         requeued_at=epoch(r["requeued_at"]),
     )
+
+
+def check_requeue(
+    selector: DeadSelector, payload_json: str | None, delay: float, spread: float
+) -> None:
+    """The arguments of ``Backend.requeue_dead`` that every backend refuses alike."""
+    if payload_json is not None:
+        if len({str(i) for i in selector.ids}) != 1:
+            raise ValueError("a payload edit re-queues exactly one dead letter, by its id")
+        try:
+            json.loads(payload_json)
+        except ValueError:
+            raise ValueError(f"the new payload is not JSON: {payload_json[:80]!r}") from None
+    if delay < 0 or spread < 0:
+        raise ValueError("delay and spread must be >= 0 seconds")

@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -99,7 +98,7 @@ from ...models import (
     utc_from_epoch,
 )
 from ..external import app_connection
-from ..rows import error_json, error_line, split_sql
+from ..rows import check_requeue, error_json, error_line, split_sql
 from ..sqlfile import load_migrations, load_schema
 from .rows import dead_from_row, task_from_row
 from .session import (
@@ -1024,15 +1023,7 @@ class MySQLBackend(MySQLSession):
         delay: float = 0.0,
         spread: float = 0.0,
     ) -> list[TaskId]:
-        if payload_json is not None and len(selector.ids) != 1:
-            raise ValueError("a payload edit re-queues exactly one dead letter, by its id")
-        if delay < 0 or spread < 0:
-            raise ValueError("delay and spread must be >= 0 seconds")
-        if payload_json is not None:
-            try:
-                json.loads(payload_json)
-            except ValueError:
-                raise ValueError(f"the new payload is not JSON: {payload_json[:80]!r}") from None
+        check_requeue(selector, payload_json, delay, spread)
 
         def work(cur: Cursor) -> list[TaskId]:
             rows = self._lock_dead(cur, selector, "re-queued")

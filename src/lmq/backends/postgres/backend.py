@@ -100,7 +100,7 @@ from ...models import (
 from ...url import QueueURL, mask
 from .. import rows as shared
 from ..external import app_connection
-from ..rows import error_line
+from ..rows import check_requeue, error_line
 from ..sqlfile import check_prefix, load_migrations, load_queries
 from .connection import Pool, translate
 from .wake import ListenWakeSource
@@ -936,15 +936,7 @@ class PostgresBackend:
         delay: float = 0.0,
         spread: float = 0.0,
     ) -> list[TaskId]:
-        if payload_json is not None:
-            if len(selector.ids) != 1:
-                raise ValueError("a payload edit re-queues exactly one dead letter, by its id")
-            try:
-                json.loads(payload_json)
-            except ValueError:
-                raise ValueError(f"the new payload is not JSON: {payload_json[:80]!r}") from None
-        if delay < 0 or spread < 0:
-            raise ValueError("delay and spread must be >= 0 seconds")
+        check_requeue(selector, payload_json, delay, spread)
         with self._conn() as conn, conn.transaction():
             rows = self._lock_dead(conn, selector, "re-queued")
             n = len(rows)

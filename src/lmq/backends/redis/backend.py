@@ -146,7 +146,7 @@ from ...models import (
 )
 from ...url import QueueURL, mask
 from ..external import refuse_connection
-from ..rows import error_line
+from ..rows import check_requeue, error_line
 from .connection import pool_from_url
 from .rows import batch_from_hash, dead_from_hash, task_from_hash
 from .wake import RedisWake
@@ -788,15 +788,7 @@ class RedisBackend:
         delay: float = 0.0,
         spread: float = 0.0,
     ) -> list[TaskId]:
-        if payload_json is not None and len(set(map(str, selector.ids))) != 1:
-            raise ValueError("a payload edit re-queues exactly one dead letter, by id")
-        if delay < 0 or spread < 0:
-            raise ValueError("delay and spread are seconds >= 0")
-        if payload_json is not None:
-            try:
-                json.loads(payload_json)
-            except ValueError:
-                raise ValueError(f"the new payload is not JSON: {payload_json[:80]!r}") from None
+        check_requeue(selector, payload_json, delay, spread)
         args = self._selector(selector)
         reply = self._run(
             "requeue_dead", [_opt(payload_json), repr(float(delay)), repr(float(spread)), *args]

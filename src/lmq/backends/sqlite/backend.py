@@ -59,7 +59,7 @@ from ...models import (
 )
 from ...url import QueueURL
 from ..external import app_connection
-from ..rows import dead_from_row, epoch, error_line, split_sql, task_from_row
+from ..rows import check_requeue, dead_from_row, epoch, error_line, split_sql, task_from_row
 from ..sqlfile import check_prefix, load_migrations, load_queries, load_schema
 from .watch import WalWatcher
 
@@ -991,15 +991,7 @@ class SQLiteBackend:
         delay: float = 0.0,
         spread: float = 0.0,
     ) -> list[TaskId]:
-        if payload_json is not None:
-            if len({str(i) for i in selector.ids}) != 1:
-                raise ValueError("a payload edit re-queues exactly one dead letter, by its id")
-            try:
-                json.loads(payload_json)
-            except ValueError:
-                raise ValueError(f"the new payload is not JSON: {payload_json[:80]!r}") from None
-        if delay < 0 or spread < 0:
-            raise ValueError("delay and spread must be >= 0 seconds")
+        check_requeue(selector, payload_json, delay, spread)
         with self._tx() as conn:
             now = _now()
             ids = self._select_dead(conn, selector, "re-queued")
