@@ -7,6 +7,7 @@ dataclasses below, so SQL and Redis backends implement the same thing.  Times ar
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -72,6 +73,8 @@ class Task:
     errors: tuple[TaskError, ...] = ()
     dead_letter_id: TaskId | None = None  # the dead letter it went to, or was re-queued from
     batch: str | None = None
+    breaker: str | None = None
+    rate_key: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -92,6 +95,8 @@ class Task:
             "unique_key": self.unique_key,
             "dead_letter_id": self.dead_letter_id,
             "batch": self.batch,
+            "breaker": self.breaker,
+            "rate_key": self.rate_key,
             "errors": [e.to_json() for e in self.errors],
         }
 
@@ -303,6 +308,8 @@ class NewTask(NamedTuple):
     delay: float = 0.0
     unique_key: str | None = None
     batch: str | None = None
+    breaker: str | None = None  # the circuit breaker it goes through (claims skip it while open)
+    rate_key: str | None = None  # the rate limit it waits for (claimed only by rate claims)
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +333,12 @@ class ClaimRequest:
     lease: float
     queues: tuple[str, ...] | None = None  # None = every queue
     exclude: tuple[str, ...] = ()  # paused queues: never claimed (with any ``queues``)
+    # A plain claim (both None) never takes a task with a ``rate_key``, nor one whose
+    # ``breaker`` has a stored state other than ``closed``.  ``breaker``: a probe claim,
+    # only tasks behind that breaker, whatever its state.  ``rate_key``: only tasks with
+    # that rate key (still none behind a breaker that is not closed).
+    breaker: str | None = None
+    rate_key: str | None = None
 
 
 class Claimed(NamedTuple):
@@ -340,6 +353,8 @@ class Claimed(NamedTuple):
     payload: str
     attempts: int
     max_attempts: int | None
+    breaker: str | None = None
+    rate_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,6 +380,20 @@ class BuryOutcome:
 
 
 @dataclass(frozen=True, slots=True)
+class DeferOutcome:
+    """Not run: back to pending at now + ``delay`` with the attempt refunded and nothing
+    recorded in its errors.  ``breaker`` / ``rate_key``, when given, are written into
+    the row (a task enqueued without them, say by another program, gets them on its
+    first claim, so later plain claims skip it while its breaker is open / leave it to
+    its rate limit)."""
+
+    id: TaskId
+    delay: float = 0.0
+    breaker: str | None = None
+    rate_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class CompleteBatch:
     """Everything a worker finished since its last acknowledgement, written at once."""
 
@@ -373,9 +402,16 @@ class CompleteBatch:
     retries: Sequence[RetryOutcome] = ()
     burials: Sequence[BuryOutcome] = ()
     released: Sequence[TaskId] = ()  # unfinished at shutdown: back to pending, attempt refunded
+    deferred: Sequence[DeferOutcome] = ()  # held back by a breaker or rate limit, not run
 
     def __len__(self) -> int:
-        return len(self.done) + len(self.retries) + len(self.burials) + len(self.released)
+        return (
+            len(self.done)
+            + len(self.retries)
+            + len(self.burials)
+            + len(self.released)
+            + len(self.deferred)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -483,4 +519,122 @@ class Counts:
             "processing": self.processing,
             "done": self.done,
             "dead": self.dead,
+        }
+
+
+# --- circuit breakers, rate limits and schedules (stored state, compare-and-set) -------
+#
+# The backend only stores these rows and swaps them atomically (``put_*`` with the
+# version the caller read); every decision (when a breaker opens, which slot a rate
+# limit grants, which tick is due) is made by the pure code in lmq.breaker,
+# lmq.ratelimit and lmq.schedule, identical for every backend.  ``version`` 0 means "not
+# stored yet"; a stored row has version >= 1 and each successful put adds one.
+# Times are epoch seconds from the workers' clocks (keep hosts NTP-synced).
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerState:
+    """One circuit breaker as stored in ``{prefix}queue_breakers``."""
+
+    name: str
+    state: str = "closed"  # closed | open | half_open
+    failures: int = 0  # consecutive counted failures while closed
+    window_start: float = 0.0  # failure-ratio window: its start, calls and failures in it
+    window_calls: int = 0
+    window_failures: int = 0
+    cooldown: float = 0.0  # the cool-down now in force (grows while probes fail)
+    opened_at: float | None = None
+    retry_at: float | None = None  # open: when a probe may run
+    probe_by: str | None = None  # half_open: the worker running the probe
+    probe_until: float | None = None  # half_open: after this another worker may probe
+    trips: int = 0  # times it opened
+    forced: bool = False  # opened by a person: no probes until a person closes it
+    last_error: str | None = None
+    updated: float = 0.0
+    version: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": self.state,
+            "failures": self.failures,
+            "window_calls": self.window_calls,
+            "window_failures": self.window_failures,
+            "cooldown": self.cooldown,
+            "opened_at": iso(utc_from_epoch(self.opened_at)),
+            "retry_at": iso(utc_from_epoch(self.retry_at)),
+            "probe_by": self.probe_by,
+            "probe_until": iso(utc_from_epoch(self.probe_until)),
+            "trips": self.trips,
+            "forced": self.forced,
+            "last_error": self.last_error,
+            "updated": iso(utc_from_epoch(self.updated)),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RateState:
+    """One rate limit as stored in ``{prefix}queue_rate_limits``: ``calls`` per ``per``
+    seconds; ``tat`` is the next free slot (a GCRA "theoretical arrival time")."""
+
+    name: str
+    calls: int
+    per: float
+    burst: int = 1
+    tat: float = 0.0
+    updated: float = 0.0
+    version: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "calls": self.calls,
+            "per": self.per,
+            "burst": self.burst,
+            "next_slot": iso(utc_from_epoch(self.tat)) if self.tat else None,
+            "updated": iso(utc_from_epoch(self.updated)),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleState:
+    """One recurring task as stored in ``{prefix}queue_schedules``.
+
+    Declared in code (``queue.schedule``) and synced by every worker on start; the
+    stored ``next_tick`` is the one every worker races to fire by compare-and-set.
+    """
+
+    name: str
+    task_name: str
+    queue: str = "default"
+    payload_json: str = "{}"
+    priority: int = 0
+    cron: str | None = None
+    every: float | None = None  # seconds
+    timezone: str = "UTC"
+    missed: str = "once"  # once | all | skip: ticks missed while no worker ran
+    next_tick: float | None = None  # epoch seconds of the next tick to enqueue
+    last_tick: float | None = None
+    last_task_id: TaskId | None = None
+    paused: bool = False
+    declared: float = 0.0  # when a worker last synced it from code
+    updated: float = 0.0
+    version: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "task_name": self.task_name,
+            "queue": self.queue,
+            "payload": json.loads(self.payload_json),
+            "priority": self.priority,
+            "cron": self.cron,
+            "every": self.every,
+            "timezone": self.timezone,
+            "missed": self.missed,
+            "next_tick": iso(utc_from_epoch(self.next_tick)),
+            "last_tick": iso(utc_from_epoch(self.last_tick)),
+            "last_task_id": self.last_task_id,
+            "paused": self.paused,
+            "declared": iso(utc_from_epoch(self.declared)),
         }

@@ -35,6 +35,7 @@ from typing import Protocol, runtime_checkable
 from ..models import (
     BatchInfo,
     BatchSpec,
+    BreakerState,
     CancelSelector,
     ClaimRequest,
     ClaimResult,
@@ -47,8 +48,10 @@ from ..models import (
     Heartbeat,
     NewTask,
     PruneRequest,
+    RateState,
     RenewRequest,
     Review,
+    ScheduleState,
     Task,
     TaskFilter,
     TaskId,
@@ -232,6 +235,47 @@ class Backend(Protocol):
         """Mark complete every open batch with no member pending or processing, and
         enqueue its ``on_complete`` task in the same transaction (exactly once however
         many workers call this); return ``(name, follow-up id or None)`` for each."""
+        ...
+
+    # --- circuit breakers, rate limits, schedules (issue 5) -----------------------------
+    # Storage only: rows swapped by compare-and-set on ``version`` (see models.py); the
+    # decisions are made by lmq.breaker / lmq.ratelimit / lmq.schedule.  ``put_*`` stores
+    # ``state`` (whose version is ``expected_version + 1``) only if the stored row's
+    # version is ``expected_version`` (0: no row yet) and returns whether it did.
+
+    def breakers(self, names: Sequence[str] | None = None) -> list[BreakerState]:
+        """Stored breakers (all, or those named), by name."""
+        ...
+
+    def put_breaker(self, state: BreakerState, expected_version: int) -> bool: ...
+
+    def delete_breaker(self, name: str) -> bool: ...
+
+    def rate_limits(self, names: Sequence[str] | None = None) -> list[RateState]: ...
+
+    def put_rate_limit(self, state: RateState, expected_version: int) -> bool: ...
+
+    def rate_keys_ready(
+        self, queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()
+    ) -> dict[str, tuple[float, str]]:
+        """Each rate key with claimable tasks (not behind a breaker that is not closed):
+        ``(seconds until its earliest is due, 0 if one is; the task_name of one of its
+        tasks)``, so a worker finds computed keys and their handler's policy.  At most
+        100 keys."""
+        ...
+
+    def schedules(self) -> list[ScheduleState]: ...
+
+    def put_schedule(self, state: ScheduleState, expected_version: int) -> bool: ...
+
+    def delete_schedule(self, name: str) -> bool: ...
+
+    def fire_schedule(
+        self, state: ScheduleState, expected_version: int, tasks: Sequence[NewTask]
+    ) -> list[TaskId] | None:
+        """In one transaction: compare-and-set the schedule row to ``state`` and enqueue
+        ``tasks`` (one per tick fired).  None, with nothing enqueued, when the stored
+        version is not ``expected_version`` (another worker fired the tick)."""
         ...
 
     def parse_id(self, text: str) -> TaskId:
