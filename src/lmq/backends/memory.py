@@ -15,11 +15,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from ..exceptions import NotFound
 from ..models import (
     BatchInfo,
     BatchSpec,
+    BreakerState,
     BuryOutcome,
     CancelSelector,
     Claimed,
@@ -34,8 +36,10 @@ from ..models import (
     Heartbeat,
     NewTask,
     PruneRequest,
+    RateState,
     RenewRequest,
     Review,
+    ScheduleState,
     Task,
     TaskError,
     TaskFilter,
@@ -47,6 +51,8 @@ from ..payload import loads_lenient
 from ..url import QueueURL
 from .external import refuse_connection
 from .rows import check_requeue
+
+T = TypeVar("T", BreakerState, RateState, ScheduleState)
 
 
 def _dt(ts: float) -> datetime:
@@ -73,6 +79,8 @@ class _Row:
     errors: list[TaskError] = field(default_factory=list)
     dead_letter_id: int | None = None
     batch: str | None = None
+    breaker: str | None = None
+    rate_key: str | None = None
 
 
 @dataclass
@@ -96,10 +104,16 @@ class _Store:
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     dead_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     listeners: list[Callable[[], None]] = field(default_factory=list)
-    # a dead letter's stored payload text, unique key and batch, to re-queue it unchanged
-    raw: dict[int, tuple[str, str | None, str | None]] = field(default_factory=dict)
+    # a dead letter's stored payload text, unique key, batch, breaker and rate key, to
+    # re-queue it unchanged
+    raw: dict[int, tuple[str, str | None, str | None, str | None, str | None]] = field(
+        default_factory=dict
+    )
     batches: dict[str, _Batch] = field(default_factory=dict)
     paused: dict[str, float] = field(default_factory=dict)
+    breakers: dict[str, BreakerState] = field(default_factory=dict)
+    rates: dict[str, RateState] = field(default_factory=dict)
+    schedules: dict[str, ScheduleState] = field(default_factory=dict)
 
 
 _STORES: dict[str, _Store] = {}
@@ -140,7 +154,7 @@ class MemoryBackend:
         return []
 
     def schema_version(self) -> int | None:
-        return 2
+        return 3
 
     def enqueue(
         self,
@@ -151,41 +165,49 @@ class MemoryBackend:
         if connection is not None:
             raise refuse_connection("memory")
         now = time.time()
-        created = _dt(now).strftime("%Y-%m-%d %H:%M:%S")
-        ids: list[TaskId] = []
         with self.store.lock:
             if batch is not None:
                 self._add_to_batch(batch, now)
-            for t in tasks:
-                if t.unique_key is not None:
-                    existing = next(
-                        (
-                            r.id
-                            for r in self.store.tasks.values()
-                            if r.unique_key == t.unique_key
-                            and r.status in ("pending", "processing")
-                        ),
-                        None,
-                    )
-                    if existing is not None:
-                        ids.append(existing)
-                        continue
-                row = _Row(
-                    id=next(self.store.ids),
-                    queue=t.queue,
-                    task_name=t.task_name,
-                    payload=t.payload_json,
-                    priority=t.priority,
-                    max_attempts=t.max_attempts,
-                    next_run=(t.run_at if t.run_at is not None else now) + t.delay,
-                    created=created,
-                    updated=now,
-                    unique_key=t.unique_key,
-                    batch=t.batch if batch is None else batch.name,
-                )
-                self.store.tasks[row.id] = row
-                ids.append(row.id)
+            ids = self._insert(tasks, now, batch)
         self._notify()
+        return ids
+
+    def _insert(
+        self, tasks: Sequence[NewTask], now: float, batch: BatchSpec | None = None
+    ) -> list[TaskId]:
+        """Insert ``tasks`` (the store's lock held)."""
+        created = _dt(now).strftime("%Y-%m-%d %H:%M:%S")
+        ids: list[TaskId] = []
+        for t in tasks:
+            if t.unique_key is not None:
+                existing = next(
+                    (
+                        r.id
+                        for r in self.store.tasks.values()
+                        if r.unique_key == t.unique_key and r.status in ("pending", "processing")
+                    ),
+                    None,
+                )
+                if existing is not None:
+                    ids.append(existing)
+                    continue
+            row = _Row(
+                id=next(self.store.ids),
+                queue=t.queue,
+                task_name=t.task_name,
+                payload=t.payload_json,
+                priority=t.priority,
+                max_attempts=t.max_attempts,
+                next_run=(t.run_at if t.run_at is not None else now) + t.delay,
+                created=created,
+                updated=now,
+                unique_key=t.unique_key,
+                batch=t.batch if batch is None else batch.name,
+                breaker=t.breaker,
+                rate_key=t.rate_key,
+            )
+            self.store.tasks[row.id] = row
+            ids.append(row.id)
         return ids
 
     def _add_to_batch(self, spec: BatchSpec, now: float) -> None:
@@ -210,13 +232,37 @@ class MemoryBackend:
     def _wanted(r: _Row, queues: tuple[str, ...] | None, exclude: tuple[str, ...]) -> bool:
         return (not queues or r.queue in queues) and r.queue not in exclude
 
+    def _blocked(self, breaker: str | None) -> bool:
+        """Behind a breaker whose stored state is not ``closed``."""
+        if breaker is None:
+            return False
+        state = self.store.breakers.get(breaker)
+        return state is not None and state.state != "closed"
+
+    def _gate(self, r: _Row, breaker: str | None = None, rate_key: str | None = None) -> bool:
+        """May a claim of this kind take ``r``?  Plain (both None): no rate key and not
+        behind a blocked breaker; probe (``breaker``): that breaker's tasks, whatever its
+        state; rate (``rate_key``): that key's tasks not behind a blocked breaker."""
+        ok = r.breaker == breaker if breaker is not None else not self._blocked(r.breaker)
+        if rate_key is not None:
+            return ok and r.rate_key == rate_key
+        return ok and (breaker is not None or r.rate_key is None)
+
     def _ready(
-        self, now: float, queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()
+        self,
+        now: float,
+        queues: tuple[str, ...] | None,
+        exclude: tuple[str, ...] = (),
+        breaker: str | None = None,
+        rate_key: str | None = None,
     ) -> list[_Row]:
         return [
             r
             for r in self.store.tasks.values()
-            if r.status == "pending" and r.next_run <= now and self._wanted(r, queues, exclude)
+            if r.status == "pending"
+            and r.next_run <= now
+            and self._wanted(r, queues, exclude)
+            and self._gate(r, breaker, rate_key)
         ]
 
     def claim(self, request: ClaimRequest) -> ClaimResult:
@@ -224,7 +270,9 @@ class MemoryBackend:
         with self.store.lock:
             rescued = self._rescue(now)
             ready = sorted(
-                self._ready(now, request.queues, request.exclude),
+                self._ready(
+                    now, request.queues, request.exclude, request.breaker, request.rate_key
+                ),
                 key=lambda r: (-r.priority, r.next_run, r.id),
             )[: request.limit]
             out = []
@@ -232,7 +280,16 @@ class MemoryBackend:
                 r.status, r.attempts = "processing", r.attempts + 1
                 r.locked_by, r.locked_until, r.updated = request.worker_id, now + request.lease, now
                 out.append(
-                    Claimed(r.id, r.queue, r.task_name, r.payload, r.attempts, r.max_attempts)
+                    Claimed(
+                        r.id,
+                        r.queue,
+                        r.task_name,
+                        r.payload,
+                        r.attempts,
+                        r.max_attempts,
+                        r.breaker,
+                        r.rate_key,
+                    )
                 )
         return ClaimResult(out, rescued)
 
@@ -268,14 +325,17 @@ class MemoryBackend:
             died_at=_dt(now),
             errors=tuple(r.errors),
         )
-        self.store.raw[dead_id] = (r.payload, r.unique_key, r.batch)
+        self.store.raw[dead_id] = (r.payload, r.unique_key, r.batch, r.breaker, r.rate_key)
         del self.store.tasks[r.id]
 
     def has_ready(self, queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()) -> bool:
         now = time.time()
         with self.store.lock:
             return bool(self._ready(now, queues, exclude)) or any(
-                r.status == "processing" and (r.locked_until or 0) <= now and r.queue not in exclude
+                r.status == "processing"
+                and (r.locked_until or 0) <= now
+                and r.queue not in exclude
+                and self._gate(r)
                 for r in self.store.tasks.values()
             )
 
@@ -292,8 +352,32 @@ class MemoryBackend:
                     r.status == "processing"
                     or (r.status == "pending" and (not queues or r.queue in queues))
                 )
+                and self._gate(r)
             ]
         return max(0.0, min(times) - now) if times else None
+
+    def rate_keys_ready(
+        self, queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()
+    ) -> dict[str, tuple[float, str]]:
+        now = time.time()
+        found: dict[str, tuple[float, str]] = {}
+        with self.store.lock:
+            for r in self.store.tasks.values():
+                if r.rate_key is None or not self._wanted(r, queues, exclude):
+                    continue
+                if r.status == "pending":
+                    wait = max(0.0, r.next_run - now)
+                elif r.status == "processing" and (r.locked_until or 0) <= now:
+                    wait = 0.0  # an expired lease: claimable now
+                else:
+                    continue
+                if self._blocked(r.breaker):
+                    continue
+                best = found.get(r.rate_key)
+                if best is None or wait < best[0]:
+                    found[r.rate_key] = (wait, r.task_name)
+        first = sorted(found.items(), key=lambda kv: (kv[1][0], kv[0]))[:100]
+        return dict(first)
 
     def _held(self, task_id: TaskId, worker: str) -> _Row | None:
         r = self.store.tasks.get(int(task_id))
@@ -321,7 +405,16 @@ class MemoryBackend:
                 if r := self._held(tid, batch.worker_id):
                     r.status, r.locked_by, r.locked_until = "pending", None, None
                     r.attempts, r.next_run = max(r.attempts - 1, 0), now
-        if batch.retries or batch.released:
+            for d in batch.deferred:
+                if r := self._held(d.id, batch.worker_id):
+                    r.status, r.locked_by, r.locked_until = "pending", None, None
+                    r.attempts, r.next_run = max(r.attempts - 1, 0), now + d.delay
+                    r.updated = now
+                    if d.breaker is not None:
+                        r.breaker = d.breaker
+                    if d.rate_key is not None:
+                        r.rate_key = d.rate_key
+        if batch.retries or batch.released or batch.deferred:
             self._notify()
         return self.claim(claim) if claim is not None else None
 
@@ -411,6 +504,8 @@ class MemoryBackend:
             errors=tuple(r.errors),
             dead_letter_id=r.dead_letter_id,
             batch=r.batch,
+            breaker=r.breaker,
+            rate_key=r.rate_key,
         )
 
     def get(self, task_id: TaskId) -> Task | None:
@@ -573,7 +668,8 @@ class MemoryBackend:
         for d, due in zip(items, dues, strict=True):
             dead_id = int(d.id)
             self.store.dead[dead_id] = replace(d, status="requeued", requeued_at=_dt(now))
-            payload, ukey, batch = self.store.raw.get(dead_id, (json.dumps(d.payload), None, None))
+            raw = self.store.raw.get(dead_id, (json.dumps(d.payload), None, None, None, None))
+            payload, ukey, batch, breaker, rate_key = raw
             if ukey is not None and any(
                 r.unique_key == ukey and r.status in ("pending", "processing")
                 for r in self.store.tasks.values()
@@ -593,6 +689,8 @@ class MemoryBackend:
                 errors=list(d.errors),
                 dead_letter_id=dead_id,
                 batch=batch,
+                breaker=breaker,
+                rate_key=rate_key,
             )
             out.append(d.task_id)
         return out
@@ -787,6 +885,70 @@ class MemoryBackend:
         if any(f is not None for _, f in out):
             self._notify()
         return out
+
+    # --- circuit breakers, rate limits, schedules (compare-and-set rows) ------------------
+
+    @staticmethod
+    def _named(rows: dict[str, T], names: Sequence[str] | None) -> list[T]:
+        keys = sorted(rows) if names is None else sorted(set(names) & rows.keys())
+        return [rows[k] for k in keys]
+
+    @staticmethod
+    def _cas(rows: dict[str, T], name: str, state: T, expected: int) -> bool:
+        stored = rows.get(name)
+        if (0 if stored is None else stored.version) != expected:
+            return False
+        rows[name] = replace(state, version=expected + 1)
+        return True
+
+    def breakers(self, names: Sequence[str] | None = None) -> list[BreakerState]:
+        with self.store.lock:
+            return self._named(self.store.breakers, names)
+
+    def put_breaker(self, state: BreakerState, expected_version: int) -> bool:
+        with self.store.lock:
+            done = self._cas(self.store.breakers, state.name, state, expected_version)
+        if done and state.state == "closed":
+            self._notify()  # its tasks may be claimable again
+        return done
+
+    def delete_breaker(self, name: str) -> bool:
+        with self.store.lock:
+            gone = self.store.breakers.pop(name, None) is not None
+        if gone:
+            self._notify()
+        return gone
+
+    def rate_limits(self, names: Sequence[str] | None = None) -> list[RateState]:
+        with self.store.lock:
+            return self._named(self.store.rates, names)
+
+    def put_rate_limit(self, state: RateState, expected_version: int) -> bool:
+        with self.store.lock:
+            return self._cas(self.store.rates, state.name, state, expected_version)
+
+    def schedules(self) -> list[ScheduleState]:
+        with self.store.lock:
+            return self._named(self.store.schedules, None)
+
+    def put_schedule(self, state: ScheduleState, expected_version: int) -> bool:
+        with self.store.lock:
+            return self._cas(self.store.schedules, state.name, state, expected_version)
+
+    def delete_schedule(self, name: str) -> bool:
+        with self.store.lock:
+            return self.store.schedules.pop(name, None) is not None
+
+    def fire_schedule(
+        self, state: ScheduleState, expected_version: int, tasks: Sequence[NewTask]
+    ) -> list[TaskId] | None:
+        with self.store.lock:
+            if not self._cas(self.store.schedules, state.name, state, expected_version):
+                return None
+            ids = self._insert(tasks, time.time())
+        if ids:
+            self._notify()
+        return ids
 
     def parse_id(self, text: str) -> TaskId:
         return int(text)
