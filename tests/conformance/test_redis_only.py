@@ -23,15 +23,21 @@ import pytest
 
 import lmq
 from lmq.models import (
+    BatchSpec,
+    BreakerState,
     CancelSelector,
     ClaimRequest,
     CompleteBatch,
     DeadFilter,
     DeadSelector,
+    DeferOutcome,
     Heartbeat,
     NewTask,
     PruneRequest,
+    RateState,
     Review,
+    ScheduleState,
+    TaskFilter,
     TaskId,
 )
 from lmq_testservers import drop_prefix
@@ -107,6 +113,15 @@ def _exercise(q: lmq.Queue) -> None:
     q.tasks()
     b.workers()
     b.batches()
+    # breakers (a parked task), rate keys, rate limits and schedules
+    t = time.time()
+    b.enqueue([NewTask("t", "{}", breaker="br", rate_key="rk"), NewTask("t", "{}", breaker="br")])
+    assert b.put_breaker(BreakerState("br", "open", updated=t, version=1), 0)
+    assert b.put_rate_limit(RateState("rk", 5, 1.0, version=1), 0)
+    assert b.put_schedule(ScheduleState("s", "t", version=1), 0)
+    assert b.fire_schedule(ScheduleState("s", "t", version=2), 1, [NewTask("t", "{}")])
+    assert b.rate_keys_ready(None) == {}
+    assert b.breakers() and b.rate_limits() and b.schedules()
 
 
 def test_every_key_starts_with_the_prefix(prefix: str) -> None:
@@ -200,7 +215,7 @@ def test_schema_missing_names_lmq_migrate_until_migrated(prefix: str) -> None:
         )
         assert run.returncode == 0, run.stderr
     with lmq.Queue(url) as q:
-        assert q.backend.schema_version() == 2
+        assert q.backend.schema_version() == 3
         assert q.migrate() == []
         assert q.get(q.enqueue("t")) is not None
 
@@ -817,9 +832,9 @@ def test_a_schema_1_prefix_is_upgraded_by_migrate(rq: lmq.Queue, prefix: str) ->
     with lmq.Queue(url) as q:
         with pytest.raises(lmq.SchemaMissing, match="lmq migrate"):
             q.counts()
-        assert q.migrate() == [2]
+        assert q.migrate() == [2, 3]
         assert q.migrate() == []
-        assert q.backend.schema_version() == 2
+        assert q.backend.schema_version() == 3
         assert [g.count for g in q.backend.dead_groups(DeadFilter())] == [2]
         assert q.backend.dead_groups(DeadFilter())[0].example_id != requeued.id
         old = PruneRequest(done_older_than=3600, workers_stale_after=3600, dead_older_than=-1)
@@ -840,3 +855,210 @@ def test_big_batches_add_each_chunk_to_the_total(
     rq.backend.enqueue([NewTask("t", "{}", unique_key="k")])
     again = rq.backend.enqueue([NewTask("t", "{}", unique_key="k", batch="chunks")])
     assert rq.get(again[0]).batch is None  # type: ignore[union-attr]  # the existing task
+
+
+# --- issue 5: breakers, rate keys and schedules --------------------------------------------
+
+
+def _open(b: Any, name: str, version: int = 0, state: str = "open") -> BreakerState:
+    now = time.time()
+    stored = BreakerState(name, state, opened_at=now, retry_at=now + 30, updated=now)
+    stored = BreakerState(**{**_fields(stored), "version": version + 1})
+    assert b.put_breaker(stored, version)
+    return stored
+
+
+def _fields(state: BreakerState) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(state)
+
+
+def _close(b: Any, stored: BreakerState) -> BreakerState:
+    closed = BreakerState(stored.name, "closed", updated=time.time(), version=stored.version + 1)
+    assert b.put_breaker(closed, stored.version)
+    return closed
+
+
+def plain(b: Any, worker: str = "w9", limit: int = 100) -> list[TaskId]:
+    return ids(b.claim(ClaimRequest(worker, limit, 60.0)).tasks)
+
+
+def _zcards(prefix: str, part: str) -> dict[str, int]:
+    """The zsets under ``prefix`` whose name holds ``part``, with their sizes."""
+    raw = _raw()
+    try:
+        return {k: int(raw.zcard(k)) for k in raw.scan_iter(match=f"{prefix}queue:{part}*")}
+    finally:
+        raw.close()
+
+
+def test_a_probe_or_rate_claim_sends_its_key_and_a_plain_one_what_it_sent() -> None:
+    from lmq.backends.redis.backend import RedisBackend
+
+    assert RedisBackend._claim_req(ClaimRequest("w", 5, 30.0, breaker="b")) == [
+        5,
+        30.0,
+        None,
+        [],
+        "b",
+        None,
+    ]
+    assert RedisBackend._claim_req(ClaimRequest("w", 5, 30.0, ("a",), ("x",), rate_key="k")) == [
+        5,
+        30.0,
+        ("a",),
+        ["x"],
+        None,
+        "k",
+    ]
+
+
+def test_tasks_behind_an_open_breaker_are_parked_and_all_come_back(
+    rq: lmq.Queue, prefix: str
+) -> None:
+    """Opening parks the pending tasks of the breaker (out of the pending zsets); what
+    happens to them meanwhile (claims, leases running out, retries, releases, deferrals,
+    re-queues, cancels) keeps them parked or takes them out for good; closing puts every
+    one back, in order."""
+    b = rq.backend
+    spec = BatchSpec("bb", 6)
+    made = b.enqueue(
+        [NewTask("call", json.dumps({"i": i}), breaker="crm", batch="bb") for i in range(6)],
+        batch=spec,
+    )
+    later = b.enqueue([NewTask("call", "{}", breaker="crm", delay=3600, queue="q2")])[0]
+    free = rq.enqueue("plain")
+    # three are running when it opens: one retried, one released, one lease runs out
+    held = ids(b.claim(ClaimRequest("w1", 3, 60.0, breaker="crm")).tasks)
+    assert held == made[:3]
+    dies = ids(b.claim(ClaimRequest("dies", 1, 1.0, breaker="crm")).tasks)
+    assert dies == [made[3]]
+    stored = _open(b, "crm")
+    assert _zcards(prefix, "pending:") == {f"{prefix}queue:pending:default:0": 1}  # free
+    complete(b, "w1", retries=[retry(held[0])], released=[held[1]])
+    b.complete(CompleteBatch("w1", deferred=[DeferOutcome(held[2], 0.0)]))
+    time.sleep(1.1)
+    assert ids(b.claim(ClaimRequest("w2", 10, 60.0)).tasks) == [free]  # rescues `dies`
+    assert plain(b) == [] and not b.has_ready(None)
+    due = b.next_due(None)  # the lease w2 took, not a parked task
+    assert due is not None and due > 50
+
+    counts = b.counts()
+    assert (counts.pending, counts.ready, counts.scheduled) == (7, 6, 1)
+    assert counts.by_queue["default"]["pending"] == 6
+    assert counts.by_queue["q2"]["scheduled"] == 1
+    assert b.batch("bb").pending == 6  # type: ignore[union-attr]
+    listed = {t.id: t.status for t in b.list_tasks(TaskFilter(status="pending", limit=100))}
+    assert set(listed) == {*made, later}
+    # cancels find them (by id and by a filter), re-queued letters go back parked
+    assert b.cancel(CancelSelector(ids=[made[4]])) == [made[4]]
+    assert b.cancel(CancelSelector(queue="q2")) == [later]
+    (dead_id,) = ids(b.claim(ClaimRequest("w3", 1, 60.0, breaker="crm")).tasks)
+    complete(b, "w3", burials=[burial(dead_id)])
+    (letter,) = rq.dead_letters()
+    b.requeue_dead(DeadSelector(ids=[letter.id]))
+    assert plain(b) == []
+    assert b.batch("bb").pending == 5  # type: ignore[union-attr]
+
+    _close(b, stored)
+    assert _zcards(prefix, "bk:") == {f"{prefix}queue:bk:3:crm:default": 5}
+    back = plain(b, limit=100)
+    assert sorted(back, key=int) == sorted([*made[:4], made[5]], key=int)
+    assert _zcards(prefix, "bk:") == {} and _zcards(prefix, "pending:") == {}
+    raw = _raw()
+    try:
+        assert not raw.exists(f"{prefix}queue:bkq:crm")
+        assert raw.smembers(f"{prefix}queue:breakers_blocked") == set()
+    finally:
+        raw.close()
+    assert b.counts().pending == 0
+
+
+def test_rate_keyed_tasks_wait_in_their_own_zsets(rq: lmq.Queue, prefix: str) -> None:
+    b = rq.backend
+    a = b.enqueue([NewTask("call", "{}", rate_key="api:1", queue="q", priority=p) for p in (0, 5)])
+    both = b.enqueue([NewTask("call", "{}", rate_key="api:1", breaker="crm", queue="q")])[0]
+    assert _zcards(prefix, "pending:") == {}
+    assert _zcards(prefix, "rpending:") == {
+        f"{prefix}queue:rpending:5:api:1:q:0": 2,
+        f"{prefix}queue:rpending:5:api:1:q:5": 1,
+    }
+    counts = b.counts()
+    assert counts.pending == counts.ready == 3 and counts.by_queue["q"]["ready"] == 3
+    assert b.rate_keys_ready(("q",)) == {"api:1": (0.0, "call")}
+    assert b.rate_keys_ready(("other",)) == {}
+    assert b.rate_keys_ready(None, ("q",)) == {}
+    stored = _open(b, "crm")  # parks `both`
+    assert counts.by_queue == b.counts().by_queue  # parked: still counted
+    got = ids(b.claim(ClaimRequest("w", 10, 60.0, rate_key="api:1")).tasks)
+    assert got == [a[1], a[0]]
+    assert b.rate_keys_ready(None) == {}
+    _close(b, stored)
+    assert b.rate_keys_ready(None) == {"api:1": (0.0, "call")}
+    assert ids(b.claim(ClaimRequest("w", 10, 60.0, rate_key="api:1")).tasks) == [both]
+    raw = _raw()
+    try:
+        assert raw.smembers(f"{prefix}queue:rate_keys") == set()
+        assert not raw.exists(f"{prefix}queue:rlanes:api:1")
+    finally:
+        raw.close()
+
+
+def test_a_probe_of_a_closed_breaker_takes_its_task_out_of_the_pending_zset(
+    rq: lmq.Queue, prefix: str
+) -> None:
+    b = rq.backend
+    first, second = b.enqueue([NewTask("call", "{}", breaker="crm")] * 2)
+    assert ids(b.claim(ClaimRequest("w", 1, 60.0, breaker="crm")).tasks) == [first]
+    assert plain(b) == [second]  # the probed one is gone from both
+    assert _zcards(prefix, "pending:") == {} and _zcards(prefix, "bk:") == {}
+    assert b.counts().processing == 2
+
+
+def test_a_deferral_rewrites_the_head_flags(rq: lmq.Queue, prefix: str) -> None:
+    """A task enqueued without keys (another program) gets them on its first claim: the
+    head's flags follow, so a later claim, rescue or cancel finds its zsets."""
+    b = rq.backend
+    task_id = rq.enqueue("call", unique_key="u")
+    assert plain(b) == [task_id]
+    b.complete(CompleteBatch("w9", deferred=[DeferOutcome(task_id, 0.0, "crm", "api")]))
+    raw = _raw()
+    try:
+        head = raw.hget(f"{prefix}queue:tasks:head", task_id)
+    finally:
+        raw.close()
+    assert head is not None and head.endswith("\0" + chr(48 + 1 + 4 + 8))
+    stored = _open(b, "crm")
+    assert b.rate_keys_ready(None) == {}
+    assert b.cancel(CancelSelector(task_name="call")) == [task_id]
+    assert _zcards(prefix, "bk:") == {} and _zcards(prefix, "rpending:") == {}
+    _close(b, stored)
+    assert plain(b) == [] and b.rate_keys_ready(None) == {}
+
+
+def test_a_schema_2_prefix_is_upgraded_to_3_by_migrate(rq: lmq.Queue, prefix: str) -> None:
+    """Layout 3 only adds keys and head flags: a layout-2 prefix keeps its tasks."""
+    b = rq.backend
+    old = rq.enqueue_many([("t", {"i": i}) for i in range(3)], batch="b")
+    member = ids(claim(b, "w1", limit=1))
+    raw = _raw()
+    try:
+        raw.hset(f"{prefix}queue:meta", "schema_version", "2")
+    finally:
+        raw.close()
+    url = _with(_base(), prefix=prefix)
+    with lmq.Queue(url) as q:
+        with pytest.raises(lmq.SchemaMissing, match="lmq migrate"):
+            q.counts()
+        assert q.migrate() == [3]
+        assert q.migrate() == []
+        assert q.backend.schema_version() == 3
+        nb = q.backend
+        complete(nb, "w1", done=member)
+        assert sorted(plain(nb), key=int) == old[1:]
+        assert q.batch("b").processing == 2
+        keyed = nb.enqueue([NewTask("t", "{}", breaker="x")])[0]
+        _open(nb, "x")
+        assert plain(nb) == []
+        assert ids(nb.claim(ClaimRequest("w", 5, 60.0, breaker="x")).tasks) == [keyed]

@@ -17,7 +17,7 @@ URL options (anything else is refused):
 ``connect_timeout``  seconds to wait for a connection (default 5).
 ``max_connections``  size of the connection pool (default: unbounded).
 
-Keys, with ``P`` the prefix (schema version 2, kept in ``Pqueue:meta``):
+Keys, with ``P`` the prefix (schema version 3, kept in ``Pqueue:meta``):
 
 ====================================  ================================================
 ``Pqueue:tasks:<column>``             one hash per column of the task table, field =
@@ -28,13 +28,15 @@ Keys, with ``P`` the prefix (schema version 2, kept in ``Pqueue:meta``):
                                       text), status, attempts, next_run, created,
                                       updated, lease (worker + head, only while
                                       processing), last_error, unique_key, errors (a
-                                      JSON list), dead_letter_id, batch.  A
+                                      JSON list), dead_letter_id, batch, breaker,
+                                      rate_key.  A
                                       dead-lettered task keeps its row (status
                                       ``dead``); a cancelled one has status
                                       ``cancelled``.  The head's last field holds
-                                      flags: 1 = unique key, 2 = batch member, so the
-                                      hot path reads the batch column only for
-                                      members.
+                                      flags: 1 = unique key, 2 = batch member, 4 =
+                                      breaker, 8 = rate key, so the hot path reads
+                                      the batch, breaker and rate_key columns only
+                                      for the tasks that have them.
 ``Pqueue:ids``                        counter (INCRBY) for task ids: strings of digits
 ``Pqueue:pending:<queue>:<priority>`` zset of pending tasks (ready and scheduled) of
                                       one queue and priority, scored by next_run;
@@ -42,6 +44,26 @@ Keys, with ``P`` the prefix (schema version 2, kept in ``Pqueue:meta``):
                                       by id
 ``Pqueue:prio:<queue>``               zset of the priorities that have pending tasks
 ``Pqueue:active`` / ``Pqueue:queues`` set of queues with pending tasks / every queue
+``Pqueue:rpending:<n>:<key>:<q>:<p>`` a rate key's pending tasks of one queue and
+                                      priority (``n`` = the key's length): instead
+                                      of the pending zset, so plain claims never see
+                                      them; ``Pqueue:rlanes:<key>`` the set of its
+                                      ``<priority>:<queue>`` zsets,
+                                      ``Pqueue:rate_keys`` the keys with any
+``Pqueue:bk:<n>:<breaker>:<queue>``   zset of the pending tasks behind a breaker, of
+                                      one queue (by next_run), kept for every
+                                      breaker name; ``Pqueue:bkq:<breaker>`` its
+                                      queues
+``Pqueue:breakers_blocked``           set of breakers whose stored state is not
+                                      closed: their tasks are "parked", in their
+                                      ``bk`` zsets only, out of the pending and rate
+                                      zsets (``put_breaker`` moves them out when the
+                                      breaker leaves closed and back when it closes)
+``Pqueue:breaker:<name>``             hash: one breaker row (``Pqueue:breakers`` the
+                                      set of names); ``ratelimit:<name>`` /
+                                      ``ratelimits`` and ``schedule:<name>`` /
+                                      ``schedules`` likewise, every field of the
+                                      models.py dataclass, absent when None
 ``Pqueue:processing``                 zset of claimed ids scored by lease expiry (the
                                       only place the expiry is kept)
 ``Pqueue:done``                       list of done and cancelled ids in finishing
@@ -70,11 +92,19 @@ Keys, with ``P`` the prefix (schema version 2, kept in ``Pqueue:meta``):
 ``Pqueue:wake``                       pub/sub channel of wake-ups (see ``wake.py``)
 ====================================  ================================================
 
-There is no SQL schema to migrate: ``migrate()`` writes ``schema_version`` (2, this
+There is no SQL schema to migrate: ``migrate()`` writes ``schema_version`` (3, this
 layout) into the meta hash; every other call on a prefix without it raises SchemaMissing
 naming ``lmq migrate`` (checked once per backend object).  A prefix of schema 1 gets the
 dead-letter indexes version 2 added (fingerprint groups, pruning order) from its
 existing letters, in chunks of 1,000, then the new version (stop its workers first).
+Version 3 (breakers, rate limits, schedules, task keys) only adds keys and head flags
+that a layout-2 prefix has none of, so its upgrade writes the version.
+
+Claims: a plain claim reads only the pending zsets, which hold no rate-keyed task and no
+task behind a blocked breaker, so tasks without keys cost what they did before (a task
+with a breaker also leaves its ``bk`` zset); a rate claim reads that key's zsets, a
+probe claim the breaker's ``bk`` zsets.  ``has_ready`` and ``next_due`` read the pending
+zsets (and expired leases), so they leave the same tasks out.
 
 Paused queues are left out of a claim inside the claim script; without any paused
 queue the claim's request and work are what they were before pauses existed.
@@ -124,6 +154,7 @@ from ...exceptions import (
 from ...models import (
     BatchInfo,
     BatchSpec,
+    BreakerState,
     CancelSelector,
     Claimed,
     ClaimRequest,
@@ -137,8 +168,10 @@ from ...models import (
     Heartbeat,
     NewTask,
     PruneRequest,
+    RateState,
     RenewRequest,
     Review,
+    ScheduleState,
     Task,
     TaskFilter,
     TaskId,
@@ -148,12 +181,13 @@ from ...url import QueueURL, mask
 from ..external import refuse_connection
 from ..rows import check_requeue, error_line
 from .connection import pool_from_url
-from .rows import batch_from_hash, dead_from_hash, task_from_hash
+from .rows import batch_from_hash, dead_from_hash, state_fields, state_from_hash, task_from_hash
 from .wake import RedisWake
 
 T = TypeVar("T")
+S = TypeVar("S", BreakerState, RateState, ScheduleState)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_PREFIX = "lmq:"
 _PREFIX = re.compile(r"^[A-Za-z0-9_:.\-]{0,64}$")
 _OPTIONS = {"prefix", "socket_timeout", "connect_timeout", "max_connections"}
@@ -178,6 +212,8 @@ COLUMNS = (
     "errors",
     "dead_letter_id",
     "batch",
+    "breaker",
+    "rate_key",
     "locked_until",
 )
 
@@ -442,7 +478,9 @@ class RedisBackend:
     @staticmethod
     def _claim_req(request: ClaimRequest) -> list[Any]:
         req: list[Any] = [int(request.limit), float(request.lease), request.queues or None]
-        if request.exclude:  # only then: the claim's request is as it was without pauses
+        if request.breaker is not None or request.rate_key is not None:
+            req += [list(request.exclude), request.breaker, request.rate_key]
+        elif request.exclude:  # only then: the claim's request is as it was without pauses
             req.append(list(request.exclude))
         return req
 
@@ -451,12 +489,26 @@ class RedisBackend:
         rescued, rows = _loads(reply)
         tasks: list[Claimed] = []
         append, make = tasks.append, tuple.__new__  # Claimed is a NamedTuple: skip __new__
-        for task_id, head, payload, attempts in rows:
+        for row in rows:
+            if len(row) == 4:
+                task_id, head, payload, attempts = row
+                brk = rkey = None
+            else:  # a task with a breaker or rate key
+                task_id, head, payload, attempts, brk, rkey = row
             queue, _, name, limit, _ = head.split("\0")
             append(
                 make(
                     Claimed,
-                    (task_id, queue, name, payload, attempts, int(limit) if limit else None),
+                    (
+                        task_id,
+                        queue,
+                        name,
+                        payload,
+                        attempts,
+                        int(limit) if limit else None,
+                        brk,
+                        rkey,
+                    ),
                 )
             )
         return ClaimResult(tasks, rescued)
@@ -500,6 +552,8 @@ class RedisBackend:
             list(map(str, batch.released)),
             None if claim is None else self._claim_req(claim),
         ]
+        if batch.deferred:
+            req.append([[str(d.id), float(d.delay), d.breaker, d.rate_key] for d in batch.deferred])
         reply = self._run("complete", [_dumps(req)])
         return None if claim is None else self._claimed(reply)
 
@@ -874,6 +928,73 @@ class RedisBackend:
     def settle_batches(self) -> list[tuple[str, TaskId | None]]:
         reply = _loads(self._run("settle_batches", [_created()]))
         return [(name, None if fid is None else str(fid)) for name, fid in reply]
+
+    # --- circuit breakers, rate limits, schedules --------------------------------------
+
+    def _get_rows(self, family: str, cls: type[S], names: Sequence[str] | None) -> list[S]:
+        if names is not None and not names:
+            return []
+        reply = self._run("get_rows", [family, *(names or ())])
+        return sorted(
+            (state_from_hash(cls, name, flat) for name, flat in reply), key=lambda r: r.name
+        )
+
+    def breakers(self, names: Sequence[str] | None = None) -> list[BreakerState]:
+        return self._get_rows("breaker", BreakerState, names)
+
+    def put_breaker(self, state: BreakerState, expected_version: int) -> bool:
+        args = [state.name, str(int(expected_version)), state.state, _dumps(state_fields(state))]
+        return bool(self._run("put_breaker", args))
+
+    def delete_breaker(self, name: str) -> bool:
+        return bool(self._run("delete_breaker", [name]))
+
+    def rate_limits(self, names: Sequence[str] | None = None) -> list[RateState]:
+        return self._get_rows("ratelimit", RateState, names)
+
+    def put_rate_limit(self, state: RateState, expected_version: int) -> bool:
+        args = ["ratelimit", state.name, str(int(expected_version)), _dumps(state_fields(state))]
+        return bool(self._run("put_row", args))
+
+    def rate_keys_ready(
+        self, queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()
+    ) -> dict[str, tuple[float, str]]:
+        flat = self._run("rate_keys_ready", _queues(queues, exclude))
+        return {flat[i]: (float(flat[i + 1]), flat[i + 2]) for i in range(0, len(flat), 3)}
+
+    def schedules(self) -> list[ScheduleState]:
+        return self._get_rows("schedule", ScheduleState, None)
+
+    def put_schedule(self, state: ScheduleState, expected_version: int) -> bool:
+        args = ["schedule", state.name, str(int(expected_version)), _dumps(state_fields(state))]
+        return bool(self._run("put_row", args))
+
+    def delete_schedule(self, name: str) -> bool:
+        return bool(self._run("delete_row", ["schedule", name]))
+
+    def fire_schedule(
+        self, state: ScheduleState, expected_version: int, tasks: Sequence[NewTask]
+    ) -> list[TaskId] | None:
+        items = list(tasks)
+        for t in items:
+            if "\0" in t.task_name or "\0" in t.queue:
+                raise ValueError(f"task and queue names cannot hold NUL: {t.task_name!r}")
+        if len(items) > ENQUEUE_CHUNK:  # one script, so one bounded chunk
+            raise ValueError(f"at most {ENQUEUE_CHUNK} tasks per schedule fire")
+        reply = self._run(
+            "fire_schedule",
+            [
+                state.name,
+                str(int(expected_version)),
+                _created(),
+                _dumps(state_fields(state)),
+                _dumps(items),
+            ],
+        )
+        if reply is None:
+            return None
+        ids: list[TaskId] = reply.split(",") if reply else []
+        return ids
 
     def parse_id(self, text: str) -> TaskId:
         value = str(text).strip()

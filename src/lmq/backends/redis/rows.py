@@ -7,7 +7,18 @@ formatting in Lua), Python writes ISO 8601: both are read here.
 
 from __future__ import annotations
 
-from ...models import BatchInfo, DeadLetter, Task, utc_from_epoch
+from dataclasses import fields
+from typing import Any, TypeVar
+
+from ...models import (
+    BatchInfo,
+    BreakerState,
+    DeadLetter,
+    RateState,
+    ScheduleState,
+    Task,
+    utc_from_epoch,
+)
 from ...payload import loads_lenient
 from ..rows import error_time, parse_errors
 
@@ -53,6 +64,8 @@ def task_from_hash(task_id: str, h: dict[str, str | None]) -> Task:
         errors=parse_errors(h.get("errors")),
         dead_letter_id=h.get("dead_letter_id") or None,
         batch=h.get("batch") or None,
+        breaker=h.get("breaker"),
+        rate_key=h.get("rate_key"),
     )
 
 
@@ -103,3 +116,71 @@ def batch_from_hash(name: str, h: dict[str, str]) -> BatchInfo:
         on_complete=h.get("on_complete_task") or None,
         followup_id=h.get("followup_id") or None,
     )
+
+
+# --- breaker, rate-limit and schedule rows: one hash each, field = the dataclass field -----
+
+S = TypeVar("S", BreakerState, RateState, ScheduleState)
+
+# the fields that are not text, by how they are read back; an absent field is the
+# dataclass default (None for the optional ones)
+_KINDS: dict[str, type] = {
+    "failures": int,
+    "window_calls": int,
+    "window_failures": int,
+    "trips": int,
+    "version": int,
+    "calls": int,
+    "burst": int,
+    "priority": int,
+    "window_start": float,
+    "cooldown": float,
+    "opened_at": float,
+    "retry_at": float,
+    "probe_until": float,
+    "updated": float,
+    "per": float,
+    "tat": float,
+    "every": float,
+    "next_tick": float,
+    "last_tick": float,
+    "declared": float,
+    "forced": bool,
+    "paused": bool,
+}
+
+
+def state_fields(state: BreakerState | RateState | ScheduleState) -> list[str]:
+    """A row as a flat list [field, value, ...] of text, None fields left out (absent)."""
+    out: list[str] = []
+    for f in fields(state):
+        value: Any = getattr(state, f.name)
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            text = "1" if value else "0"
+        elif isinstance(value, float):
+            text = repr(value)
+        else:
+            text = str(value)
+        out += [f.name, text]
+    return out
+
+
+def state_from_hash(cls: type[S], name: str, flat: list[str]) -> S:
+    """The row ``name`` of ``cls`` from HGETALL's flat [field, value, ...] answer."""
+    known = {f.name for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, text in zip(flat[::2], flat[1::2], strict=True):
+        if key not in known or key == "name":
+            continue
+        kind = _KINDS.get(key)
+        if kind is bool:
+            kwargs[key] = text == "1"
+        elif kind is int:
+            kwargs[key] = int(text) if text.lstrip("-").isdigit() else int(float(text))
+        elif kind is float:
+            kwargs[key] = float(text)
+        else:
+            kwargs[key] = text
+    return cls(name=name, **kwargs)

@@ -7,8 +7,9 @@
 -- (P queue:tasks:<column>, field = task id), so a batch of n tasks is read or written
 -- with one HMGET / HSET per column instead of one command per task.  Columns that the
 -- hot path reads together are packed:
---   head  = queue NUL priority NUL task_name NUL max_attempts ('' = none) NUL unique
---           flag ('1'/'0'), written at enqueue (and by a requeue);
+--   head  = queue NUL priority NUL task_name NUL max_attempts ('' = none) NUL flags,
+--           one character '0' + (1 = unique key, 2 = batch member, 4 = breaker,
+--           8 = rate key), written at enqueue (and by a requeue or a deferral);
 --   lease = worker NUL head, present exactly while the task is 'processing', so one
 --           HMGET of the lease column checks a whole batch of acknowledgements;
 -- the lease expiry lives only in the processing zset (its score).  The status column
@@ -17,6 +18,18 @@
 -- attempts is 0.
 -- The hot scripts (enqueue, claim, complete) take their request as one JSON argument and
 -- answer with one JSON string: cjson (C) on both ends instead of thousands of RESP items.
+--
+-- Lanes (layout 3).  A pending task waits in exactly one "home lane" zset, scored by
+-- next_run, members zero-padded ids: the plain lane of its queue and priority
+-- (pend_key), or, with a rate key, the rate key's lane of that queue and priority
+-- (rpend_key; only rate claims read it).  A task with a breaker is also in its
+-- breaker's zset of that queue (bk_key), always; while the breaker is blocked (a stored
+-- row whose state is not closed: the set K_BLOCKED, kept by put_breaker and
+-- delete_breaker) the task is in no home lane, only there ("parked"), and put_breaker
+-- moves every one of them back when the breaker closes.  So plain and rate claims never
+-- meet a blocked task, and a probe claim reads the breaker's zsets.  Every script that
+-- makes a task pending goes through place(); every one that takes a task out of pending
+-- takes it out of both.
 
 -- name: common
 local P = ARGV[1]
@@ -45,9 +58,13 @@ local K_APPROVED = P .. 'queue:dead_approved'
 local K_DEAD_FPS = P .. 'queue:dead_fps'
 local K_DEAD_GONE = P .. 'queue:dead_gone'
 local K_DEAD_REJ = P .. 'queue:dead_rejected'
+local K_BLOCKED = P .. 'queue:breakers_blocked'
+local K_BRKS = P .. 'queue:breakers'
+local K_RKEYS = P .. 'queue:rate_keys'
 local NULL = cjson.null
 local COLUMNS = {'head', 'payload', 'status', 'attempts', 'next_run', 'created', 'updated',
-  'lease', 'last_error', 'unique_key', 'errors', 'dead_letter_id', 'batch'}
+  'lease', 'last_error', 'unique_key', 'errors', 'dead_letter_id', 'batch', 'breaker',
+  'rate_key'}
 
 local function col(name) return P .. 'queue:tasks:' .. name end
 local function dkey(id) return P .. 'queue:dead:' .. id end
@@ -55,6 +72,13 @@ local function prio_key(q) return P .. 'queue:prio:' .. q end
 local function pend_key(q, prio) return P .. 'queue:pending:' .. q .. ':' .. prio end
 local function bkey(name) return P .. 'queue:batch:' .. name end
 local function fpkey(fp) return P .. 'queue:dead_fp:' .. fp end
+-- two free-form names in one key: the first one length-prefixed, so no two pairs meet
+local function rpend_key(rk, q, prio)
+  return P .. 'queue:rpending:' .. #rk .. ':' .. rk .. ':' .. q .. ':' .. prio
+end
+local function rlanes_key(rk) return P .. 'queue:rlanes:' .. rk end  -- set of 'prio:queue'
+local function bk_key(b, q) return P .. 'queue:bk:' .. #b .. ':' .. b .. ':' .. q end
+local function bkq_key(b) return P .. 'queue:bkq:' .. b end  -- set of queues with bk zsets
 
 local function server_now()
   local t = redis.call('TIME')
@@ -65,23 +89,25 @@ local function fmt(x) return string.format('%.6f', x) end
 local function pad(id) return string.rep('0', 16 - #id) .. id end
 local function unpad(m) return string.match(m, '^0*(%d+)$') end
 
--- the last field of a head holds two flags: 1 = has a unique key, 2 = a batch member
--- ('0'..'3'); heads written before batches existed hold '0' or '1'
-local function make_head(q, prio, name, maxa, with_ukey, member)
-  local f = (with_ukey and 1 or 0) + (member and 2 or 0)
-  return q .. '\0' .. prio .. '\0' .. name .. '\0' .. maxa .. '\0' .. f
+-- the last field of a head holds flags, as the character '0' + f: 1 = has a unique key,
+-- 2 = a batch member, 4 = has a breaker, 8 = has a rate key ('0'..'?'); heads written
+-- before layout 3 hold '0'..'3', the same flags.  So a byte >= 50 ('2') means "more
+-- than a plain task" and the hot path tests only that.
+local function make_head(q, prio, name, maxa, with_ukey, member, brk, rk)
+  local f = (with_ukey and 1 or 0) + (member and 2 or 0) + (brk and 4 or 0) + (rk and 8 or 0)
+  return q .. '\0' .. prio .. '\0' .. name .. '\0' .. maxa .. '\0' .. string.char(48 + f)
 end
+local function hflags(h) return string.byte(h, -1) - 48 end
 -- head -> queue, priority, task_name, max_attempts ('' = none), has a unique key?, in a
--- batch?
+-- batch?, has a breaker?, has a rate key?
 local function split_head(h)
   local q, prio, name, maxa, flag = string.match(h, '^(.-)%z(.-)%z(.*)%z(.-)%z(.)$')
-  return q, prio, name, maxa, flag == '1' or flag == '3', flag == '2' or flag == '3'
+  local f = string.byte(flag) - 48
+  return q, prio, name, maxa, f % 2 == 1, f % 4 >= 2, f % 8 >= 4, f >= 8
 end
-local function has_ukey(h)
-  local c = string.byte(h, -1)
-  return c == 49 or c == 51
-end
-local function in_batch(h) return string.byte(h, -1) >= 50 end
+local function has_ukey(h) return hflags(h) % 2 == 1 end
+local function in_batch(h) return hflags(h) % 4 >= 2 end
+local function keyed(h) return string.byte(h, -1) >= 52 end  -- a breaker or a rate key
 -- head -> queue, priority (the fields the state changes need)
 local function head_qp(h)
   local a = string.find(h, '\0', 1, true)
@@ -167,9 +193,89 @@ local function make_pending(id, q, prio, nr)
   z[#z + 1] = nr
   z[#z + 1] = pad(id)
 end
+-- the same for a rate key's lane (its lane set and the set of rate keys learn it) and a
+-- breaker's zset of a queue
+local function rmake_pending(id, rk, q, prio, nr)
+  local k = rpend_key(rk, q, prio)
+  local z = PEND[k]
+  if not z then
+    z = {}
+    PEND[k] = z
+    redis.call('SADD', rlanes_key(rk), prio .. ':' .. q)
+    redis.call('SADD', K_RKEYS, rk)
+  end
+  z[#z + 1] = nr
+  z[#z + 1] = pad(id)
+end
+local function bmake(id, b, q, nr)
+  local k = bk_key(b, q)
+  local z = PEND[k]
+  if not z then
+    z = {}
+    PEND[k] = z
+    redis.call('SADD', bkq_key(b), q)
+  end
+  z[#z + 1] = nr
+  z[#z + 1] = pad(id)
+end
 local function flush_pending()
   for k, z in pairs(PEND) do bulk('ZADD', k, z) end
   PEND = {}
+end
+
+-- is breaker b blocked (a stored state other than closed)?  Cached for the script.
+local BLK = {}
+local function blocked(b)
+  local v = BLK[b]
+  if v == nil then
+    v = redis.call('SISMEMBER', K_BLOCKED, b) == 1
+    BLK[b] = v
+  end
+  return v
+end
+
+-- a task becomes pending at nr: into its breaker's zset (b: its breaker or false), and
+-- into its home lane (the rate key rk's, or the plain one) unless the breaker is
+-- blocked.  Returns whether it went into a home lane (claimable).
+local function place(id, q, prio, nr, b, rk)
+  if b then
+    bmake(id, b, q, nr)
+    if blocked(b) then return false end
+  end
+  if rk then rmake_pending(id, rk, q, prio, nr) else make_pending(id, q, prio, nr) end
+  return true
+end
+
+-- the breaker and rate key of each id whose head has their flags (aligned with ids,
+-- false for none): two HMGETs at most, none when no head has a key
+local function keys_for(ids, heads)
+  local bs, rs = {}, {}
+  local bsel, bpos, rsel, rpos = {}, {}, {}, {}
+  for j = 1, #ids do
+    bs[j] = false
+    rs[j] = false
+    local h = heads[j]
+    if h and string.byte(h, -1) >= 52 then
+      local f = string.byte(h, -1) - 48
+      if f >= 8 then
+        rsel[#rsel + 1] = ids[j]
+        rpos[#rpos + 1] = j
+      end
+      if f % 8 >= 4 then
+        bsel[#bsel + 1] = ids[j]
+        bpos[#bpos + 1] = j
+      end
+    end
+  end
+  if #bsel > 0 then
+    local r = hmget_many(col('breaker'), bsel)
+    for x = 1, #bsel do bs[bpos[x]] = r[x] or false end
+  end
+  if #rsel > 0 then
+    local r = hmget_many(col('rate_key'), rsel)
+    for x = 1, #rsel do rs[rpos[x]] = r[x] or false end
+  end
+  return bs, rs
 end
 
 -- batch member counters (fields pending, processing, done, dead, cancelled, discarded of
@@ -199,7 +305,7 @@ local function members(ids, heads)
   local sel, pos = {}, {}
   for j = 1, #ids do
     local h = heads[j]
-    if h and string.byte(h, -1) >= 50 then
+    if h and in_batch(h) then
       sel[#sel + 1] = ids[j]
       pos[#pos + 1] = j
     end
@@ -233,6 +339,46 @@ local function tidy(q, prio)
   if redis.call('EXISTS', pend_key(q, prio)) == 0 then
     redis.call('ZREM', prio_key(q), prio)
     if redis.call('EXISTS', prio_key(q)) == 0 then redis.call('SREM', K_ACTIVE, q) end
+  end
+end
+
+-- a rate key's lane that ran empty leaves its lane set (and the key the set of rate
+-- keys); a breaker's zset that ran empty leaves the breaker's queue set
+local function rtidy(rk, q, prio)
+  if redis.call('EXISTS', rpend_key(rk, q, prio)) == 0 then
+    redis.call('SREM', rlanes_key(rk), prio .. ':' .. q)
+    if redis.call('EXISTS', rlanes_key(rk)) == 0 then redis.call('SREM', K_RKEYS, rk) end
+  end
+end
+local function btidy(b, q)
+  if redis.call('EXISTS', bk_key(b, q)) == 0 then redis.call('SREM', bkq_key(b), q) end
+end
+
+-- zset removals, buffered per key, each key tidied after: zrem_later(key, member,
+-- tidy function, its arguments) ... flush_zrem()
+local ZR = {}
+local function zrem_later(key, member, tf, a1, a2, a3)
+  local e = ZR[key]
+  if not e then
+    e = {{}, tf, a1, a2, a3}
+    ZR[key] = e
+  end
+  local m = e[1]
+  m[#m + 1] = member
+end
+local function flush_zrem()
+  for key, e in pairs(ZR) do
+    bulk('ZREM', key, e[1])
+    e[2](e[3], e[4], e[5])
+  end
+  ZR = {}
+end
+-- take a task out of its home lane (it is leaving pending another way)
+local function home_zrem(id, q, prio, rk)
+  if rk then
+    zrem_later(rpend_key(rk, q, prio), pad(id), rtidy, rk, q, prio)
+  else
+    zrem_later(pend_key(q, prio), pad(id), tidy, q, prio)
   end
 end
 
@@ -272,12 +418,15 @@ local function rescue(now, nowf)
   local n = 0
   local nproc = {}
   local heads = {}
+  for j, v in ipairs(r.lease) do
+    heads[j] = false
+    if v then heads[j] = string.sub(v, string.find(v, '\0', 1, true) + 1) end
+  end
+  local bs, rs = keys_for(expired, heads)
   for j, id in ipairs(expired) do
     local v = r.lease[j]
-    heads[j] = false
     if v then
       local worker = string.sub(v, 1, string.find(v, '\0', 1, true) - 1)
-      heads[j] = string.sub(v, #worker + 2)
       local q, prio = head_qp(heads[j])
       local msg = 'lease expired: worker ' .. worker .. ' stopped renewing it (died or hung)'
       local err = '{"attempt":' .. (r.attempts[j] or '0') .. ',"at":' .. nowf ..
@@ -287,7 +436,7 @@ local function rescue(now, nowf)
       set(id, 'updated', nowf)
       set(id, 'last_error', msg)
       set(id, 'errors', append_error(r.errors[j], err))
-      make_pending(id, q, prio, nowf)
+      place(id, q, prio, nowf, bs[j], rs[j])
       add_count(nproc, q, -1)
       n = n + 1
     end
@@ -301,44 +450,17 @@ local function rescue(now, nowf)
   return n
 end
 
--- claim up to `limit` ready tasks of `queues` (nil: every queue with pending work) in
--- priority DESC, next_run, id order; returns {rescued, {{id, head, payload, attempts},
--- ...}}
--- `exclude` (nil, or a non-empty list): paused queues, never claimed
-local function claim(worker, limit, lease, queues, now, nowf, exclude)
-  local rescued = rescue(now, nowf)
-  if limit <= 0 then return {rescued, {}} end
-  local qs = queues
-  if not qs then qs = redis.call('SMEMBERS', K_ACTIVE) end
-  if exclude then
-    local skip, kept = {}, {}
-    for _, q in ipairs(exclude) do skip[q] = true end
-    for _, q in ipairs(qs) do
-      if not skip[q] then kept[#kept + 1] = q end
-    end
-    qs = kept
-  end
-  local levels, prios = {}, {}
-  for _, q in ipairs(qs) do
-    for _, p in ipairs(redis.call('ZRANGE', prio_key(q), 0, -1)) do
-      local lv = levels[p]
-      if not lv then
-        lv = {}
-        levels[p] = lv
-        prios[#prios + 1] = p
-      end
-      lv[#lv + 1] = q
-    end
-  end
-  table.sort(prios, function(a, b) return tonumber(a) > tonumber(b) end)
-  local need = limit
-  local taken = {}
-  local nt = 0
-  for _, p in ipairs(prios) do
+-- take up to `need` ready members of the lanes in `levels` (a list, best level first, of
+-- lists of lanes {zset key, tidy function, its arguments...}), by (next_run, id) within a
+-- level, out of their zsets; appends the ids to `taken` and returns how many are still
+-- needed
+local function take(levels, need, nowf, taken)
+  local nt = #taken
+  for _, lanes in ipairs(levels) do
     if need <= 0 then break end
-    local qlist = levels[p]
-    if #qlist == 1 then
-      local key = pend_key(qlist[1], p)
+    if #lanes == 1 then
+      local ln = lanes[1]
+      local key = ln[1]
       local ms = redis.call('ZRANGEBYSCORE', key, '-inf', nowf, 'LIMIT', 0, need)
       if #ms > 0 then
         redis.call('ZREMRANGEBYRANK', key, 0, #ms - 1)
@@ -347,15 +469,15 @@ local function claim(worker, limit, lease, queues, now, nowf, exclude)
           taken[nt] = unpad(m)
         end
         need = need - #ms
-        tidy(qlist[1], p)
+        ln[2](ln[3], ln[4], ln[5])
       end
     else
-      -- one priority level over several queues: merge their heads by (next_run, id)
+      -- one level over several lanes: merge their heads by (next_run, id)
       local cands = {}
-      for qi, q in ipairs(qlist) do
-        local r = redis.call('ZRANGEBYSCORE', pend_key(q, p), '-inf', nowf, 'WITHSCORES',
-          'LIMIT', 0, need)
-        for j = 1, #r, 2 do cands[#cands + 1] = {tonumber(r[j + 1]), r[j], qi} end
+      for li, ln in ipairs(lanes) do
+        local r = redis.call('ZRANGEBYSCORE', ln[1], '-inf', nowf, 'WITHSCORES', 'LIMIT', 0,
+          need)
+        for j = 1, #r, 2 do cands[#cands + 1] = {tonumber(r[j + 1]), r[j], li} end
       end
       table.sort(cands, function(a, b)
         if a[1] ~= b[1] then return a[1] < b[1] end
@@ -369,12 +491,98 @@ local function claim(worker, limit, lease, queues, now, nowf, exclude)
         taken[nt] = unpad(c[2])
         need = need - 1
       end
-      for qi, cnt in pairs(per) do
-        redis.call('ZREMRANGEBYRANK', pend_key(qlist[qi], p), 0, cnt - 1)
-        tidy(qlist[qi], p)
+      for li, cnt in pairs(per) do
+        local ln = lanes[li]
+        redis.call('ZREMRANGEBYRANK', ln[1], 0, cnt - 1)
+        ln[2](ln[3], ln[4], ln[5])
       end
     end
   end
+  return need
+end
+
+-- lanes of a map priority -> lanes, as levels from the highest priority down
+local function by_priority(levels, prios)
+  table.sort(prios, function(a, b) return tonumber(a) > tonumber(b) end)
+  local out = {}
+  for i, p in ipairs(prios) do out[i] = levels[p] end
+  return out
+end
+
+-- may a claim for the queues `qset` (a set, or false: any) skipping `skip` (a set, or
+-- false) take from q?
+local function wanted(q, qset, skip)
+  return (not qset or qset[q]) and not (skip and skip[q])
+end
+-- a list as a set (false for nil)
+local function as_set(list)
+  if not list then return false end
+  local out = {}
+  for _, x in ipairs(list) do out[x] = true end
+  return out
+end
+
+-- claim up to `limit` ready tasks of `queues` (nil: every queue with pending work) in
+-- priority DESC, next_run, id order; returns {rescued, {{id, head, payload, attempts
+-- [, breaker|null, rate_key|null: for a task with either]}, ...}}
+-- `exclude` (nil, or a list): paused queues, never claimed.  `brk` (a probe claim:
+-- only tasks behind that breaker, blocked or not, by next_run, id) and `rk` (a rate
+-- claim: only tasks of that rate key) are nil for a plain claim (only the plain lanes).
+local function claim(worker, limit, lease, queues, now, nowf, exclude, brk, rk)
+  local rescued = rescue(now, nowf)
+  if limit <= 0 then return {rescued, {}} end
+  local skip = false
+  if exclude and #exclude > 0 then
+    skip = {}
+    for _, q in ipairs(exclude) do skip[q] = true end
+  end
+  local levels = {}
+  local qset = (brk or rk) and as_set(queues)
+  if brk then
+    local lanes = {}
+    for _, q in ipairs(redis.call('SMEMBERS', bkq_key(brk))) do
+      if wanted(q, qset, skip) then
+        lanes[#lanes + 1] = {bk_key(brk, q), btidy, brk, q}
+      end
+    end
+    if #lanes > 0 then levels[1] = lanes end
+  elseif rk then
+    local lv, prios = {}, {}
+    for _, m in ipairs(redis.call('SMEMBERS', rlanes_key(rk))) do
+      local p, q = string.match(m, '^([^:]*):(.*)$')
+      if wanted(q, qset, skip) then
+        local l = lv[p]
+        if not l then
+          l = {}
+          lv[p] = l
+          prios[#prios + 1] = p
+        end
+        l[#l + 1] = {rpend_key(rk, q, p), rtidy, rk, q, p}
+      end
+    end
+    levels = by_priority(lv, prios)
+  else
+    local qs = queues
+    if not qs then qs = redis.call('SMEMBERS', K_ACTIVE) end
+    local lv, prios = {}, {}
+    for _, q in ipairs(qs) do
+      if not (skip and skip[q]) then
+        for _, p in ipairs(redis.call('ZRANGE', prio_key(q), 0, -1)) do
+          local l = lv[p]
+          if not l then
+            l = {}
+            lv[p] = l
+            prios[#prios + 1] = p
+          end
+          l[#l + 1] = {pend_key(q, p), tidy, q, p}
+        end
+      end
+    end
+    levels = by_priority(lv, prios)
+  end
+  local taken = {}
+  take(levels, limit, nowf, taken)
+  local nt = #taken
   if nt == 0 then return {rescued, {}} end
   local untilf = fmt(now + lease)
   local heads = hmget_many(col('head'), taken)
@@ -385,7 +593,8 @@ local function claim(worker, limit, lease, queues, now, nowf, exclude)
   local a_att, a_lease, a_upd, zargs = {}, {}, {}, {}
   local wp = worker .. '\0'
   local k, nr = 0, 0
-  local nb = false  -- a batch member among them
+  local nb = false  -- a batch member, or a task with a breaker or rate key, among them
+  local kj = {}  -- positions of the keyed ones in taken, and their rows
   for j, id in ipairs(taken) do
     local h = heads[j]
     if h then
@@ -401,8 +610,12 @@ local function claim(worker, limit, lease, queues, now, nowf, exclude)
       k = k + 2
       add_count(nproc, head_queue(h), 1)
       nr = nr + 1
-      rows[nr] = {id, h, payloads[j] or '{}', att}
-      if string.byte(h, -1) >= 50 then nb = true end
+      local row = {id, h, payloads[j] or '{}', att}
+      rows[nr] = row
+      if string.byte(h, -1) >= 50 then
+        nb = true
+        if string.byte(h, -1) >= 52 then kj[#kj + 1] = {j, row} end
+      end
     end
   end
   if k > 0 then
@@ -415,6 +628,24 @@ local function claim(worker, limit, lease, queues, now, nowf, exclude)
   if nb then
     move(taken, heads, 'pending', 'processing')
     flush_batches(nowf)
+  end
+  if #kj > 0 then
+    -- a keyed task leaves pending everywhere it waited: its breaker's zset (plain and
+    -- rate claims), its home lane (a probe claim, unless the breaker is blocked)
+    local bs, rs = keys_for(taken, heads)
+    for _, e in ipairs(kj) do
+      local j, row = e[1], e[2]
+      local b, r = bs[j], rs[j]
+      row[5] = b or NULL
+      row[6] = r or NULL
+      local q, prio = head_qp(heads[j])
+      if brk then
+        if not blocked(brk) then home_zrem(taken[j], q, prio, r) end
+      elseif b then
+        zrem_later(bk_key(b, q), pad(taken[j]), btidy, b, q)
+      end
+    end
+    flush_zrem()
   end
   return {rescued, rows}
 end
@@ -429,14 +660,12 @@ local function read_queues(i)
 end
 
 -- name: enqueue
--- ARGV: P, created, JSON list of models.NewTask tuples: [name, payload, queue, priority,
--- max_attempts|null, run_at|null (epoch), delay, unique_key|null, batch|null], then a
+-- ARGV: P, created, JSON list of models.NewTask tuples (see enqueue_tasks), then a
 -- BatchSpec as JSON [name, total, on_complete_task|null, payload, queue] or '' ->
 -- "id,id,..."
+-- include: lib_enqueue
 local now = server_now()
 local nowf = fmt(now)
-local created = ARGV[2]
-local tasks = cjson.decode(ARGV[3])
 local spec = ARGV[4]
 if spec and spec ~= '' then
   spec = cjson.decode(spec)
@@ -453,86 +682,29 @@ if spec and spec ~= '' then
       'on_complete_queue', spec[5])
   end
 end
-local n = #tasks
-local last = redis.call('INCRBY', K_IDS, n)
-local base = last - n
-local out = {}
-local c_head, c_pay, c_nr, c_cr, c_upd = {}, {}, {}, {}, {}
-local ready = false
-local queues = {}
-local m = 0
-for i = 1, n do
-  local t = tasks[i]
-  local q, ukey, b = t[3], t[8], t[9]
-  local existing = false
-  if ukey ~= NULL then existing = redis.call('HGET', K_UNIQUE, ukey) else ukey = false end
-  if b == nil or b == NULL then b = false end
-  if existing then
-    out[i] = existing
-  else
-    local id = string.format('%d', base + i)
-    local prio = string.format('%d', t[4])
-    local nr = now
-    if t[6] ~= NULL then nr = t[6] end
-    nr = nr + t[7]
-    local nrs = fmt(nr)
-    if nr <= now then ready = true end
-    local maxa = ''
-    if t[5] ~= NULL then maxa = string.format('%d', t[5]) end
-    c_head[m + 1] = id
-    c_head[m + 2] = make_head(q, prio, t[1], maxa, ukey, b)
-    c_pay[m + 1] = id
-    c_pay[m + 2] = t[2]
-    c_nr[m + 1] = id
-    c_nr[m + 2] = nrs
-    c_cr[m + 1] = id
-    c_cr[m + 2] = created
-    c_upd[m + 1] = id
-    c_upd[m + 2] = nowf
-    m = m + 2
-    if ukey then
-      set(id, 'unique_key', ukey)
-      redis.call('HSET', K_UNIQUE, ukey, id)
-    end
-    if b then
-      set(id, 'batch', b)
-      bump(b, 'pending', 1)
-    end
-    if not queues[q] then
-      queues[q] = true
-      redis.call('SADD', K_QUEUES, q)
-    end
-    make_pending(id, q, prio, nrs)
-    out[i] = id
-  end
-end
-if m > 0 then
-  bulk('HSET', col('head'), c_head)
-  bulk('HSET', col('payload'), c_pay)
-  bulk('HSET', col('next_run'), c_nr)
-  bulk('HSET', col('created'), c_cr)
-  bulk('HSET', col('updated'), c_upd)
-end
-flush()
-flush_pending()
-flush_batches(nowf)
+local out, ready = enqueue_tasks(now, nowf, ARGV[2], cjson.decode(ARGV[3]))
 if ready then redis.call('PUBLISH', CHANNEL, '1') end
 return table.concat(out, ',')
 
 -- name: claim
--- ARGV: P, JSON [worker, limit, lease, queues|null, exclude (only when non-empty)] ->
--- JSON {rescued, rows} (see claim())
+-- ARGV: P, JSON [worker, limit, lease, queues|null, exclude (only when non-empty, or
+-- when a breaker or rate key follows), breaker|null, rate_key|null (only for a probe or
+-- rate claim)] -> JSON {rescued, rows} (see claim())
 local now = server_now()
 local req = cjson.decode(ARGV[2])
 local queues = req[4]
 if queues == NULL or #queues == 0 then queues = nil end
-return cjson.encode(claim(req[1], req[2], req[3], queues, now, fmt(now), req[5]))
+local brk, rk = req[6], req[7]
+if brk == NULL then brk = nil end
+if rk == NULL then rk = nil end
+return cjson.encode(claim(req[1], req[2], req[3], queues, now, fmt(now), req[5], brk, rk))
 
 -- name: complete
 -- ARGV: P, JSON [worker, done ids, retries [[id, delay, message, error json]],
 -- burials [[id, reason, message, fingerprint, max_attempts, error json]], released ids,
--- claim [limit, lease, queues|null, exclude (only when non-empty)] or null] -> JSON
--- claim result, or "null"
+-- claim [limit, lease, queues|null, then as the claim script's request] or null,
+-- deferred [[id, delay, breaker|null, rate_key|null]] (absent: none)] -> JSON claim
+-- result, or "null"
 local now = server_now()
 local nowf = fmt(now)
 local req = cjson.decode(ARGV[2])
@@ -574,6 +746,7 @@ for _, rt in ipairs(req[3]) do
   rby[rt[1]] = rt
 end
 local retried, rh, rc = held_by(worker, rids, 'errors')
+local rbs, rrs = keys_for(retried, rh)
 for j, id in ipairs(retried) do
   local rt = rby[id]
   local q, prio = head_qp(rh[j])
@@ -585,9 +758,8 @@ for j, id in ipairs(retried) do
   set(id, 'last_error', msg)
   set(id, 'errors', append_error(rc.errors[j], err))
   rem[#rem + 1] = id
-  make_pending(id, q, prio, at)
+  if place(id, q, prio, at, rbs[j], rrs[j]) and delay <= 0 then wake = true end
   add_count(nproc, q, -1)
-  if delay <= 0 then wake = true end
 end
 move(retried, rh, 'processing', 'pending')
 
@@ -597,7 +769,7 @@ for _, b in ipairs(req[4]) do
   bby[b[1]] = b
 end
 local buried, bh, bc = held_by(worker, bids, 'payload', 'attempts', 'created', 'errors',
-  'unique_key', 'batch')
+  'unique_key', 'batch', 'breaker', 'rate_key')
 for j, id in ipairs(buried) do
   local b = bby[id]
   local reason, msg, fp, maxa, err = b[2], b[3], b[4], b[5], b[6]
@@ -613,6 +785,8 @@ for j, id in ipairs(buried) do
     'errors', errors, 'status', 'dead')
   local ukey = with_ukey and bc.unique_key[j]
   if ukey then redis.call('HSET', dk, 'unique_key', ukey) end
+  if bc.breaker[j] then redis.call('HSET', dk, 'breaker', bc.breaker[j]) end
+  if bc.rate_key[j] then redis.call('HSET', dk, 'rate_key', bc.rate_key[j]) end
   local batch = member and bc.batch[j]
   if batch then
     redis.call('HSET', dk, 'batch', batch)
@@ -636,6 +810,7 @@ for j, id in ipairs(buried) do
 end
 
 local released, lh, lc = held_by(worker, req[5], 'attempts')
+local lbs, lrs = keys_for(released, lh)
 for j, id in ipairs(released) do
   set(id, 'status', 'pending')
   set(id, 'attempts', math.max(tonumber(lc.attempts[j] or '0') - 1, 0))
@@ -643,11 +818,49 @@ for j, id in ipairs(released) do
   set(id, 'updated', nowf)
   rem[#rem + 1] = id
   local q, prio = head_qp(lh[j])
-  make_pending(id, q, prio, nowf)
+  if place(id, q, prio, nowf, lbs[j], lrs[j]) then wake = true end
   add_count(nproc, q, -1)
-  wake = true
 end
 move(released, lh, 'processing', 'pending')
+
+-- deferred: held back by a breaker or rate limit, not run: like released, due at now +
+-- delay, and the breaker / rate key given written into the row (and its head's flags)
+local fids, fby = {}, {}
+for _, f in ipairs(req[7] or {}) do
+  fids[#fids + 1] = f[1]
+  fby[f[1]] = f
+end
+local deferred, fh, fc = held_by(worker, fids, 'attempts')
+local fbs, frs = keys_for(deferred, fh)
+for j, id in ipairs(deferred) do
+  local f = fby[id]
+  local delay = f[2]
+  local b, r = fbs[j], frs[j]
+  local h = fh[j]
+  if (f[3] ~= NULL and f[3] ~= b) or (f[4] ~= NULL and f[4] ~= r) then
+    if f[3] ~= NULL then
+      b = f[3]
+      set(id, 'breaker', b)
+    end
+    if f[4] ~= NULL then
+      r = f[4]
+      set(id, 'rate_key', r)
+    end
+    local q, prio, name, maxa, with_ukey, member = split_head(h)
+    h = make_head(q, prio, name, maxa, with_ukey, member, b, r)
+    set(id, 'head', h)
+  end
+  local at = fmt(now + delay)
+  set(id, 'status', 'pending')
+  set(id, 'attempts', math.max(tonumber(fc.attempts[j] or '0') - 1, 0))
+  set(id, 'next_run', at)
+  set(id, 'updated', nowf)
+  rem[#rem + 1] = id
+  local q, prio = head_qp(h)
+  if place(id, q, prio, at, b, r) and delay <= 0 then wake = true end
+  add_count(nproc, q, -1)
+end
+move(deferred, fh, 'processing', 'pending')
 
 unlease(rem)
 flush()
@@ -661,7 +874,10 @@ local c = req[6]
 if c ~= NULL then
   local queues = c[3]
   if queues == NULL or #queues == 0 then queues = nil end
-  result = cjson.encode(claim(worker, c[1], c[2], queues, now, nowf, c[4]))
+  local brk, rk = c[5], c[6]
+  if brk == NULL then brk = nil end
+  if rk == NULL then rk = nil end
+  result = cjson.encode(claim(worker, c[1], c[2], queues, now, nowf, c[4], brk, rk))
 end
 if wake then redis.call('PUBLISH', CHANNEL, '1') end
 return result
@@ -769,15 +985,15 @@ if not best then return false end
 return fmt(math.max(0, best - now))
 
 -- name: counts
--- ARGV: P -> {now, {queue, pending, ready, oldest ready next_run or '', ...},
+-- ARGV: P -> {now, {queue, pending, ready, oldest ready next_run or '', ...} (a queue
+-- may come several times: its plain lanes, rate keys' lanes and parked tasks),
 -- processing hash, done hash, dead hash, cancelled hash}
 local now = server_now()
 local nowf = fmt(now)
 local pend = {}
-for _, q in ipairs(redis.call('SMEMBERS', K_ACTIVE)) do
+local function tally(q, keys)
   local total, ready, oldest = 0, 0, false
-  for _, p in ipairs(redis.call('ZRANGE', prio_key(q), 0, -1)) do
-    local key = pend_key(q, p)
+  for _, key in ipairs(keys) do
     total = total + redis.call('ZCARD', key)
     ready = ready + redis.call('ZCOUNT', key, '-inf', nowf)
     local r = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
@@ -790,6 +1006,20 @@ for _, q in ipairs(redis.call('SMEMBERS', K_ACTIVE)) do
   pend[#pend + 1] = total
   pend[#pend + 1] = ready
   pend[#pend + 1] = oldest and fmt(oldest) or ''
+end
+for _, q in ipairs(redis.call('SMEMBERS', K_ACTIVE)) do
+  local keys = {}
+  for _, p in ipairs(redis.call('ZRANGE', prio_key(q), 0, -1)) do keys[#keys + 1] = pend_key(q, p) end
+  tally(q, keys)
+end
+for _, rk in ipairs(redis.call('SMEMBERS', K_RKEYS)) do
+  for _, m in ipairs(redis.call('SMEMBERS', rlanes_key(rk))) do
+    local p, q = string.match(m, '^([^:]*):(.*)$')
+    tally(q, {rpend_key(rk, q, p)})
+  end
+end
+for _, b in ipairs(redis.call('SMEMBERS', K_BLOCKED)) do
+  for _, q in ipairs(redis.call('SMEMBERS', bkq_key(b))) do tally(q, {bk_key(b, q)}) end
 end
 return {nowf, pend, redis.call('HGETALL', K_NPROC), redis.call('HGETALL', K_NDONE),
   redis.call('HGETALL', K_NDEAD), redis.call('HGETALL', K_NCANC)}
@@ -936,7 +1166,8 @@ return #stale
 -- name: cancel
 -- ARGV: P, 'ids', ids...  or  P, 'filter', task_name, queue, batch ('-' for none, else
 -- '+' .. value) -> {'ok', cancelled ids...} or {'missing', id}.  Only pending tasks (in
--- a pending zset) change: they leave it, status 'cancelled', like done for pruning.
+-- a home lane, or parked behind a blocked breaker) change: they leave it, status
+-- 'cancelled', like done for pruning.
 local nowf = fmt(server_now())
 local cands = {}  -- {id, head}
 if ARGV[2] == 'ids' then
@@ -956,22 +1187,38 @@ else
   local name = ARGV[3] ~= '-' and string.sub(ARGV[3], 2) or false
   local queue = ARGV[4] ~= '-' and string.sub(ARGV[4], 2) or false
   local batch = ARGV[5] ~= '-' and string.sub(ARGV[5], 2) or false
+  local seen = {}
+  local function scan(key)
+    local ms = redis.call('ZRANGE', key, 0, -1)
+    local ids = {}
+    for x, m in ipairs(ms) do ids[x] = unpad(m) end
+    local heads = hmget_many(col('head'), ids)
+    local bs = batch and hmget_many(col('batch'), ids) or {}
+    for x, id in ipairs(ids) do
+      local h = heads[x]
+      if h and not seen[id] and (not batch or bs[x] == batch) then
+        local _, _, tname = split_head(h)
+        if not name or tname == name then
+          seen[id] = true
+          cands[#cands + 1] = {id, h}
+        end
+      end
+    end
+  end
   local qs = queue and {queue} or redis.call('SMEMBERS', K_ACTIVE)
   table.sort(qs)
   for _, q in ipairs(qs) do
-    for _, p in ipairs(redis.call('ZRANGE', prio_key(q), 0, -1)) do
-      local ms = redis.call('ZRANGE', pend_key(q, p), 0, -1)
-      local ids = {}
-      for x, m in ipairs(ms) do ids[x] = unpad(m) end
-      local heads = hmget_many(col('head'), ids)
-      local bs = batch and hmget_many(col('batch'), ids) or {}
-      for x, id in ipairs(ids) do
-        local h = heads[x]
-        if h and (not batch or bs[x] == batch) then
-          local _, _, tname = split_head(h)
-          if not name or tname == name then cands[#cands + 1] = {id, h} end
-        end
-      end
+    for _, p in ipairs(redis.call('ZRANGE', prio_key(q), 0, -1)) do scan(pend_key(q, p)) end
+  end
+  for _, rk in ipairs(redis.call('SMEMBERS', K_RKEYS)) do  -- rate keys' lanes
+    for _, m in ipairs(redis.call('SMEMBERS', rlanes_key(rk))) do
+      local p, q = string.match(m, '^([^:]*):(.*)$')
+      if not queue or q == queue then scan(rpend_key(rk, q, p)) end
+    end
+  end
+  for _, b in ipairs(redis.call('SMEMBERS', K_BLOCKED)) do  -- parked tasks
+    for _, q in ipairs(redis.call('SMEMBERS', bkq_key(b))) do
+      if not queue or q == queue then scan(bk_key(b, q)) end
     end
   end
   table.sort(cands, function(a, b) return tonumber(a[1]) < tonumber(b[1]) end)
@@ -980,15 +1227,34 @@ local out = {'ok'}
 local ncanc = {}
 local touched = {}
 local cids, cheads = {}, {}
-for _, c in ipairs(cands) do
+local heads = {}
+local ids = {}
+for x, c in ipairs(cands) do
+  ids[x] = c[1]
+  heads[x] = c[2]
+end
+local bs, rs = keys_for(ids, heads)
+for x, c in ipairs(cands) do
   local id, h = c[1], c[2]
   local q, prio = head_qp(h)
-  if redis.call('ZREM', pend_key(q, prio), pad(id)) == 1 then
+  local b, rk = bs[x], rs[x]
+  local gone
+  if rk then
+    gone = redis.call('ZREM', rpend_key(rk, q, prio), pad(id)) == 1
+    if gone then rtidy(rk, q, prio) end
+  else
+    gone = redis.call('ZREM', pend_key(q, prio), pad(id)) == 1
+    if gone then touched[q .. '\0' .. prio] = {q, prio} end
+  end
+  if b and redis.call('ZREM', bk_key(b, q), pad(id)) == 1 then
+    gone = true
+    btidy(b, q)
+  end
+  if gone then
     set(id, 'status', 'cancelled')
     set(id, 'updated', nowf)
     if has_ukey(h) then release_unique(redis.call('HGET', col('unique_key'), id), id) end
     add_count(ncanc, q, 1)
-    touched[q .. '\0' .. prio] = {q, prio}
     cids[#cids + 1] = id
     cheads[#cids] = h
     out[#out + 1] = id
@@ -1196,6 +1462,166 @@ for _, dlid in ipairs(ids) do
 end
 return #ids
 
+-- name: rate_keys_ready
+-- ARGV: P, nq, queues..., [ne, excluded queues...] -> {rate key, seconds until its
+-- earliest pending task is due ('0.000000' if one is), that task's name, ...}: the 100
+-- soonest keys (parked tasks are in no lane, so a key only they have is left out).
+-- Expired leases are rescued first, as by a claim, so their tasks count.
+local now = server_now()
+rescue(now, fmt(now))
+local qs, nxt = read_queues(2)
+local qset = as_set(qs)
+local skip = false
+if ARGV[nxt] then skip = as_set(read_queues(nxt)) end
+local found = {}
+for _, rk in ipairs(redis.call('SMEMBERS', K_RKEYS)) do
+  local best, bm = false, false
+  for _, m in ipairs(redis.call('SMEMBERS', rlanes_key(rk))) do
+    local p, q = string.match(m, '^([^:]*):(.*)$')
+    if wanted(q, qset, skip) then
+      local r = redis.call('ZRANGE', rpend_key(rk, q, p), 0, 0, 'WITHSCORES')
+      if #r > 0 then
+        local s = tonumber(r[2])
+        if not best or s < best or (s == best and r[1] < bm) then best, bm = s, r[1] end
+      end
+    end
+  end
+  if best then found[#found + 1] = {rk, best, bm} end
+end
+table.sort(found, function(a, b)
+  if a[2] ~= b[2] then return a[2] < b[2] end
+  return a[1] < b[1]
+end)
+local out = {}
+for i = 1, math.min(#found, 100) do
+  local f = found[i]
+  local h = redis.call('HGET', col('head'), unpad(f[3]))
+  local name = ''
+  if h then
+    local _, _, n = split_head(h)
+    name = n
+  end
+  out[#out + 1] = f[1]
+  out[#out + 1] = fmt(math.max(0, f[2] - now))
+  out[#out + 1] = name
+end
+return out
+
+-- name: get_rows
+-- ARGV: P, family (breaker, ratelimit, schedule), names... (none: every one) ->
+-- {{name, {field, value, ...}}, ...} for the rows that exist
+-- include: lib_rows
+local names = {}
+for j = 3, #ARGV do names[#names + 1] = ARGV[j] end
+if #names == 0 then names = redis.call('SMEMBERS', row_index(ARGV[2])) end
+local out = {}
+for _, name in ipairs(names) do
+  local h = redis.call('HGETALL', row_key(ARGV[2], name))
+  if #h > 0 then out[#out + 1] = {name, h} end
+end
+return out
+
+-- name: put_row
+-- ARGV: P, family (ratelimit, schedule), name, expected version, JSON [field, value,
+-- ...] -> 1 when stored (compare-and-set on version), 0 when the version differed
+-- include: lib_rows
+return cas_row(ARGV[2], ARGV[3], ARGV[4], cjson.decode(ARGV[5])) and 1 or 0
+
+-- name: delete_row
+-- ARGV: P, family (ratelimit, schedule), name -> 1 when there was a row
+-- include: lib_rows
+redis.call('SREM', row_index(ARGV[2]), ARGV[3])
+return redis.call('DEL', row_key(ARGV[2], ARGV[3]))
+
+-- name: put_breaker
+-- ARGV: P, name, expected version, state, JSON [field, value, ...] -> 1 when stored, 0
+-- when the version differed.  Keeps K_BLOCKED: a breaker that leaves closed parks its
+-- pending tasks (out of their home lanes), one that closes puts them back.
+-- include: lib_rows
+-- include: lib_breakers
+local name = ARGV[2]
+if not cas_row('breaker', name, ARGV[3], cjson.decode(ARGV[5])) then return 0 end
+set_blocked(name, ARGV[4] ~= 'closed')
+return 1
+
+-- name: delete_breaker
+-- ARGV: P, name -> 1 when there was a row (its parked tasks go back: no row = closed)
+-- include: lib_rows
+-- include: lib_breakers
+local name = ARGV[2]
+redis.call('SREM', row_index('breaker'), name)
+local n = redis.call('DEL', row_key('breaker', name))
+set_blocked(name, false)
+return n
+
+-- name: fire_schedule
+-- ARGV: P, name, expected version, created, JSON [field, value, ...], JSON list of
+-- NewTask tuples (see enqueue_tasks) -> "id,id,..." or false (nothing enqueued) when
+-- the stored version differed
+-- include: lib_rows
+-- include: lib_enqueue
+local name = ARGV[2]
+if not cas_row('schedule', name, ARGV[3], cjson.decode(ARGV[5])) then return false end
+local tasks = cjson.decode(ARGV[6])
+if #tasks == 0 then return '' end
+local now = server_now()
+local out, ready = enqueue_tasks(now, fmt(now), ARGV[4], tasks)
+if ready then redis.call('PUBLISH', CHANNEL, '1') end
+return table.concat(out, ',')
+
+-- name: lib_rows
+-- breaker, rate-limit and schedule rows: one hash each, and a set of the names
+local function row_key(family, name) return P .. 'queue:' .. family .. ':' .. name end
+local function row_index(family) return P .. 'queue:' .. family .. 's' end
+-- store `fields` (a flat list) as the row if its stored version is `expected` (0: no
+-- row yet); returns whether it did
+local function cas_row(family, name, expected, fields)
+  local k = row_key(family, name)
+  local v = tonumber(redis.call('HGET', k, 'version') or '0')
+  if v ~= tonumber(expected) then return false end
+  redis.call('DEL', k)
+  bulk('HSET', k, fields)
+  redis.call('SADD', row_index(family), name)
+  return true
+end
+
+-- name: lib_breakers
+-- a breaker becomes blocked (its pending tasks leave their home lanes: parked in its
+-- zsets only) or unblocked (back into their home lanes, a wake-up sent)
+local function set_blocked(b, on)
+  local was = redis.call('SISMEMBER', K_BLOCKED, b) == 1
+  if on == was then return end
+  if on then redis.call('SADD', K_BLOCKED, b) else redis.call('SREM', K_BLOCKED, b) end
+  local any = false
+  for _, q in ipairs(redis.call('SMEMBERS', bkq_key(b))) do
+    local r = redis.call('ZRANGE', bk_key(b, q), 0, -1, 'WITHSCORES')
+    local ids, scores = {}, {}
+    for j = 1, #r, 2 do
+      ids[#ids + 1] = unpad(r[j])
+      scores[#scores + 1] = r[j + 1]
+    end
+    local heads = hmget_many(col('head'), ids)
+    local _, rs = keys_for(ids, heads)
+    for x, id in ipairs(ids) do
+      local h = heads[x]
+      if h then
+        local _, prio = head_qp(h)
+        if on then
+          home_zrem(id, q, prio, rs[x])
+        elseif rs[x] then
+          rmake_pending(id, rs[x], q, prio, scores[x])
+        else
+          make_pending(id, q, prio, scores[x])
+        end
+        any = true
+      end
+    end
+  end
+  flush_zrem()
+  flush_pending()
+  if any and not on then redis.call('PUBLISH', CHANNEL, '1') end
+end
+
 -- name: lib_dead
 -- dead-letter helpers, included by the scripts that change dead letters
 
@@ -1258,7 +1684,8 @@ end
 local function requeue_one(dlid, due, nowf, payload)
   local dk = dkey(dlid)
   local d = redis.call('HMGET', dk, 'task_id', 'queue', 'task_name', 'payload', 'priority',
-    'max_attempts', 'created', 'errors', 'unique_key', 'fingerprint', 'batch')
+    'max_attempts', 'created', 'errors', 'unique_key', 'fingerprint', 'batch', 'breaker',
+    'rate_key')
   local id, q, prio = d[1], d[2], d[5]
   redis.call('HSET', dk, 'status', 'requeued', 'requeued_at', nowf)
   unlive(dlid, q, d[10], nowf)
@@ -1267,16 +1694,20 @@ local function requeue_one(dlid, due, nowf, payload)
   local head = redis.call('HGET', col('head'), id)
   local cur = redis.call('HGET', col('status'), id)
   local batch = redis.call('HGET', col('batch'), id) or d[11]
+  local brk = redis.call('HGET', col('breaker'), id) or d[12] or false
+  local rk = redis.call('HGET', col('rate_key'), id) or d[13] or false
   local revive = true
   if not head then  -- its row is gone (deleted by hand): write it again
-    set(id, 'head', make_head(q, prio, d[3], d[6] or '', ukey, batch))
+    set(id, 'head', make_head(q, prio, d[3], d[6] or '', ukey, batch, brk, rk))
+    if brk then set(id, 'breaker', brk) end
+    if rk then set(id, 'rate_key', rk) end
     set(id, 'payload', d[4] or '{}')
     set(id, 'created', d[7] or '')
     set(id, 'errors', d[8] or '[]')
     if batch then set(id, 'batch', batch) end
   elseif cur == 'dead' or cur == 'discarded' then
     local _, _, name, maxa = split_head(head)
-    set(id, 'head', make_head(q, prio, name, maxa, ukey, batch))
+    set(id, 'head', make_head(q, prio, name, maxa, ukey, batch, brk, rk))
     if batch then bump(batch, cur, -1) end
   else
     revive = false  -- already live again some other way
@@ -1294,7 +1725,7 @@ local function requeue_one(dlid, due, nowf, payload)
     else
       redis.call('HDEL', col('unique_key'), id)
     end
-    make_pending(id, q, prio, due)
+    place(id, q, prio, due, brk, rk)
     if batch then bump(batch, 'pending', 1) end
   end
   flush()
@@ -1305,4 +1736,85 @@ local function finish_dead(nowf)
   flush_pending()
   flush_counts(K_NDEAD, ndead)
   flush_batches(nowf)
+end
+
+-- name: lib_enqueue
+-- insert models.NewTask tuples [name, payload, queue, priority, max_attempts|null,
+-- run_at|null (epoch), delay, unique_key|null, batch|null, breaker|null,
+-- rate_key|null] (a unique key already pending/processing gives the existing id) ->
+-- the ids in order, and whether one is claimable now
+local function enqueue_tasks(now, nowf, created, tasks)
+  local n = #tasks
+  local last = redis.call('INCRBY', K_IDS, n)
+  local base = last - n
+  local out = {}
+  local c_head, c_pay, c_nr, c_cr, c_upd = {}, {}, {}, {}, {}
+  local ready = false
+  local queues = {}
+  local m = 0
+  for i = 1, n do
+    local t = tasks[i]
+    local q, ukey, b = t[3], t[8], t[9]
+    local brk, rk = t[10], t[11]
+    local existing = false
+    if ukey ~= NULL then existing = redis.call('HGET', K_UNIQUE, ukey) else ukey = false end
+    if b == nil or b == NULL then b = false end
+    if brk == nil or brk == NULL then brk = false end
+    if rk == nil or rk == NULL then rk = false end
+    if existing then
+      out[i] = existing
+    else
+      local id = string.format('%d', base + i)
+      local prio = string.format('%d', t[4])
+      local nr = now
+      if t[6] ~= NULL then nr = t[6] end
+      nr = nr + t[7]
+      local nrs = fmt(nr)
+      local maxa = ''
+      if t[5] ~= NULL then maxa = string.format('%d', t[5]) end
+      c_head[m + 1] = id
+      c_head[m + 2] = make_head(q, prio, t[1], maxa, ukey, b, brk, rk)
+      c_pay[m + 1] = id
+      c_pay[m + 2] = t[2]
+      c_nr[m + 1] = id
+      c_nr[m + 2] = nrs
+      c_cr[m + 1] = id
+      c_cr[m + 2] = created
+      c_upd[m + 1] = id
+      c_upd[m + 2] = nowf
+      m = m + 2
+      if ukey then
+        set(id, 'unique_key', ukey)
+        redis.call('HSET', K_UNIQUE, ukey, id)
+      end
+      if b then
+        set(id, 'batch', b)
+        bump(b, 'pending', 1)
+      end
+      if not queues[q] then
+        queues[q] = true
+        redis.call('SADD', K_QUEUES, q)
+      end
+      if brk or rk then
+        if brk then set(id, 'breaker', brk) end
+        if rk then set(id, 'rate_key', rk) end
+        if place(id, q, prio, nrs, brk, rk) and nr <= now then ready = true end
+      else
+        make_pending(id, q, prio, nrs)
+        if nr <= now then ready = true end
+      end
+      out[i] = id
+    end
+  end
+  if m > 0 then
+    bulk('HSET', col('head'), c_head)
+    bulk('HSET', col('payload'), c_pay)
+    bulk('HSET', col('next_run'), c_nr)
+    bulk('HSET', col('created'), c_cr)
+    bulk('HSET', col('updated'), c_upd)
+  end
+  flush()
+  flush_pending()
+  flush_batches(nowf)
+  return out, ready
 end
