@@ -888,7 +888,8 @@ def _zcards(prefix: str, part: str) -> dict[str, int]:
     """The zsets under ``prefix`` whose name holds ``part``, with their sizes."""
     raw = _raw()
     try:
-        return {k: int(raw.zcard(k)) for k in raw.scan_iter(match=f"{prefix}queue:{part}*")}
+        found = raw.scan_iter(match=f"{prefix}queue:{part}*")
+        return {k: int(raw.zcard(k)) for k in found if raw.type(k) == "zset"}
     finally:
         raw.close()
 
@@ -1062,3 +1063,165 @@ def test_a_schema_2_prefix_is_upgraded_to_3_by_migrate(rq: lmq.Queue, prefix: st
         _open(nb, "x")
         assert plain(nb) == []
         assert ids(nb.claim(ClaimRequest("w", 5, 60.0, breaker="x")).tasks) == [keyed]
+
+
+def test_a_random_walk_over_keyed_tasks_loses_nothing(rq: lmq.Queue, prefix: str) -> None:
+    """Enqueues, the three kinds of claims (some with leases that run out at once),
+    every outcome, breakers opening, closing and deleted, cancels and re-queues, in a
+    seeded random order: every claim follows its rules, the counts always agree with the
+    tasks' states, and once the breakers close everything drains, leaving no zset
+    behind."""
+    import random
+
+    rnd = random.Random(5)
+    b = rq.backend
+    breakers: dict[str, BreakerState | None] = {"a": None, "b": None}
+    keys: dict[TaskId, tuple[str | None, str | None]] = {}
+    status: dict[TaskId, str] = {}
+    held: dict[TaskId, str] = {}  # id -> worker, leases that last
+
+    def blocked(name: str | None) -> bool:
+        state = breakers.get(name) if name else None
+        return state is not None and state.state != "closed"
+
+    def took(got: list[Any], worker: str, lease: float) -> None:
+        for c in got:
+            assert (c.breaker, c.rate_key) == keys[c.id]
+            status[c.id] = "processing"
+            held.pop(c.id, None)
+            if lease > 0:
+                held[c.id] = worker
+
+    def check() -> None:
+        counts = b.counts()
+        live = sum(1 for s in status.values() if s in ("pending", "processing"))
+        assert counts.pending + counts.processing == live
+        assert counts.dead == sum(1 for s in status.values() if s == "dead")
+
+    for _ in range(400):
+        op = rnd.random()
+        if op < 0.2:
+            tasks = [
+                NewTask(
+                    "t",
+                    "{}",
+                    queue=rnd.choice(("q1", "q2")),
+                    priority=rnd.choice((0, 1)),
+                    breaker=rnd.choice((None, None, "a", "b")),
+                    rate_key=rnd.choice((None, None, "r")),
+                )
+                for _ in range(rnd.randint(1, 5))
+            ]
+            for task_id, t in zip(b.enqueue(tasks), tasks, strict=True):
+                keys[task_id] = (t.breaker, t.rate_key)
+                status[task_id] = "pending"
+        elif op < 0.45:
+            worker = rnd.choice(("w1", "w2"))
+            lease = 0.0 if rnd.random() < 0.1 else 60.0
+            kind = rnd.choice(("plain", "plain", "rate", "a", "b"))
+            request = ClaimRequest(
+                worker,
+                rnd.randint(1, 4),
+                lease,
+                rate_key="r" if kind == "rate" else None,
+                breaker=kind if kind in ("a", "b") else None,
+            )
+            result = b.claim(request)
+            for c in result.tasks:
+                brk, rk = keys[c.id]
+                if kind == "plain":
+                    assert rk is None and not blocked(brk)
+                elif kind == "rate":
+                    assert rk == "r" and not blocked(brk)
+                else:
+                    assert brk == kind
+            # a rescue made the expired ones pending again before the claim
+            for task_id, s in status.items():
+                if s == "processing" and task_id not in held:
+                    status[task_id] = "pending"
+            took(result.tasks, worker, lease)
+        elif op < 0.65 and held:
+            task_id, worker = rnd.choice(sorted(held.items()))
+            what = rnd.choice(("done", "retry", "release", "defer", "bury"))
+            if what == "done":
+                complete(b, worker, done=[task_id])
+            elif what == "retry":
+                complete(b, worker, retries=[retry(task_id)])
+            elif what == "release":
+                b.complete(CompleteBatch(worker, released=[task_id]))
+            elif what == "bury":
+                complete(b, worker, burials=[burial(task_id)])
+            else:
+                brk = rnd.choice((None, "a", "b"))
+                rk = rnd.choice((None, "r"))
+                b.complete(CompleteBatch(worker, deferred=[DeferOutcome(task_id, 0.0, brk, rk)]))
+                old = keys[task_id]
+                keys[task_id] = (brk or old[0], rk or old[1])
+            del held[task_id]
+            status[task_id] = {"done": "done", "bury": "dead"}.get(what, "pending")
+        elif op < 0.8:
+            name = rnd.choice(("a", "b"))
+            current = breakers[name]
+            if rnd.random() < 0.15:
+                b.delete_breaker(name)
+                breakers[name] = None
+            else:
+                version = current.version if current else 0
+                state = BreakerState(
+                    name, rnd.choice(("open", "half_open", "closed")), version=version + 1
+                )
+                assert b.put_breaker(state, version)
+                breakers[name] = state
+        elif op < 0.88:
+            pending = sorted((i for i, s in status.items() if s == "pending"), key=int)
+            if pending:
+                task_id = rnd.choice(pending)
+                assert b.cancel(CancelSelector(ids=[task_id])) == [task_id]
+                status[task_id] = "cancelled"
+        elif op < 0.92:
+            queue = rnd.choice(("q1", "q2"))
+            for task_id in b.cancel(CancelSelector(queue=queue)):
+                assert status[task_id] == "pending"
+                status[task_id] = "cancelled"
+            assert not [i for i, s in status.items() if s == "pending" and rq.get(i).queue == queue]  # type: ignore[union-attr]
+        elif op < 0.96:
+            letters = rq.dead_letters()
+            if letters:
+                back = b.requeue_dead(DeadSelector(all=True))
+                for task_id in back:
+                    status[task_id] = "pending"
+        check()
+
+    # close everything, let the leases that ran out come back, and drain
+    for name, state in breakers.items():
+        if state is not None:
+            assert b.delete_breaker(name)
+    for _ in range(50):
+        got = b.claim(ClaimRequest("w3", 50, 60.0)).tasks
+        got += b.claim(ClaimRequest("w3", 50, 60.0, rate_key="r")).tasks
+        if not got and not held:
+            break
+        complete(b, "w3", done=ids(got))
+        for worker in ("w1", "w2"):
+            mine = [i for i, w in held.items() if w == worker]
+            if mine:
+                complete(b, worker, done=mine)
+        for task_id in [*ids(got), *held]:
+            status[task_id] = "done"
+        held.clear()
+    assert {s for s in status.values()} <= {"done", "dead", "cancelled"}
+    counts = b.counts()
+    assert (counts.pending, counts.processing) == (0, 0)
+    left = {
+        k
+        for k in _zcards(prefix, "")
+        if not k.endswith(("processing", "dead_all", "dead_live", "dead_rejected", "dead_gone"))
+        and ":dead_fp:" not in k
+    }
+    assert left == set()
+    raw = _raw()
+    try:
+        for name in ("rate_keys", "breakers_blocked", "active", "bkq:a", "bkq:b", "rlanes:r"):
+            assert not raw.exists(f"{prefix}queue:{name}"), name
+    finally:
+        raw.close()

@@ -934,7 +934,7 @@ class RedisBackend:
     def _get_rows(self, family: str, cls: type[S], names: Sequence[str] | None) -> list[S]:
         if names is not None and not names:
             return []
-        reply = self._run("get_rows", [family, *(names or ())])
+        reply = self._run("get_rows", [family, *dict.fromkeys(names or ())])
         return sorted(
             (state_from_hash(cls, name, flat) for name, flat in reply), key=lambda r: r.name
         )
