@@ -36,6 +36,7 @@ from ...exceptions import (
 from ...models import (
     BatchInfo,
     BatchSpec,
+    BreakerState,
     CancelSelector,
     Claimed,
     ClaimRequest,
@@ -49,8 +50,10 @@ from ...models import (
     Heartbeat,
     NewTask,
     PruneRequest,
+    RateState,
     RenewRequest,
     Review,
+    ScheduleState,
     Task,
     TaskError,
     TaskFilter,
@@ -59,13 +62,26 @@ from ...models import (
 )
 from ...url import QueueURL
 from ..external import app_connection
-from ..rows import check_requeue, dead_from_row, epoch, error_line, split_sql, task_from_row
+from ..rows import (
+    breaker_from_row,
+    breaker_values,
+    check_requeue,
+    dead_from_row,
+    epoch,
+    error_line,
+    rate_from_row,
+    rate_values,
+    schedule_from_row,
+    schedule_values,
+    split_sql,
+    task_from_row,
+)
 from ..sqlfile import check_prefix, load_migrations, load_queries, load_schema
 from .watch import WalWatcher
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # SQLite's own busy handler sleeps 1, 2, 5 … then 100 ms between tries, so a waiting
 # writer can starve behind busy workers for seconds (long enough for a short lease to
 # expire).  lmq waits itself instead, retrying every 0.1-2 ms (see _retry_locked).
@@ -83,6 +99,7 @@ def _utc_text(ts: float) -> str:
 
 
 _FilterKey = tuple[tuple[str, ...] | None, tuple[str, ...]]  # (--queues, paused queues)
+_ClaimKey = tuple[tuple[str, ...] | None, tuple[str, ...], str]  # ... and the gate's name
 _ADD_COLUMN = re.compile(r"^ALTER\s+TABLE\s+(\w+)\s+ADD\s+COLUMN\s+(\w+)", re.IGNORECASE)
 
 
@@ -117,13 +134,23 @@ class SQLiteBackend:
         self._create = create
         self._autocheckpoint = _PRODUCER_CHECKPOINT
         self.q = load_queries("lmq.backends.sqlite", "queries.sql", self.prefix)
+        # the gate_* fragments (which tasks a claim of each kind may take), comments out
+        self._gates = {
+            name: "\n".join(ln for ln in sql.splitlines() if not ln.strip().startswith("--"))
+            for name, sql in self.q.items()
+            if name.startswith("gate_")
+        }
+        plain = self._gates["gate_plain"]
+        for name in ("has_expired", "has_ready", "next_due", "next_lease_expiry"):
+            self.q[name] = self.q[name].replace("{gate}", plain)
+        self.q["claim_candidates"] = self.q["claim_candidates"].replace("{gate}", plain)
         self._local = threading.local()
         self._all_conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._schema_checked = False
         self._schema_lock = threading.Lock()
         self._filters: dict[_FilterKey, tuple[str, dict[str, str]]] = {}
-        self._claim_sql: dict[_FilterKey, str] = {}
+        self._claim_sql: dict[_ClaimKey, str] = {}
         self._check_path()
 
     # --- connections -----------------------------------------------------------------
@@ -338,6 +365,9 @@ class SQLiteBackend:
         "queue_meta",
         "queue_queues",
         "queue_batches",
+        "queue_breakers",
+        "queue_rate_limits",
+        "queue_schedules",
     )
 
     def _missing_tables(self, conn: sqlite3.Connection) -> list[str]:
@@ -414,7 +444,7 @@ class SQLiteBackend:
             return list(range(last - len(tasks) + 1, last + 1))
         ids: list[TaskId] = []
         for t in rows:
-            if t[7] is None:  # no unique_key
+            if t[7] is None:  # no unique_key (NewTask's 8th field)
                 conn.execute(insert, t)
                 ids.append(conn.execute(self.q["last_id"]).fetchone()[0])
                 continue
@@ -460,9 +490,17 @@ class SQLiteBackend:
             return self._claim_in(conn, request)
 
     def _claim_in(self, conn: sqlite3.Connection, request: ClaimRequest) -> ClaimResult:
-        if request.exclude:
+        plain = request.breaker is None and request.rate_key is None
+        if request.exclude and plain:
             return self._claim_excluding(conn, request)
-        return self._claim_with(conn, request, request.queues, ())
+        # probe and rate claims read one breaker's / key's rows: paused queues filtered
+        return self._claim_with(conn, request, request.queues, request.exclude)
+
+    @staticmethod
+    def _gate_name(request: ClaimRequest) -> str:
+        if request.breaker is not None:
+            return "gate_probe" if request.rate_key is None else "gate_probe_rate"
+        return "gate_plain" if request.rate_key is None else "gate_rate"
 
     def _claim_with(
         self,
@@ -471,23 +509,25 @@ class SQLiteBackend:
         queues: tuple[str, ...] | None,
         exclude: tuple[str, ...],
     ) -> ClaimResult:
-        key = (queues, exclude)
-        qf, qparams = self._queue_filter(*key)
+        gate = self._gate_name(request)
+        key = (queues, exclude, gate)
+        qf, qparams = self._queue_filter(queues, exclude)
         sql = self._claim_sql.get(key)
         if sql is None:
-            sql = self._claim_sql[key] = self.q["claim"].replace("{queue_filter}", qf)
+            sql = self.q["claim"].replace("{queue_filter}", qf)
+            sql = self._claim_sql[key] = sql.replace("{gate}", self._gates[gate])
         now = _now()
         rescued = self._rescue(conn, now)
-        rows = conn.execute(
-            sql,
-            {
-                "worker": request.worker_id,
-                "now": now,
-                "lease": request.lease,
-                "limit": request.limit,
-                **qparams,
-            },
-        ).fetchall()
+        params = {
+            "worker": request.worker_id,
+            "now": now,
+            "lease": request.lease,
+            "limit": request.limit,
+            **qparams,
+        }
+        if gate != "gate_plain":
+            params["breaker"], params["rate_key"] = request.breaker, request.rate_key
+        rows = conn.execute(sql, params).fetchall()
         return ClaimResult(list(map(Claimed._make, rows)), rescued)
 
     def _claim_excluding(self, conn: sqlite3.Connection, request: ClaimRequest) -> ClaimResult:
@@ -655,6 +695,21 @@ class SQLiteBackend:
                 conn.execute(
                     self.q["release"],
                     {"ids": json.dumps(list(batch.released)), "worker": worker, "now": now},
+                )
+            if batch.deferred:
+                conn.executemany(
+                    self.q["defer"],
+                    [
+                        {
+                            "id": d.id,
+                            "worker": worker,
+                            "now": now,
+                            "delay": d.delay,
+                            "breaker": d.breaker,
+                            "rate_key": d.rate_key,
+                        }
+                        for d in batch.deferred
+                    ],
                 )
             return self._claim_in(conn, claim) if claim is not None else None
 
@@ -948,7 +1003,8 @@ class SQLiteBackend:
             row = conn.execute(self.q["mark_requeued"], {"id": dead_id, "now": now}).fetchone()
             if row is None:  # not waiting (checked by the caller for ids given one by one)
                 continue
-            task_id, queue, name, payload, priority, max_attempts, created, errors, ukey = row
+            task_id, queue, name, payload, priority, max_attempts, created, errors, ukey = row[:9]
+            keys = {"breaker": row[9], "rate_key": row[10]}
             if ukey is not None and conn.execute(self.q["find_unique"], (ukey,)).fetchone():
                 ukey = None  # a live task already holds the key; this re-run goes without
             revived = conn.execute(
@@ -960,6 +1016,7 @@ class SQLiteBackend:
                     "unique_key": ukey,
                     "dead_id": dead_id,
                     "payload": payload_json,
+                    **keys,
                 },
             ).rowcount
             if not revived:  # its row is gone (deleted by hand): insert it again
@@ -978,6 +1035,7 @@ class SQLiteBackend:
                         "errors": errors,
                         "unique_key": ukey,
                         "dead_id": dead_id,
+                        **keys,
                     },
                 )
             requeued.append(task_id)
@@ -1151,6 +1209,79 @@ class SQLiteBackend:
                     conn.execute(self.q["set_followup"], {"name": name, "id": followup})
                 settled.append((name, followup))
         return settled
+
+    # --- circuit breakers, rate limits, schedules (compare-and-set rows) ------------------
+
+    def _rows(self, all_sql: str, named_sql: str, names: Sequence[str] | None) -> list[Any]:
+        def read(c: sqlite3.Connection) -> list[Any]:
+            c.row_factory = sqlite3.Row
+            try:
+                if names is None:
+                    return c.execute(self.q[all_sql]).fetchall()
+                return c.execute(self.q[named_sql], {"names": json.dumps(list(names))}).fetchall()
+            finally:
+                c.row_factory = None
+
+        return self._read(read)
+
+    def _cas(
+        self, conn: sqlite3.Connection, kind: str, values: dict[str, Any], expected: int
+    ) -> bool:
+        """Store a row over version ``expected`` (0: none yet) as version expected + 1."""
+        params = {**values, "version": expected + 1, "expected": expected}
+        sql = self.q[f"{kind}_insert" if expected == 0 else f"{kind}_update"]
+        return conn.execute(sql, params).rowcount == 1
+
+    def breakers(self, names: Sequence[str] | None = None) -> list[BreakerState]:
+        return [breaker_from_row(r) for r in self._rows("breakers_all", "breakers_named", names)]
+
+    def put_breaker(self, state: BreakerState, expected_version: int) -> bool:
+        with self._tx() as conn:
+            return self._cas(conn, "breaker", breaker_values(state), expected_version)
+
+    def delete_breaker(self, name: str) -> bool:
+        with self._tx() as conn:
+            return conn.execute(self.q["breaker_delete"], {"name": name}).rowcount == 1
+
+    def rate_limits(self, names: Sequence[str] | None = None) -> list[RateState]:
+        rows = self._rows("rate_limits_all", "rate_limits_named", names)
+        return [rate_from_row(r) for r in rows]
+
+    def put_rate_limit(self, state: RateState, expected_version: int) -> bool:
+        with self._tx() as conn:
+            return self._cas(conn, "rate_limit", rate_values(state), expected_version)
+
+    def rate_keys_ready(
+        self, queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()
+    ) -> dict[str, tuple[float, str]]:
+        qf, qparams = self._queue_filter(queues, exclude)
+        sql = self.q["rate_keys_ready"].replace("{queue_filter}", qf)
+
+        def read(c: sqlite3.Connection) -> dict[str, tuple[float, str]]:
+            now = _now()
+            rows = c.execute(sql, {"now": now, **qparams}).fetchall()
+            return {key: (max(0.0, due - now), name) for key, due, name in rows}
+
+        return self._read(read)
+
+    def schedules(self) -> list[ScheduleState]:
+        return [schedule_from_row(r) for r in self._rows("schedules_all", "", None)]
+
+    def put_schedule(self, state: ScheduleState, expected_version: int) -> bool:
+        with self._tx() as conn:
+            return self._cas(conn, "schedule", schedule_values(state), expected_version)
+
+    def delete_schedule(self, name: str) -> bool:
+        with self._tx() as conn:
+            return conn.execute(self.q["schedule_delete"], {"name": name}).rowcount == 1
+
+    def fire_schedule(
+        self, state: ScheduleState, expected_version: int, tasks: Sequence[NewTask]
+    ) -> list[TaskId] | None:
+        with self._tx() as conn:
+            if not self._cas(conn, "schedule", schedule_values(state), expected_version):
+                return None
+            return self._insert(conn, tasks)
 
     def parse_id(self, text: str) -> TaskId:
         try:

@@ -1,7 +1,30 @@
 -- Every statement the SQLite backend runs, by name.  {prefix} is the table prefix;
 -- {queue_filter} (claim, has_ready, next_due) is "", "AND queue = :q0"-style text built
 -- from the worker's fixed --queues list and its paused queues ("AND queue NOT IN (:x0)"),
--- {exclude_filter} the paused queues alone.  Parameters are named (:now, :worker...).
+-- {exclude_filter} the paused queues alone.  {gate} is one of the gate_* conditions
+-- below: which tasks a claim of that kind may take.  Parameters are named (:now...).
+
+-- name: gate_plain
+-- a plain claim: no rate key, and not behind a breaker whose stored state is not closed
+-- (`breaker` is in the ready indexes: for the many tasks without one, no table lookup)
+AND t.rate_key IS NULL
+AND (t.breaker IS NULL
+     OR NOT EXISTS (SELECT 1 FROM {prefix}queue_breakers AS b
+                     WHERE b.name = t.breaker AND b.state <> 'closed'))
+
+-- name: gate_probe
+-- a probe claim: that breaker's tasks, whatever its state
+AND t.breaker = :breaker
+
+-- name: gate_rate
+-- a rate claim: that key's tasks, not behind a breaker that is not closed
+AND t.rate_key = :rate_key
+AND (t.breaker IS NULL
+     OR NOT EXISTS (SELECT 1 FROM {prefix}queue_breakers AS b
+                     WHERE b.name = t.breaker AND b.state <> 'closed'))
+
+-- name: gate_probe_rate
+AND t.breaker = :breaker AND t.rate_key = :rate_key
 
 -- name: schema_version
 SELECT value FROM {prefix}queue_meta WHERE key = 'schema_version'
@@ -14,20 +37,21 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value
 SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = :name
 
 -- name: insert_task
--- ?1..?9 are the fields of models.NewTask in order: task_name, payload_json, queue,
--- priority, max_attempts, run_at (epoch or NULL = now), delay, unique_key, batch; ?10 is
--- now (epoch seconds) and ?11 the same as UTC text for `created` (bound rather than the
--- column default: strftime() per row costs a sixth of a bulk insert).
+-- ?1..?11 are the fields of models.NewTask in order: task_name, payload_json, queue,
+-- priority, max_attempts, run_at (epoch or NULL = now), delay, unique_key, batch,
+-- breaker, rate_key; ?12 is now (epoch seconds) and ?13 the same as UTC text for
+-- `created` (bound rather than the column default: strftime() per row costs a sixth of a
+-- bulk insert).
 INSERT INTO {prefix}queue_tasks
     (task_name, payload, queue, priority, max_attempts, next_run, updated, unique_key, batch,
-     created)
-VALUES (?1, ?2, ?3, ?4, ?5, COALESCE(?6, ?10) + ?7, ?10, ?8, ?9, ?11)
+     breaker, rate_key, created)
+VALUES (?1, ?2, ?3, ?4, ?5, COALESCE(?6, ?12) + ?7, ?12, ?8, ?9, ?10, ?11, ?13)
 
 -- name: insert_task_unique
 INSERT INTO {prefix}queue_tasks
     (task_name, payload, queue, priority, max_attempts, next_run, updated, unique_key, batch,
-     created)
-VALUES (?1, ?2, ?3, ?4, ?5, COALESCE(?6, ?10) + ?7, ?10, ?8, ?9, ?11)
+     breaker, rate_key, created)
+VALUES (?1, ?2, ?3, ?4, ?5, COALESCE(?6, ?12) + ?7, ?12, ?8, ?9, ?10, ?11, ?13)
 ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('pending', 'processing')
 DO NOTHING
 RETURNING id
@@ -40,23 +64,24 @@ SELECT id FROM {prefix}queue_tasks
 SELECT last_insert_rowid()
 
 -- name: claim
+-- the gate: plain (the ready index), probe (the breaker index) or rate (the rate-key index)
 UPDATE {prefix}queue_tasks
    SET status = 'processing',
        attempts = attempts + 1,
        locked_by = :worker,
        locked_until = :now + :lease,
        updated = :now
- WHERE id IN (SELECT id FROM {prefix}queue_tasks
-               WHERE status = 'pending' AND next_run <= :now {queue_filter}
+ WHERE id IN (SELECT id FROM {prefix}queue_tasks AS t
+               WHERE status = 'pending' AND next_run <= :now {queue_filter} {gate}
                ORDER BY priority DESC, next_run, id
                LIMIT :limit)
-RETURNING id, queue, task_name, payload, attempts, max_attempts
+RETURNING id, queue, task_name, payload, attempts, max_attempts, breaker, rate_key
 
 -- name: claim_candidates
 -- with paused queues: one unpaused queue's first ready rows, in claim order (the
--- per-queue index), merged with the other queues' by the backend
-SELECT priority, next_run, id FROM {prefix}queue_tasks
- WHERE status = 'pending' AND queue = :queue AND next_run <= :now
+-- per-queue index), merged with the other queues' by the backend (plain claims only)
+SELECT priority, next_run, id FROM {prefix}queue_tasks AS t
+ WHERE status = 'pending' AND queue = :queue AND next_run <= :now {gate}
  ORDER BY priority DESC, next_run, id
  LIMIT :limit
 
@@ -68,32 +93,58 @@ UPDATE {prefix}queue_tasks
        locked_until = :now + :lease,
        updated = :now
  WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'pending'
-RETURNING id, queue, task_name, payload, attempts, max_attempts
+RETURNING id, queue, task_name, payload, attempts, max_attempts, breaker, rate_key
 
 -- name: first_pending_queue
--- a loose scan of the per-queue index: the queues that have pending rows, one step each
+-- a loose scan of the per-queue index: the queues that have pending rows (that a plain
+-- claim may see), one step each
 SELECT queue FROM {prefix}queue_tasks INDEXED BY {prefix}queue_tasks_queue_ready
- WHERE status = 'pending' ORDER BY queue LIMIT 1
+ WHERE status = 'pending' AND rate_key IS NULL ORDER BY queue LIMIT 1
 
 -- name: next_pending_queue
 SELECT queue FROM {prefix}queue_tasks INDEXED BY {prefix}queue_tasks_queue_ready
- WHERE status = 'pending' AND queue > :after ORDER BY queue LIMIT 1
+ WHERE status = 'pending' AND rate_key IS NULL AND queue > :after ORDER BY queue LIMIT 1
+
+-- has_ready, next_due and their parts: what a plain claim may take ({gate} = gate_plain)
 
 -- name: has_expired
-SELECT EXISTS (SELECT 1 FROM {prefix}queue_tasks
-                WHERE status = 'processing' AND locked_until <= :now {exclude_filter})
+SELECT EXISTS (SELECT 1 FROM {prefix}queue_tasks AS t
+                WHERE status = 'processing' AND locked_until <= :now {exclude_filter} {gate})
 
 -- name: has_ready
-SELECT EXISTS (SELECT 1 FROM {prefix}queue_tasks
-                WHERE status = 'pending' AND next_run <= :now {queue_filter})
-    OR EXISTS (SELECT 1 FROM {prefix}queue_tasks
-                WHERE status = 'processing' AND locked_until <= :now {exclude_filter})
+SELECT EXISTS (SELECT 1 FROM {prefix}queue_tasks AS t
+                WHERE status = 'pending' AND next_run <= :now {queue_filter} {gate})
+    OR EXISTS (SELECT 1 FROM {prefix}queue_tasks AS t
+                WHERE status = 'processing' AND locked_until <= :now {exclude_filter} {gate})
 
 -- name: next_due
-SELECT min(next_run) FROM {prefix}queue_tasks WHERE status = 'pending' {queue_filter}
+SELECT min(next_run) FROM {prefix}queue_tasks AS t
+ WHERE status = 'pending' {queue_filter} {gate}
 
 -- name: next_lease_expiry
-SELECT min(locked_until) FROM {prefix}queue_tasks WHERE status = 'processing' {exclude_filter}
+SELECT min(locked_until) FROM {prefix}queue_tasks AS t
+ WHERE status = 'processing' {exclude_filter} {gate}
+
+-- name: rate_keys_ready
+-- each rate key with claimable tasks (pending, or an expired lease), not behind a
+-- blocked breaker: its earliest due time and the task_name of that task (SQLite takes a
+-- bare column from the row that gave the min())
+SELECT rate_key, min(due), task_name FROM (
+    SELECT rate_key, next_run AS due, task_name FROM {prefix}queue_tasks AS t
+     WHERE status = 'pending' AND rate_key IS NOT NULL {queue_filter}
+       AND (t.breaker IS NULL
+            OR NOT EXISTS (SELECT 1 FROM {prefix}queue_breakers AS b
+                            WHERE b.name = t.breaker AND b.state <> 'closed'))
+    UNION ALL
+    SELECT rate_key, locked_until AS due, task_name FROM {prefix}queue_tasks AS t
+     WHERE status = 'processing' AND locked_until <= :now AND rate_key IS NOT NULL
+           {queue_filter}
+       AND (t.breaker IS NULL
+            OR NOT EXISTS (SELECT 1 FROM {prefix}queue_breakers AS b
+                            WHERE b.name = t.breaker AND b.state <> 'closed')))
+ GROUP BY rate_key
+ ORDER BY min(due), rate_key
+ LIMIT 100
 
 -- name: expired
 SELECT id, attempts, locked_by
@@ -132,14 +183,22 @@ UPDATE {prefix}queue_tasks
  WHERE id IN (SELECT value FROM json_each(:ids))
    AND locked_by = :worker AND status = 'processing'
 
+-- name: defer
+-- held back by a breaker or rate limit, not run: as a release, later, keys written
+UPDATE {prefix}queue_tasks
+   SET status = 'pending', locked_by = NULL, locked_until = NULL,
+       attempts = max(attempts - 1, 0), next_run = :now + :delay, updated = :now,
+       breaker = COALESCE(:breaker, breaker), rate_key = COALESCE(:rate_key, rate_key)
+ WHERE id = :id AND locked_by = :worker AND status = 'processing'
+
 -- name: bury_copy
 INSERT INTO {prefix}queue_dead_letters
     (task_id, queue, task_name, payload, priority, attempts, max_attempts, error, reason,
-     fingerprint, created, died_at, errors, unique_key)
+     fingerprint, created, died_at, errors, unique_key, breaker, rate_key)
 SELECT id, queue, task_name, payload, priority, attempts,
        COALESCE(max_attempts, :max_attempts), :message, :reason,
        :fingerprint, created, :now,
-       json_insert(COALESCE(errors, '[]'), '$[#]', json(:error)), unique_key
+       json_insert(COALESCE(errors, '[]'), '$[#]', json(:error)), unique_key, breaker, rate_key
   FROM {prefix}queue_tasks
  WHERE id = :id AND status = 'processing' AND (locked_by = :worker OR :worker IS NULL)
 
@@ -280,22 +339,24 @@ SELECT g.fingerprint, g.n, d.task_name, d.error, d.id, g.first_seen, g.last_seen
 -- name: mark_requeued
 UPDATE {prefix}queue_dead_letters SET status = 'requeued', requeued_at = :now
  WHERE id = :id AND status = 'dead'
-RETURNING task_id, queue, task_name, payload, priority, max_attempts, created, errors, unique_key
+RETURNING task_id, queue, task_name, payload, priority, max_attempts, created, errors, unique_key,
+          breaker, rate_key
 
 -- name: revive
 -- :due is when it runs again (now, or later with a delay/spread); :payload NULL keeps it
 UPDATE {prefix}queue_tasks
    SET status = 'pending', attempts = 0, next_run = :due, updated = :now,
        locked_by = NULL, locked_until = NULL, unique_key = :unique_key,
-       dead_letter_id = :dead_id, payload = COALESCE(:payload, payload)
+       dead_letter_id = :dead_id, payload = COALESCE(:payload, payload),
+       breaker = COALESCE(:breaker, breaker), rate_key = COALESCE(:rate_key, rate_key)
  WHERE id = :task_id AND status IN ('dead', 'discarded')
 
 -- name: reinsert
 INSERT INTO {prefix}queue_tasks
     (id, queue, task_name, payload, priority, status, attempts, max_attempts, next_run,
-     created, updated, errors, unique_key, dead_letter_id)
+     created, updated, errors, unique_key, dead_letter_id, breaker, rate_key)
 VALUES (:task_id, :queue, :task_name, :payload, :priority, 'pending', 0, :max_attempts,
-        :due, :created, :now, :errors, :unique_key, :dead_id)
+        :due, :created, :now, :errors, :unique_key, :dead_id, :breaker, :rate_key)
 
 -- name: mark_discarded
 UPDATE {prefix}queue_dead_letters SET status = 'discarded', discarded_at = :now
@@ -419,3 +480,75 @@ UPDATE {prefix}queue_batches SET completed = :now WHERE name = :name AND complet
 
 -- name: set_followup
 UPDATE {prefix}queue_batches SET followup_id = :id WHERE name = :name
+
+-- --- circuit breakers, rate limits, schedules: compare-and-set on `version` -------------
+-- *_insert stores a new row (expected version 0; nothing if one exists), *_update only
+-- over the version the caller read (:expected); :version is the new one.
+
+-- name: breakers_all
+SELECT * FROM {prefix}queue_breakers ORDER BY name
+
+-- name: breakers_named
+SELECT * FROM {prefix}queue_breakers
+ WHERE name IN (SELECT value FROM json_each(:names)) ORDER BY name
+
+-- name: breaker_insert
+INSERT INTO {prefix}queue_breakers
+    (name, state, failures, window_start, window_calls, window_failures, cooldown,
+     opened_at, retry_at, probe_by, probe_until, trips, forced, last_error, updated, version)
+VALUES (:name, :state, :failures, :window_start, :window_calls, :window_failures, :cooldown,
+        :opened_at, :retry_at, :probe_by, :probe_until, :trips, :forced, :last_error,
+        :updated, :version)
+ON CONFLICT (name) DO NOTHING
+
+-- name: breaker_update
+UPDATE {prefix}queue_breakers
+   SET state = :state, failures = :failures, window_start = :window_start,
+       window_calls = :window_calls, window_failures = :window_failures,
+       cooldown = :cooldown, opened_at = :opened_at, retry_at = :retry_at,
+       probe_by = :probe_by, probe_until = :probe_until, trips = :trips, forced = :forced,
+       last_error = :last_error, updated = :updated, version = :version
+ WHERE name = :name AND version = :expected
+
+-- name: breaker_delete
+DELETE FROM {prefix}queue_breakers WHERE name = :name
+
+-- name: rate_limits_all
+SELECT * FROM {prefix}queue_rate_limits ORDER BY name
+
+-- name: rate_limits_named
+SELECT * FROM {prefix}queue_rate_limits
+ WHERE name IN (SELECT value FROM json_each(:names)) ORDER BY name
+
+-- name: rate_limit_insert
+INSERT INTO {prefix}queue_rate_limits (name, calls, per, burst, tat, updated, version)
+VALUES (:name, :calls, :per, :burst, :tat, :updated, :version)
+ON CONFLICT (name) DO NOTHING
+
+-- name: rate_limit_update
+UPDATE {prefix}queue_rate_limits
+   SET calls = :calls, per = :per, burst = :burst, tat = :tat, updated = :updated,
+       version = :version
+ WHERE name = :name AND version = :expected
+
+-- name: schedules_all
+SELECT * FROM {prefix}queue_schedules ORDER BY name
+
+-- name: schedule_insert
+INSERT INTO {prefix}queue_schedules
+    (name, task_name, queue, payload, priority, cron, every, timezone, missed, next_tick,
+     last_tick, last_task_id, paused, declared, updated, version)
+VALUES (:name, :task_name, :queue, :payload, :priority, :cron, :every, :timezone, :missed,
+        :next_tick, :last_tick, :last_task_id, :paused, :declared, :updated, :version)
+ON CONFLICT (name) DO NOTHING
+
+-- name: schedule_update
+UPDATE {prefix}queue_schedules
+   SET task_name = :task_name, queue = :queue, payload = :payload, priority = :priority,
+       cron = :cron, every = :every, timezone = :timezone, missed = :missed,
+       next_tick = :next_tick, last_tick = :last_tick, last_task_id = :last_task_id,
+       paused = :paused, declared = :declared, updated = :updated, version = :version
+ WHERE name = :name AND version = :expected
+
+-- name: schedule_delete
+DELETE FROM {prefix}queue_schedules WHERE name = :name

@@ -25,14 +25,27 @@ CREATE TABLE IF NOT EXISTS {prefix}queue_tasks (
     unique_key     TEXT,
     errors         TEXT,
     dead_letter_id INTEGER,
-    batch          TEXT              -- the batch it belongs to (enqueue_many(batch=...))
+    batch          TEXT,             -- the batch it belongs to (enqueue_many(batch=...))
+    breaker        TEXT,             -- the circuit breaker it goes through
+    rate_key       TEXT              -- the rate limit it waits for (rate claims only)
 );
 
--- The claim reads only these partial indexes, so finished rows never slow it down.
+-- The claim reads only these partial indexes, so finished rows never slow it down.  A
+-- plain claim never takes a rate-keyed task, so those have their own index; `breaker`
+-- rides along so the claim's breaker test is read from the index, not the table.
 CREATE INDEX IF NOT EXISTS {prefix}queue_tasks_ready
-    ON {prefix}queue_tasks (priority DESC, next_run, id) WHERE status = 'pending';
+    ON {prefix}queue_tasks (priority DESC, next_run, id, breaker)
+    WHERE status = 'pending' AND rate_key IS NULL;
 CREATE INDEX IF NOT EXISTS {prefix}queue_tasks_queue_ready
-    ON {prefix}queue_tasks (queue, priority DESC, next_run, id) WHERE status = 'pending';
+    ON {prefix}queue_tasks (queue, priority DESC, next_run, id, breaker)
+    WHERE status = 'pending' AND rate_key IS NULL;
+-- rate claims (one key's tasks) and probe claims (one breaker's tasks)
+CREATE INDEX IF NOT EXISTS {prefix}queue_tasks_rate_ready
+    ON {prefix}queue_tasks (rate_key, priority DESC, next_run, id)
+    WHERE status = 'pending' AND rate_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS {prefix}queue_tasks_breaker_ready
+    ON {prefix}queue_tasks (breaker, priority DESC, next_run, id)
+    WHERE status = 'pending' AND breaker IS NOT NULL;
 CREATE INDEX IF NOT EXISTS {prefix}queue_tasks_lease
     ON {prefix}queue_tasks (locked_until) WHERE status = 'processing';
 CREATE INDEX IF NOT EXISTS {prefix}queue_tasks_done
@@ -68,7 +81,9 @@ CREATE TABLE IF NOT EXISTS {prefix}queue_dead_letters (
     reviewed_by  TEXT,
     reviewed_at  REAL,
     review_note  TEXT,
-    requeue_at   REAL              -- approved: when a worker re-queues it
+    requeue_at   REAL,             -- approved: when a worker re-queues it
+    breaker      TEXT,             -- the task's keys, restored by a re-queue
+    rate_key     TEXT
 );
 CREATE INDEX IF NOT EXISTS {prefix}queue_dead_letters_status
     ON {prefix}queue_dead_letters (status, died_at);
@@ -114,6 +129,58 @@ CREATE INDEX IF NOT EXISTS {prefix}queue_batches_completed
     ON {prefix}queue_batches (completed);
 CREATE INDEX IF NOT EXISTS {prefix}queue_batches_created
     ON {prefix}queue_batches (created);
+
+-- circuit breakers, rate limits and recurring schedules: rows swapped by compare-and-set
+-- on `version` (the decisions are made in Python: lmq.breaker, lmq.ratelimit, lmq.schedule)
+
+-- one row per breaker that has left its initial state (no row: closed)
+CREATE TABLE IF NOT EXISTS {prefix}queue_breakers (
+    name            TEXT    PRIMARY KEY,
+    state           TEXT    NOT NULL DEFAULT 'closed',   -- closed | open | half_open
+    failures        INTEGER NOT NULL DEFAULT 0,
+    window_start    REAL    NOT NULL DEFAULT 0,
+    window_calls    INTEGER NOT NULL DEFAULT 0,
+    window_failures INTEGER NOT NULL DEFAULT 0,
+    cooldown        REAL    NOT NULL DEFAULT 0,
+    opened_at       REAL,
+    retry_at        REAL,
+    probe_by        TEXT,
+    probe_until     REAL,
+    trips           INTEGER NOT NULL DEFAULT 0,
+    forced          INTEGER NOT NULL DEFAULT 0,
+    last_error      TEXT,
+    updated         REAL    NOT NULL DEFAULT 0,
+    version         INTEGER NOT NULL DEFAULT 1
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS {prefix}queue_rate_limits (
+    name    TEXT    PRIMARY KEY,
+    calls   INTEGER NOT NULL,
+    per     REAL    NOT NULL,
+    burst   INTEGER NOT NULL DEFAULT 1,
+    tat     REAL    NOT NULL DEFAULT 0,    -- the next free slot (GCRA)
+    updated REAL    NOT NULL DEFAULT 0,
+    version INTEGER NOT NULL DEFAULT 1
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS {prefix}queue_schedules (
+    name         TEXT    PRIMARY KEY,
+    task_name    TEXT    NOT NULL,
+    queue        TEXT    NOT NULL DEFAULT 'default',
+    payload      TEXT    NOT NULL DEFAULT '{}',
+    priority     INTEGER NOT NULL DEFAULT 0,
+    cron         TEXT,
+    every        REAL,                        -- seconds
+    timezone     TEXT    NOT NULL DEFAULT 'UTC',
+    missed       TEXT    NOT NULL DEFAULT 'once',
+    next_tick    REAL,
+    last_tick    REAL,
+    last_task_id INTEGER,
+    paused       INTEGER NOT NULL DEFAULT 0,
+    declared     REAL    NOT NULL DEFAULT 0,
+    updated      REAL    NOT NULL DEFAULT 0,
+    version      INTEGER NOT NULL DEFAULT 1
+);
 
 CREATE TABLE IF NOT EXISTS {prefix}queue_meta (
     key   TEXT PRIMARY KEY,
