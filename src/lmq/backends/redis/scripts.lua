@@ -94,7 +94,8 @@ local function unpad(m) return string.match(m, '^0*(%d+)$') end
 -- before layout 3 hold '0'..'3', the same flags.  So a byte >= 50 ('2') means "more
 -- than a plain task" and the hot path tests only that.
 local function make_head(q, prio, name, maxa, with_ukey, member, brk, rk)
-  local f = (with_ukey and 1 or 0) + (member and 2 or 0) + (brk and 4 or 0) + (rk and 8 or 0)
+  local f = (with_ukey and 1 or 0) + (member and 2 or 0) + (brk and 4 or 0) +
+    (rk and 8 or 0)
   return q .. '\0' .. prio .. '\0' .. name .. '\0' .. maxa .. '\0' .. string.char(48 + f)
 end
 local function hflags(h) return string.byte(h, -1) - 48 end
@@ -1009,7 +1010,9 @@ local function tally(q, keys)
 end
 for _, q in ipairs(redis.call('SMEMBERS', K_ACTIVE)) do
   local keys = {}
-  for _, p in ipairs(redis.call('ZRANGE', prio_key(q), 0, -1)) do keys[#keys + 1] = pend_key(q, p) end
+  for _, p in ipairs(redis.call('ZRANGE', prio_key(q), 0, -1)) do
+    keys[#keys + 1] = pend_key(q, p)
+  end
   tally(q, keys)
 end
 for _, rk in ipairs(redis.call('SMEMBERS', K_RKEYS)) do
