@@ -1,8 +1,9 @@
-"""PostgreSQL-only behaviour: the schema (fresh == migrated, and `lmq migrate` from schema
-1), the seed's bare INSERT, the NOTIFY trigger and the LISTEN wake source (also across a
+"""PostgreSQL-only behaviour: the schema (fresh == migrated, and `lmq migrate` from schemas
+1 and 2), the seed's bare INSERT, the NOTIFY trigger and the LISTEN wake source (also across a
 killed connection), PgBouncer in transaction mode, schema and connection errors,
 concurrent migrates and claims, paused queues in the claim's plan, concurrent batch
-settling and approved re-queues, batches inside the application's transaction.
+settling and approved re-queues, batches inside the application's transaction, the plans
+of the claims with breakers and rate keys (an open breaker's backlog is never walked).
 
 Runs when ``LMQ_TEST_POSTGRES_URL`` names a server (``.ci/run`` sets it); every test
 works under a fresh prefix of its own and drops it afterwards.  The PgBouncer test starts
@@ -32,7 +33,17 @@ import lmq
 from lmq.backends.postgres import PostgresBackend
 from lmq.backends.postgres.backend import SCHEMA_VERSION
 from lmq.backends.sqlfile import load_migrations
-from lmq.models import ClaimRequest, CompleteBatch, DeadFilter, DeadSelector, Review, TaskId
+from lmq.models import (
+    BreakerState,
+    ClaimRequest,
+    CompleteBatch,
+    DeadFilter,
+    DeadSelector,
+    NewTask,
+    Review,
+    ScheduleState,
+    TaskId,
+)
 from lmq.url import parse_url
 from lmq_testservers import drop_prefix
 
@@ -127,7 +138,7 @@ def test_fresh_schema_equals_the_migrations_applied_in_order() -> None:
                 conn.execute(sql.encode())
             a, b = _catalog(conn, fresh), _catalog(conn, migrated)
         backend.close()
-        assert len(a["tables"]) == 6 and len(a["indexes"]) >= 16 and a["triggers"]
+        assert len(a["tables"]) == 9 and len(a["indexes"]) >= 22 and a["triggers"]
         assert {f[0] for f in a["functions"]} == {"{prefix}queue_now", "{prefix}queue_notify"}
         for kind in a:
             assert a[kind] == b[kind], kind
@@ -150,6 +161,9 @@ def test_migrate_creates_every_object_under_the_prefix(prefix: str) -> None:
         "{prefix}queue_meta",
         "{prefix}queue_queues",
         "{prefix}queue_batches",
+        "{prefix}queue_breakers",
+        "{prefix}queue_rate_limits",
+        "{prefix}queue_schedules",
     }
     assert all(i[1].startswith("{prefix}") for i in cat["indexes"])
     assert all(t[1].startswith("{prefix}") for t in cat["triggers"])
@@ -622,26 +636,32 @@ def test_behind_pgbouncer_in_transaction_mode(bouncer: str, prefix: str) -> None
         assert q.counts()["dead"] == 0
 
 
-# --- schema 2: upgrading, the issue-4 verbs on this server -----------------------------------
+# --- upgrading older schemas; the issue-4 and issue-5 verbs on this server -------------------
 
 
-def _make_schema_1(prefix: str) -> None:
-    """What an lmq of schema 1 left: 0001_initial.sql only, schema_version 1."""
-    (number, _name, sql), *_later = load_migrations("lmq.backends.postgres.migrations", prefix)
-    assert number == 1
+def _make_schema(prefix: str, version: int) -> None:
+    """What an lmq of schema ``version`` left: the migrations up to it, schema_version."""
+    migrations = load_migrations("lmq.backends.postgres.migrations", prefix)
     with _raw() as conn:
-        conn.execute(sql.encode())
-        conn.execute(f"INSERT INTO {prefix}queue_meta (key, value) VALUES ('schema_version', '1')")
+        for number, _name, sql in migrations:
+            if number <= version:
+                conn.execute(sql.encode())
+        conn.execute(
+            f"INSERT INTO {prefix}queue_meta (key, value) VALUES ('schema_version', %s)",
+            (str(version),),
+        )
 
 
-def test_lmq_migrate_upgrades_a_schema_1_database() -> None:
-    """A version-1 database with work in it: refused until `lmq migrate` (the CLI), which
-    applies 0002 only; the catalog is then schema.sql's, the old rows are kept, and the
-    new verbs and a worker run on it."""
+@pytest.mark.parametrize("version", [1, 2])
+def test_lmq_migrate_upgrades_an_older_database(version: int) -> None:
+    """A version-1 or -2 database with work in it: refused until `lmq migrate` (the CLI),
+    which applies the later migrations only; the catalog is then schema.sql's, the old rows
+    are kept (and claimable: the ready indexes are rebuilt), and the new verbs and a worker
+    run on it."""
     old, fresh = _new_prefix(), _new_prefix()
     try:
-        _make_schema_1(old)
-        with _raw() as conn:  # rows schema 1 wrote
+        _make_schema(old, version)
+        with _raw() as conn:  # rows the old schema wrote
             conn.execute(
                 f"INSERT INTO {old}queue_tasks (task_name, payload, status) VALUES"
                 " ('job', '{\"n\": 1}', 'pending'), ('job', '{\"n\": 2}', 'done')"
@@ -652,6 +672,12 @@ def test_lmq_migrate_upgrades_a_schema_1_database() -> None:
                 " 'ValueError: old', 'attempts used up', 'fp-old',"
                 " extract(epoch FROM now()))"
             )
+            if version >= 2:  # a paused queue and a pending batch member
+                conn.execute(f"INSERT INTO {old}queue_queues (name, paused) VALUES ('p', true)")
+                conn.execute(
+                    f"INSERT INTO {old}queue_tasks (task_name, payload, queue, batch) VALUES"
+                    " ('job', '{\"n\": 4}', 'p', 'old-batch')"
+                )
         url = _with(_base(), prefix=old)
         with lmq.Queue(url) as q, pytest.raises(lmq.SchemaMissing, match="lmq migrate"):
             q.counts()
@@ -670,15 +696,19 @@ def test_lmq_migrate_upgrades_a_schema_1_database() -> None:
         for kind in a:
             assert a[kind] == b[kind], kind
         with lmq.Queue(url) as q:
-            assert q.backend.schema_version() == SCHEMA_VERSION == 2
+            assert q.backend.schema_version() == SCHEMA_VERSION == 3
             assert q.migrate() == []
-            assert q.counts() == {"pending": 1, "processing": 0, "done": 1, "dead": 1}
+            pending = 2 if version >= 2 else 1
+            assert q.counts() == {"pending": pending, "processing": 0, "done": 1, "dead": 1}
             (group,) = q.backend.dead_groups(DeadFilter())
             assert (group.fingerprint, group.count, group.example) == (
                 "fp-old",
                 1,
                 "ValueError: old",
             )
+            if version >= 2:
+                assert set(q.backend.paused_queues()) == {"p"}
+                q.resume("p")
             seen: list[Any] = []
 
             @q.task
@@ -691,10 +721,22 @@ def test_lmq_migrate_upgrades_a_schema_1_database() -> None:
 
             q.enqueue_many([("job", {"n": 3})], batch="b", on_complete=("finished", {"name": "b"}))
             assert run_burst(q) == 0
-            assert sorted(map(str, seen)) == ["1", "3", "b"]
+            assert sorted(map(str, seen)) == sorted(["1", "3", "b"] + ["4"] * (version >= 2))
             info = q.batch("b")
             assert info is not None and info.completed is not None
             assert info.done == 1 and info.followup_id is not None
+            # schema 3's verbs on the upgraded tables
+            backend = q.backend
+            keyed = backend.enqueue([NewTask("job", '{"n": 5}', breaker="crm", rate_key="r")])
+            assert backend.get(keyed[0]).breaker == "crm"  # type: ignore[union-attr]
+            assert backend.put_breaker(BreakerState("crm", "open", version=1), 0)
+            assert backend.breakers()[0].state == "open"
+            assert not backend.has_ready(None)
+            assert backend.rate_keys_ready(None) == {}
+            assert ids(backend.claim(ClaimRequest("w", 5, 30.0, breaker="crm")).tasks) == keyed
+            assert backend.put_schedule(ScheduleState("s", "job", version=1), 0)
+            assert backend.fire_schedule(ScheduleState("s", "job", version=2), 1, []) == []
+            assert backend.schedules()[0].version == 2
     finally:
         drop_prefix(_base(), old)
         drop_prefix(_base(), fresh)
@@ -733,7 +775,7 @@ def test_the_claim_is_unchanged_without_paused_queues_and_skips_a_paused_backlog
     params = {"worker": "w", "lease": 30.0, "limit": 10, "queues": [], "exclude": ["paused"]}
     with _raw() as conn:
         conn.execute(f"ANALYZE {backend.prefix}queue_tasks")
-        for name in ("claim", "has_ready_excluding", "due_excluding"):
+        for name in ("claim", "has_ready", "due_excluding"):
             sql = backend._queries(name, None, True)
             assert "<> ALL" in sql
             with conn.transaction(force_rollback=True):
@@ -745,6 +787,122 @@ def test_the_claim_is_unchanged_without_paused_queues_and_skips_a_paused_backlog
     assert backend.next_due(None, ("paused",)) == 0
     got = backend.claim(ClaimRequest("w", 10, 30.0, None, ("paused",))).tasks
     assert len(got) == 10 and set(ids(got)) <= set(open_ids)
+
+
+def _index_scans(plan: dict[str, Any]) -> set[str]:
+    return {n["Index Name"] for n in _plan_nodes(plan["Plan"]) if "Index Name" in n}
+
+
+def test_an_open_breakers_backlog_and_rate_keyed_rows_are_never_walked(pq: lmq.Queue) -> None:
+    """5,000 tasks behind an open breaker and 5,000 rate-keyed ones, ahead of everything in
+    the ready order: the plain claim (of every queue, of some, with some paused), has_ready
+    and "due" walk the plain rows' index and the rows of the closed breakers only, also
+    once nothing is left for them (an idle worker's reads); the probe claim, the rate
+    claim and rate_keys_ready walk only their own rows (rate_keys_ready: including a key's
+    rows behind an open breaker).  Plain rows are found through the plain ready indexes
+    (their predicate: no rate key, no breaker), whatever the statistics say."""
+    backend = pq.backend
+    assert isinstance(backend, PostgresBackend)
+    p = backend.prefix
+    assert backend.put_breaker(BreakerState("down", "open", version=1), 0)
+    backend.enqueue([NewTask("t", "{}", priority=9, breaker="down") for _ in range(5000)])
+    backend.enqueue([NewTask("t", "{}", priority=8, rate_key="k") for _ in range(5000)])
+    backend.enqueue([NewTask("t", "{}", priority=7, breaker="down", rate_key="k2")] * 2000)
+    behind_up = backend.enqueue([NewTask("t", "{}", priority=1, breaker="up")] * 20)
+    plain_ids = pq.enqueue_many([("t", {}) for _ in range(20)])
+    params: dict[str, Any] = {"worker": "w", "lease": 30.0, "limit": 10, "queues": [],
+                              "exclude": [], "breaker": "up", "rate_key": "k"}  # fmt: skip
+    cases = [
+        ("claim", None, False, "plain", {f"{p}queue_tasks_ready"}),
+        ("claim", ("default",), False, "plain", {f"{p}queue_tasks_queue_ready"}),
+        ("claim", None, True, "plain", {f"{p}queue_tasks_queue_ready"}),
+        ("has_ready", None, False, "plain", {f"{p}queue_tasks_ready"}),
+        ("has_ready", ("default",), False, "plain", {f"{p}queue_tasks_queue_ready"}),
+        ("has_ready", None, True, "plain", {f"{p}queue_tasks_queue_ready"}),
+        ("due", None, False, "plain", {f"{p}queue_tasks_ready"}),
+        ("due_excluding", None, True, "plain", {f"{p}queue_tasks_queue_ready"}),
+        ("claim", None, False, "lean", {f"{p}queue_tasks_ready"}),
+        ("claim", ("default",), False, "lean", {f"{p}queue_tasks_queue_ready"}),
+        ("claim", None, True, "lean", {f"{p}queue_tasks_queue_ready"}),
+        ("claim", None, False, "probe", {f"{p}queue_tasks_breaker_ready"}),
+        ("claim", None, False, "rate", {f"{p}queue_tasks_rate_ready"}),
+        ("rate_keys_ready", None, False, "plain", {f"{p}queue_tasks_rate_ready"}),
+    ]
+
+    def check(cases: list[tuple[str, Any, bool, str, set[str]]]) -> None:
+        with _raw() as conn:
+            conn.execute(f"ANALYZE {p}queue_tasks")
+            for name, queues, excluding, kind, indexes in cases:
+                sql = backend._queries(name, queues, excluding, kind)
+                args = {**params, "queues": list(queues or ()), "exclude": ["x"] * excluding}
+                with conn.transaction(force_rollback=True):
+                    conn.execute("SET LOCAL enable_sort = off")
+                    conn.execute("SET LOCAL jit = off")
+                    conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+                    rows, filtered, plan = _walked(conn, sql, args)
+                case = (name, queues, excluding, kind)
+                # rate_keys_ready does walk a rate key's rows behind an open breaker (the
+                # 2,000 of k2: the rate index does not tell breakers apart); nothing else
+                most = 2000 + 200 if name == "rate_keys_ready" else 200
+                assert rows < 200 and filtered < most, (case, rows, filtered, plan)
+                used = _index_scans(plan)
+                assert indexes <= used, (case, used)
+                if kind != "rate" and name != "rate_keys_ready":  # breaker rows: their index
+                    assert f"{p}queue_tasks_breaker_ready" in used, (case, used)
+
+    check(cases)
+    got = backend.claim(ClaimRequest("w", 100, 30.0)).tasks
+    assert sorted(ids(got)) == sorted(plain_ids + behind_up)
+    # nothing left for a plain claim: an idle worker's reads walk nothing either
+    check([c for c in cases if c[0] in ("claim", "has_ready", "due", "due_excluding")])
+    assert not backend.has_ready(None)
+    due = backend.next_due(None)  # only the leases just taken, not the blocked backlog
+    assert due is not None and 25 < due <= 30
+    assert set(backend.rate_keys_ready(None)) == {"k"}
+    assert len(backend.claim(ClaimRequest("w", 10, 30.0, rate_key="k")).tasks) == 10
+    assert backend.claim(ClaimRequest("w", 10, 30.0, rate_key="k2")).tasks == []
+    probe = backend.claim(ClaimRequest("w", 1, 30.0, breaker="down")).tasks
+    assert [t.breaker for t in probe] == ["down"]
+
+
+@pytest.mark.parametrize("options", [{}, {"pipeline": "true"}])
+def test_lean_plain_claims_while_no_row_has_a_breaker(prefix: str, options: dict[str, str]) -> None:
+    """While no pending row has a breaker, plain claims walk the plain rows only (a
+    statement that plans in half the time); the first claim that finds such rows tops up
+    what it left free with the full claim, in claims and in acknowledgements alike."""
+    with lmq.Queue(_with(_base(), prefix=prefix, **options)) as q:
+        q.migrate()
+        backend = q.backend
+        assert isinstance(backend, PostgresBackend)
+        first = q.enqueue_many([("t", {}) for _ in range(3)])
+        assert backend._breaker_rows  # unknown at first: the full claim
+        assert ids(claim(backend, limit=1)) == first[:1]
+        assert not backend._breaker_rows  # none seen: lean from now on
+        # rows with a breaker appear; the lean claim takes the plain ones, sees them, and
+        # its free slots are filled by the full claim at once
+        behind = backend.enqueue([NewTask("t", "{}", breaker="b", priority=5)] * 2)
+        got = ids(claim(backend, limit=10))
+        assert sorted(got) == sorted(first[1:] + behind)
+        assert backend._breaker_rows
+        assert claim(backend) == []
+        complete(backend, done=[*first, *behind])
+        assert claim(backend) == [] and not backend._breaker_rows
+        # an idle worker's claim when only rows with a breaker are ready: topped up too
+        (only,) = backend.enqueue([NewTask("t", "{}", breaker="b")])
+        assert ids(claim(backend)) == [only]
+        # the same through an acknowledgement that claims
+        plain_one = q.enqueue("t")
+        assert ids(claim(backend, limit=1)) == [plain_one]
+        assert not backend._breaker_rows
+        more = backend.enqueue([NewTask("t", "{}", breaker="b")] * 2)
+        result = backend.complete(
+            CompleteBatch("w1", done=[only, plain_one]), ClaimRequest("w1", 10, 30.0)
+        )
+        assert result is not None and sorted(ids(result.tasks)) == sorted(more)
+        # a blocked breaker's rows: the full claim finds nothing, and says so
+        assert backend.put_breaker(BreakerState("b", "open", version=1), 0)
+        backend.enqueue([NewTask("t", "{}", breaker="b")] * 2)
+        assert claim(backend) == [] and backend._breaker_rows
 
 
 @pytest.mark.parametrize("options", [{}, {"pgbouncer": "true"}, {"pipeline": "true"}])

@@ -76,6 +76,7 @@ from ...exceptions import BackendError, ConfigError, NotFound, SchemaMissing
 from ...models import (
     BatchInfo,
     BatchSpec,
+    BreakerState,
     CancelSelector,
     Claimed,
     ClaimRequest,
@@ -89,8 +90,10 @@ from ...models import (
     Heartbeat,
     NewTask,
     PruneRequest,
+    RateState,
     RenewRequest,
     Review,
+    ScheduleState,
     Task,
     TaskFilter,
     TaskId,
@@ -105,13 +108,13 @@ from ..sqlfile import check_prefix, load_migrations, load_queries
 from .connection import Pool, translate
 from .wake import ListenWakeSource
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _PACKAGE = "lmq.backends.postgres"
 _VACUUM_AFTER = 10_000  # dead rows in the task table (only when autovacuum is off)
 _CHUNK = 50_000  # rows per INSERT statement in a bulk enqueue (one transaction for all)
 # the fields of a NewTask, in order, as the insert statements name their parameters
 _FIELDS = ("task_name", "payload", "queue", "priority", "max_attempts", "run_at", "delay",
-           "unique_key", "batch")  # fmt: skip
+           "unique_key", "batch", "breaker", "rate_key")  # fmt: skip
 _STATUSES = ("pending", "processing", "done", "dead", "cancelled")
 
 _LIBPQ = frozenset(
@@ -166,10 +169,10 @@ def _number(url: QueueURL, name: str, default: float, low: float) -> float:
 
 
 def task_from_row(r: dict[str, Any]) -> Task:
-    """A task row (with schema 2's ``batch``) as a Task."""
+    """A task row (with schema 2's ``batch``, schema 3's ``breaker`` and ``rate_key``)."""
     task = shared.task_from_row(r)
-    batch = r.get("batch")
-    return task if batch is None else dataclasses.replace(task, batch=batch)
+    extra = {k: v for k in ("batch", "breaker", "rate_key") if (v := r.get(k)) is not None}
+    return dataclasses.replace(task, **extra) if extra else task
 
 
 def dead_from_row(r: dict[str, Any]) -> DeadLetter:
@@ -296,7 +299,9 @@ class PostgresBackend:
         self.q = load_queries(_PACKAGE, "queries.sql", self.prefix)
         self._schema_checked = False
         self._schema_lock = threading.Lock()
-        self._sql: dict[tuple[str, tuple[str, ...] | None, bool], str] = {}
+        self._sql: dict[tuple[str, tuple[str, ...] | None, bool, str], str] = {}
+        # whether the last plain claim saw pending rows with a breaker (see _claim_in)
+        self._breaker_rows = True
 
     # --- connections ---------------------------------------------------------------
 
@@ -479,6 +484,8 @@ class PostgresBackend:
                     "run_at": t.run_at,
                     "delay": t.delay,
                     "batch": t.batch,
+                    "breaker": t.breaker,
+                    "rate_key": t.rate_key,
                 },
             )
             return [cur.fetchone()[0]]
@@ -531,26 +538,59 @@ class PostgresBackend:
 
     # --- worker --------------------------------------------------------------------
 
-    def _queries(self, name: str, queues: tuple[str, ...] | None, excluding: bool = False) -> str:
+    def _queries(
+        self,
+        name: str,
+        queues: tuple[str, ...] | None,
+        excluding: bool = False,
+        kind: str = "plain",
+    ) -> str:
         """A worker statement for a worker of ``queues`` (None: every queue).
 
         ``excluding`` (a worker of every queue while some are paused): the ready walk goes
         queue by queue over the queues with pending tasks that are not paused, and lapsed
         leases of paused queues are left alone.  Without paused queues the statement is
-        exactly the one it always was.
+        exactly the one it always was.  ``kind``: the claim's (``plain``, ``probe`` for
+        ``ClaimRequest.breaker``, ``rate`` for ``ClaimRequest.rate_key``, ``lean``: a plain
+        claim that walks only the plain rows, while no pending row has a breaker); has_ready
+        and the due statements are the plain claim's.
         """
-        key = (name, queues, excluding)
+        key = (name, queues, excluding, kind)
         sql = self._sql.get(key)
         if sql is None:
             if excluding:
-                ready = self.q["ready_excluding"]
+                plain, first = self.q["ready_excluding"], self.q["first_excluding"]
                 qf = "AND queue <> ALL(%(exclude)s::text[])"
+            elif queues:
+                plain, first = self.q["ready_queues"], self.q["first_queues"]
+                qf = "AND queue = ANY(%(queues)s)"
             else:
-                ready = self.q["ready_queues" if queues else "ready_all"]
-                qf = "AND queue = ANY(%(queues)s)" if queues else ""
-            text = self.q[name].replace("{ready}", ready)
-            text = text.replace("{pending_queues}", self.q["pending_queues"])
-            sql = self._sql[key] = text.replace("{queue_filter}", qf)
+                plain, first, qf = self.q["ready_all"], self.q["first_all"], ""
+            ready = {
+                "plain": self.q["plain_ready"],
+                "lean": plain,
+                "probe": self.q["ready_probe"],
+                "rate": self.q["ready_rate"],
+            }[kind]
+            text = self.q[name]
+            for placeholder, fragment in (
+                ("{ready}", ready),
+                ("{plain}", plain),
+                ("{first_plain}", first),
+                ("{breakers_due}", self.q["breakers_due"]),
+                ("{ready_breakers}", self.q["ready_breakers"]),
+                ("{gate}", self.q["plain_gate" if kind == "lean" else f"{kind}_gate"]),
+                ("{unblocked}", self.q["unblocked"]),
+                ("{closed_breakers}", self.q["closed_breakers"]),
+                ("{pending_queues}", self.q["pending_queues"]),
+                ("{queue_filter}", qf),
+            ):
+                if placeholder in text:  # the fragment without its comment lines
+                    part = "\n".join(
+                        ln for ln in fragment.splitlines() if not ln.lstrip().startswith("--")
+                    )
+                    text = text.replace(placeholder, part)
+            sql = self._sql[key] = text
         return sql
 
     def claim(self, request: ClaimRequest) -> ClaimResult:
@@ -558,18 +598,45 @@ class PostgresBackend:
             return ClaimResult([])  # every queue this worker takes is paused
         with self._conn(worker=True) as conn:
             if self.session_settings:  # one statement: no transaction needed
-                return self._claim_in(conn, request)()
+                result, short = self._claim_in(conn, request)()
+            else:
+                with self._tx(conn, worker=True):
+                    pending = self._claim_in(conn, request)
+                result, short = pending()
+            if short:
+                result = self._top_up(conn, request, result, short)
+        return result
+
+    def _top_up(
+        self, conn: psycopg.Connection[Any], request: ClaimRequest, got: ClaimResult, short: int
+    ) -> ClaimResult:
+        """A lean plain claim found rows with a breaker it did not walk (see ``_claim_in``):
+        claim the slots it left free with the full plain claim."""
+        more = dataclasses.replace(request, limit=short)
+        if self.session_settings:
+            extra, _ = self._claim_in(conn, more, lean=False)()
+        else:
             with self._tx(conn, worker=True):
-                pending = self._claim_in(conn, request)
-            return pending()
+                pending = self._claim_in(conn, more, lean=False)
+            extra, _ = pending()
+        return ClaimResult(got.tasks + extra.tasks, got.rescued + extra.rescued)
 
     def _claim_in(
-        self, conn: psycopg.Connection[Any], request: ClaimRequest
-    ) -> Callable[[], ClaimResult]:
-        """Send the claim; return a function reading its result (after a pipeline)."""
+        self, conn: psycopg.Connection[Any], request: ClaimRequest, lean: bool | None = None
+    ) -> Callable[[], tuple[ClaimResult, int]]:
+        """Send the claim; return a function reading its result (after a pipeline) and how
+        many slots a lean claim left that the full plain claim should try to fill.
+
+        A plain claim walks the rows behind closed breakers too, which costs its planning
+        about a third of a millisecond; every claim reports whether any pending row has a
+        breaker, and while none has, plain claims are "lean" (the plain rows only).  The
+        first claim after such rows appear is lean still: it may take a plain task before
+        a higher-priority one behind a breaker, and what it leaves free is topped up at
+        once by the full claim (so an idle worker never misses them).
+        """
         scope = _scope(request.queues, request.exclude)
         if scope is None:
-            return lambda: ClaimResult([])
+            return lambda: (ClaimResult([]), 0)
         queues, exclude = scope
         params: dict[str, Any] = {
             "worker": request.worker_id,
@@ -579,19 +646,37 @@ class PostgresBackend:
         }
         if exclude:
             params["exclude"] = list(exclude)
+        kind = "plain"
+        if request.breaker is not None:  # a probe: only that breaker's tasks
+            kind = "probe"
+            params["breaker"] = request.breaker
+        elif request.rate_key is not None:  # only that rate key's tasks
+            kind = "rate"
+            params["rate_key"] = request.rate_key
+        elif lean if lean is not None else not self._breaker_rows:
+            kind = "lean"
         cur = conn.cursor()
-        cur.execute(self._queries("claim", queues, bool(exclude)), params)
+        cur.execute(self._queries("claim", queues, bool(exclude), kind), params)
 
-        def result() -> ClaimResult:
+        def result() -> tuple[ClaimResult, int]:
             rows = cur.fetchall()
-            rescued = sum(1 for r in rows if r[6])
-            return ClaimResult([Claimed._make(r[:6]) for r in rows], rescued)
+            # the flag row is the one without an id (the last one, as Append runs in order)
+            breaker_rows = any(r[8] for r in rows if r[0] is None)
+            rows = [r for r in rows if r[0] is not None]
+            if kind in ("plain", "lean"):
+                self._breaker_rows = breaker_rows
+            rescued = sum(1 for r in rows if r[8])
+            got = ClaimResult([Claimed._make(r[:8]) for r in rows], rescued)
+            short = request.limit - len(rows) if kind == "lean" and breaker_rows else 0
+            return got, short
 
         return result
 
     def _due(
         self, queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()
-    ) -> tuple[float | None, float | None, float]:
+    ) -> tuple[float | None, float | None, float | None, float]:
+        """The earliest plain pending next_run, the same behind closed breakers, the
+        earliest lease expiry (tasks a plain claim may take), and the server's now."""
         sql = self._queries("due_excluding" if exclude else "due", queues, bool(exclude))
         params = {"queues": list(queues or ()), "exclude": list(exclude)}
         with self._conn(worker=True) as conn:
@@ -602,17 +687,14 @@ class PostgresBackend:
                     cur = conn.execute(sql, params)
                 row = cur.fetchone()
         assert row is not None
-        return row[0], row[1], row[2]
+        return row[0], row[1], row[2], row[3]
 
     def has_ready(self, queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()) -> bool:
         scope = _scope(queues, exclude)
         if scope is None:
             return False
         queues, exclude = scope
-        if exclude:
-            sql = self._queries("has_ready_excluding", None, True)
-        else:
-            sql = self._queries("has_ready", queues)
+        sql = self._queries("has_ready", queues, bool(exclude))
         params = {"queues": list(queues or ()), "exclude": list(exclude)}
         with self._conn(worker=True) as conn:
             row = conn.execute(sql, params).fetchone()
@@ -624,8 +706,8 @@ class PostgresBackend:
         scope = _scope(queues, exclude)
         if scope is None:
             return None
-        due, expiry, now = self._due(*scope)
-        times = [t for t in (due, expiry) if t is not None]
+        due, behind_breakers, expiry, now = self._due(*scope)
+        times = [t for t in (due, behind_breakers, expiry) if t is not None]
         return max(0.0, min(times) - now) if times else None
 
     def complete(
@@ -634,7 +716,7 @@ class PostgresBackend:
         if not len(batch):
             return self.claim(claim) if claim is not None else None
         worker = batch.worker_id
-        pending: Callable[[], ClaimResult] | None = None
+        pending: Callable[[], tuple[ClaimResult, int]] | None = None
         with self._conn(worker=True) as conn:
             with self._tx(conn, worker=True):
                 cur = conn.cursor()
@@ -667,11 +749,32 @@ class PostgresBackend:
                     )
                 if batch.released:
                     cur.execute(self.q["release"], {"ids": list(batch.released), "worker": worker})
-                if batch.released or any(r.delay <= 0 for r in batch.retries):
+                if batch.deferred:
+                    d = batch.deferred
+                    cur.execute(
+                        self.q["defer"],
+                        {
+                            "worker": worker,
+                            "ids": [x.id for x in d],
+                            "delays": [x.delay for x in d],
+                            "breakers": [x.breaker for x in d],
+                            "rate_keys": [x.rate_key for x in d],
+                        },
+                    )
+                if (
+                    batch.released
+                    or any(r.delay <= 0 for r in batch.retries)
+                    or any(x.delay <= 0 for x in batch.deferred)
+                ):
                     cur.execute(self.q["notify"])  # ready again at once: wake other workers
                 if claim is not None:
                     pending = self._claim_in(conn, claim)
-            return pending() if pending is not None else None
+            if pending is None:
+                return None
+            result, short = pending()
+            if short and claim is not None:
+                result = self._top_up(conn, claim, result, short)
+            return result
 
     def renew(self, request: RenewRequest) -> list[TaskId]:
         if not request.ids:
@@ -1152,6 +1255,119 @@ class PostgresBackend:
                         conn.execute(self.q["set_followup"], {"id": followup, "name": name})
                 settled.append((name, followup))
         return settled
+
+    # --- circuit breakers, rate limits, schedules --------------------------------------
+
+    @staticmethod
+    def _names_where(names: Sequence[str] | None) -> tuple[str, dict[str, Any]]:
+        if names is None:
+            return "", {}
+        return "WHERE name = ANY(%(names)s::text[])", {"names": list(names)}
+
+    def _put(
+        self, conn: psycopg.Connection[Any], what: str, row: dict[str, Any], expected: int
+    ) -> bool:
+        """The compare-and-set: insert at expected version 0, else update where the
+        stored version is ``expected``; the stored version becomes ``expected + 1``."""
+        row = {**row, "version": expected + 1, "expected": expected}
+        sql = self.q[f"insert_{what}" if expected == 0 else f"update_{what}"]
+        return conn.execute(sql, row).rowcount == 1
+
+    @staticmethod
+    def _breaker_row(state: BreakerState) -> dict[str, Any]:
+        return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+
+    def breakers(self, names: Sequence[str] | None = None) -> list[BreakerState]:
+        if names is not None and not names:
+            return []
+        where, params = self._names_where(names)
+        with self._conn(worker=True) as conn:
+            rows = conn.execute(self.q["breakers"].replace("{where}", where), params).fetchall()
+        return [BreakerState(*r) for r in rows]
+
+    def put_breaker(self, state: BreakerState, expected_version: int) -> bool:
+        with self._conn(worker=True) as conn:
+            return self._put(conn, "breaker", self._breaker_row(state), expected_version)
+
+    def delete_breaker(self, name: str) -> bool:
+        with self._conn(worker=True) as conn:
+            return conn.execute(self.q["delete_breaker"], {"name": name}).rowcount > 0
+
+    def rate_limits(self, names: Sequence[str] | None = None) -> list[RateState]:
+        if names is not None and not names:
+            return []
+        where, params = self._names_where(names)
+        with self._conn(worker=True) as conn:
+            sql = self.q["rate_limits"].replace("{where}", where)
+            rows = conn.execute(sql, params).fetchall()
+        return [RateState(*r) for r in rows]
+
+    def put_rate_limit(self, state: RateState, expected_version: int) -> bool:
+        row = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+        with self._conn(worker=True) as conn:
+            return self._put(conn, "rate_limit", row, expected_version)
+
+    def rate_keys_ready(
+        self, queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()
+    ) -> dict[str, tuple[float, str]]:
+        """The rate index's keys by a loose scan (one probe each), each key's earliest
+        due task by a loose scan over its priorities; plus keys with a lapsed lease."""
+        scope = _scope(queues, exclude)
+        if scope is None:
+            return {}
+        queues, exclude = scope
+        excluding = bool(exclude)
+        ready_sql = self._queries("rate_keys_ready", queues, excluding)
+        lapsed_sql = self._queries("rate_keys_lapsed", queues, excluding)
+        params = {"queues": list(queues or ()), "exclude": list(exclude)}
+        with self._conn(worker=True) as conn:
+            if self.session_settings:
+                ready = conn.execute(ready_sql, params).fetchall()
+                lapsed = conn.execute(lapsed_sql, params).fetchall()
+            else:
+                with self._tx(conn):
+                    ready_cur = conn.execute(ready_sql, params)
+                    lapsed_cur = conn.execute(lapsed_sql, params)
+                ready, lapsed = ready_cur.fetchall(), lapsed_cur.fetchall()
+        out: dict[str, tuple[float, str]] = {}
+        for key, next_run, task_name, now in ready:
+            out[key] = (max(0.0, next_run - now), task_name)
+        for key, task_name, _now in lapsed:
+            if key in out or len(out) < 100:
+                out[key] = (0.0, task_name)
+        return out
+
+    @staticmethod
+    def _schedule_row(state: ScheduleState) -> dict[str, Any]:
+        row = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+        row["payload"] = row.pop("payload_json")
+        if row["last_task_id"] is not None:
+            row["last_task_id"] = int(row["last_task_id"])
+        return row
+
+    def schedules(self) -> list[ScheduleState]:
+        with self._conn() as conn:
+            rows = conn.execute(self.q["schedules"]).fetchall()
+        return [ScheduleState(*r) for r in rows]
+
+    def put_schedule(self, state: ScheduleState, expected_version: int) -> bool:
+        with self._conn() as conn:
+            return self._put(conn, "schedule", self._schedule_row(state), expected_version)
+
+    def delete_schedule(self, name: str) -> bool:
+        with self._conn() as conn:
+            return conn.execute(self.q["delete_schedule"], {"name": name}).rowcount > 0
+
+    def fire_schedule(
+        self, state: ScheduleState, expected_version: int, tasks: Sequence[NewTask]
+    ) -> list[TaskId] | None:
+        """The compare-and-set first (a concurrent fire waits for its row lock, then finds
+        the version changed and enqueues nothing), then the tasks, in one transaction."""
+        row = self._schedule_row(state)
+        with self._conn() as conn, conn.transaction():
+            if not self._put(conn, "schedule", row, expected_version):
+                return None
+            return self._insert(conn.cursor(), tasks) if tasks else []
 
     def parse_id(self, text: str) -> TaskId:
         try:

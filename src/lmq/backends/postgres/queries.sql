@@ -18,10 +18,11 @@ SELECT pg_advisory_xact_lock(hashtextextended('lmq migrate ' || %(prefix)s, 0))
 
 -- name: insert_one
 INSERT INTO {prefix}queue_tasks
-    (task_name, payload, queue, priority, max_attempts, next_run, updated, unique_key, batch)
+    (task_name, payload, queue, priority, max_attempts, next_run, updated, unique_key, batch,
+     breaker, rate_key)
 VALUES (%(task_name)s, %(payload)s, %(queue)s, %(priority)s, %(max_attempts)s,
         COALESCE(%(run_at)s, {prefix}queue_now()) + %(delay)s, {prefix}queue_now(), NULL,
-        %(batch)s)
+        %(batch)s, %(breaker)s, %(rate_key)s)
 RETURNING id
 
 -- name: insert_many
@@ -32,10 +33,10 @@ RETURNING id
 -- tenth of a bulk insert
 INSERT INTO {prefix}queue_tasks
     (task_name, payload, queue, priority, max_attempts, next_run, updated, unique_key, batch,
-     created)
+     breaker, rate_key, created)
 SELECT u.task_name, u.payload, u.queue, u.priority::integer, u.max_attempts::integer,
        COALESCE(u.run_at::double precision, n.t) + u.delay::double precision, n.t,
-       u.unique_key, u.batch, n.c
+       u.unique_key, u.batch, u.breaker, u.rate_key, n.c
   FROM ROWS FROM (json_array_elements_text(%(task_name)s::json),
                   json_array_elements_text(%(payload)s::json),
                   json_array_elements_text(%(queue)s::json),
@@ -44,10 +45,12 @@ SELECT u.task_name, u.payload, u.queue, u.priority::integer, u.max_attempts::int
                   json_array_elements_text(%(run_at)s::json),
                   json_array_elements_text(%(delay)s::json),
                   json_array_elements_text(%(unique_key)s::json),
-                  json_array_elements_text(%(batch)s::json))
+                  json_array_elements_text(%(batch)s::json),
+                  json_array_elements_text(%(breaker)s::json),
+                  json_array_elements_text(%(rate_key)s::json))
        WITH ORDINALITY
        AS u(task_name, payload, queue, priority, max_attempts, run_at, delay, unique_key,
-            batch, ord),
+            batch, breaker, rate_key, ord),
        (SELECT {prefix}queue_now() AS t,
                to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') AS c) n
  ORDER BY u.ord
@@ -55,11 +58,13 @@ RETURNING id
 
 -- name: insert_uniform
 -- the common bulk case: every row shares everything but its name and payload (one
--- enqueue_many call), so only those two travel as arrays
+-- enqueue_many call, its keys not computed from the payload), so only those two travel
+-- as arrays
 INSERT INTO {prefix}queue_tasks
-    (task_name, payload, queue, priority, max_attempts, next_run, updated, batch, created)
+    (task_name, payload, queue, priority, max_attempts, next_run, updated, batch, breaker,
+     rate_key, created)
 SELECT u.task_name, u.payload, %(queue)s, %(priority)s, %(max_attempts)s,
-       COALESCE(%(run_at)s, n.t) + %(delay)s, n.t, %(batch)s, n.c
+       COALESCE(%(run_at)s, n.t) + %(delay)s, n.t, %(batch)s, %(breaker)s, %(rate_key)s, n.c
   FROM ROWS FROM (json_array_elements_text(%(task_name)s::json),
                   json_array_elements_text(%(payload)s::json))
        WITH ORDINALITY AS u(task_name, payload, ord),
@@ -73,10 +78,10 @@ RETURNING id
 -- batch) inserts nothing; the caller looks those ids up (find_unique)
 INSERT INTO {prefix}queue_tasks
     (task_name, payload, queue, priority, max_attempts, next_run, updated, unique_key, batch,
-     created)
+     breaker, rate_key, created)
 SELECT u.task_name, u.payload, u.queue, u.priority::integer, u.max_attempts::integer,
        COALESCE(u.run_at::double precision, n.t) + u.delay::double precision, n.t,
-       u.unique_key, u.batch, n.c
+       u.unique_key, u.batch, u.breaker, u.rate_key, n.c
   FROM ROWS FROM (json_array_elements_text(%(task_name)s::json),
                   json_array_elements_text(%(payload)s::json),
                   json_array_elements_text(%(queue)s::json),
@@ -85,10 +90,12 @@ SELECT u.task_name, u.payload, u.queue, u.priority::integer, u.max_attempts::int
                   json_array_elements_text(%(run_at)s::json),
                   json_array_elements_text(%(delay)s::json),
                   json_array_elements_text(%(unique_key)s::json),
-                  json_array_elements_text(%(batch)s::json))
+                  json_array_elements_text(%(batch)s::json),
+                  json_array_elements_text(%(breaker)s::json),
+                  json_array_elements_text(%(rate_key)s::json))
        WITH ORDINALITY
        AS u(task_name, payload, queue, priority, max_attempts, run_at, delay, unique_key,
-            batch, ord),
+            batch, breaker, rate_key, ord),
        (SELECT {prefix}queue_now() AS t,
                to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') AS c) n
  ORDER BY u.ord
@@ -139,20 +146,26 @@ SELECT set_config('enable_sort', 'off', true), set_config('jit', 'off', true),
 -- processing with a lease that ran out (the worker died or hung: rescued here, its lapse
 -- recorded as a LeaseExpired error, ordered as if it were due now).  Both walks lock
 -- with SKIP LOCKED, so concurrent claims never wait for each other nor share a task;
--- rows locked and not taken are free again at commit.
+-- rows locked and not taken are free again at commit.  The ready walk is the kind of
+-- claim's (plain: plain_ready, or only the plain rows' walk while no row has a breaker;
+-- probe: ready_probe; rate: ready_rate), and so is the rule for an expired lease
+-- (plain_gate, probe_gate, rate_gate; x is the task row).  After the claimed rows comes
+-- one more, all NULL but its last column: whether any pending row has a breaker (the
+-- breaker index's first entry, in its order whatever the statistics), which tells the next plain claim whether it must walk
+-- them (planning that walk costs about a third of a millisecond, each claim).
 WITH candidates AS (
     SELECT id, priority, next_run AS due, false AS lapsed
       FROM ({ready}) ready
     UNION ALL
     SELECT id, priority, {prefix}queue_now(), true
-      FROM (SELECT id, priority FROM {prefix}queue_tasks
+      FROM (SELECT id, priority FROM {prefix}queue_tasks x
              WHERE status = 'processing' AND locked_until <= {prefix}queue_now()
-                   {queue_filter}
+                   {gate} {queue_filter}
              LIMIT %(limit)s
              FOR UPDATE SKIP LOCKED) expired
 ), c AS (
     SELECT id, lapsed FROM candidates ORDER BY priority DESC, due, id LIMIT %(limit)s
-)
+), claimed AS (
 UPDATE {prefix}queue_tasks t
    SET status = 'processing',
        attempts = t.attempts + 1,
@@ -175,12 +188,49 @@ UPDATE {prefix}queue_tasks t
            ELSE t.errors END
   FROM c
  WHERE t.id = c.id
-RETURNING t.id, t.queue, t.task_name, t.payload, t.attempts, t.max_attempts, c.lapsed
+RETURNING t.id, t.queue, t.task_name, t.payload, t.attempts, t.max_attempts, t.breaker,
+          t.rate_key, c.lapsed
+)
+SELECT id, queue, task_name, payload, attempts, max_attempts, breaker, rate_key, lapsed
+  FROM claimed
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       (SELECT breaker FROM {prefix}queue_tasks
+         WHERE status = 'pending' AND breaker IS NOT NULL
+         ORDER BY breaker LIMIT 1) IS NOT NULL
+
+-- name: unblocked
+-- not behind a breaker whose stored state is other than closed (x is the task row; one
+-- primary-key probe for a row with a breaker, none for one without)
+AND (x.breaker IS NULL
+     OR NOT EXISTS (SELECT 1 FROM {prefix}queue_breakers b
+                     WHERE b.name = x.breaker AND b.state <> 'closed'))
+
+-- name: plain_gate
+-- what a plain claim may take: no rate key, not behind a blocked breaker
+AND x.rate_key IS NULL {unblocked}
+
+-- name: rate_gate
+-- a rate claim: that key, not behind a blocked breaker
+AND x.rate_key = %(rate_key)s {unblocked}
+
+-- name: probe_gate
+-- a probe claim: that breaker's tasks, whatever its state
+AND x.breaker = %(breaker)s
+
+-- name: plain_ready
+-- a plain claim's walks: the plain rows' ready index (ready_all, ready_queues or
+-- ready_excluding), and the rows behind the breakers that are closed, name by name
+SELECT * FROM ({plain}) p
+UNION ALL
+SELECT * FROM ({ready_breakers}) b
 
 -- name: ready_all
--- the claim's walk of the ready index (workers on every queue)
+-- the claim's walk of the ready index (workers on every queue): plain rows only, no rate
+-- key and no breaker (the index's predicate, so it is the partial index's walk)
 SELECT id, priority, next_run FROM {prefix}queue_tasks
- WHERE status = 'pending' AND next_run <= {prefix}queue_now()
+ WHERE status = 'pending' AND rate_key IS NULL AND breaker IS NULL
+   AND next_run <= {prefix}queue_now()
  ORDER BY priority DESC, next_run, id
  LIMIT %(limit)s
  FOR UPDATE SKIP LOCKED
@@ -190,21 +240,25 @@ SELECT id, priority, next_run FROM {prefix}queue_tasks
 SELECT r.id, r.priority, r.next_run
   FROM unnest(%(queues)s::text[]) AS q(name),
        LATERAL (SELECT id, priority, next_run FROM {prefix}queue_tasks
-                 WHERE status = 'pending' AND next_run <= {prefix}queue_now()
-                   AND queue = q.name
+                 WHERE status = 'pending' AND rate_key IS NULL AND breaker IS NULL
+                   AND next_run <= {prefix}queue_now() AND queue = q.name
                  ORDER BY priority DESC, next_run, id
                  LIMIT %(limit)s
                  FOR UPDATE SKIP LOCKED) r
 
 -- name: pending_queues
--- the queues with pending tasks, one probe of the per-queue index each (a loose index
--- scan): a worker of every queue with some paused walks the others' ready rows only,
+-- the queues with pending plain tasks, one probe of the per-queue index each (a loose
+-- index scan): a worker of every queue with some paused walks the others' ready rows only,
 -- never a paused queue's backlog
 WITH RECURSIVE qs(name) AS (
-    (SELECT queue FROM {prefix}queue_tasks WHERE status = 'pending' ORDER BY queue LIMIT 1)
+    (SELECT queue FROM {prefix}queue_tasks
+      WHERE status = 'pending' AND rate_key IS NULL AND breaker IS NULL
+      ORDER BY queue LIMIT 1)
   UNION ALL
     SELECT (SELECT queue FROM {prefix}queue_tasks
-             WHERE status = 'pending' AND queue > qs.name ORDER BY queue LIMIT 1)
+             WHERE status = 'pending' AND rate_key IS NULL AND breaker IS NULL
+               AND queue > qs.name
+             ORDER BY queue LIMIT 1)
       FROM qs WHERE qs.name IS NOT NULL
 )
 SELECT name FROM qs WHERE name IS NOT NULL AND name <> ALL(%(exclude)s::text[])
@@ -215,77 +269,231 @@ SELECT name FROM qs WHERE name IS NOT NULL AND name <> ALL(%(exclude)s::text[])
 SELECT r.id, r.priority, r.next_run
   FROM ({pending_queues}) q,
        LATERAL (SELECT id, priority, next_run FROM {prefix}queue_tasks
-                 WHERE status = 'pending' AND next_run <= {prefix}queue_now()
-                   AND queue = q.name
+                 WHERE status = 'pending' AND rate_key IS NULL AND breaker IS NULL
+                   AND next_run <= {prefix}queue_now() AND queue = q.name
                  ORDER BY priority DESC, next_run, id
                  LIMIT %(limit)s
                  FOR UPDATE SKIP LOCKED) r
 
--- name: has_ready_excluding
--- has_ready for a worker of every queue while some are paused
-SELECT EXISTS (SELECT 1 FROM ({pending_queues}) q
-                WHERE EXISTS (SELECT 1 FROM {prefix}queue_tasks
-                               WHERE status = 'pending' AND queue = q.name
-                                 AND next_run <= {prefix}queue_now()))
-    OR EXISTS (SELECT 1 FROM {prefix}queue_tasks
-                WHERE status = 'processing' AND locked_until <= {prefix}queue_now()
-                      {queue_filter})
+-- name: closed_breakers
+-- the breakers with pending tasks (a loose scan of the breaker index, one probe per
+-- name) whose stored state is closed, or that have no row: an open breaker's backlog is
+-- never walked
+WITH RECURSIVE bs(name) AS (
+    (SELECT breaker FROM {prefix}queue_tasks
+      WHERE status = 'pending' AND breaker IS NOT NULL
+      ORDER BY breaker LIMIT 1)
+  UNION ALL
+    SELECT (SELECT breaker FROM {prefix}queue_tasks
+             WHERE status = 'pending' AND breaker IS NOT NULL AND breaker > bs.name
+             ORDER BY breaker LIMIT 1)
+      FROM bs WHERE bs.name IS NOT NULL
+)
+SELECT name FROM bs
+ WHERE name IS NOT NULL
+   AND NOT EXISTS (SELECT 1 FROM {prefix}queue_breakers b
+                    WHERE b.name = bs.name AND b.state <> 'closed')
+
+-- name: ready_breakers
+-- a plain claim's walk of the rows behind closed breakers (without a rate key): the
+-- breaker index, one walk per name
+SELECT r.id, r.priority, r.next_run
+  FROM ({closed_breakers}) bn,
+       LATERAL (SELECT id, priority, next_run FROM {prefix}queue_tasks
+                 WHERE status = 'pending' AND breaker = bn.name AND rate_key IS NULL
+                   AND next_run <= {prefix}queue_now() {queue_filter}
+                 ORDER BY priority DESC, next_run, id
+                 LIMIT %(limit)s
+                 FOR UPDATE SKIP LOCKED) r
+
+-- name: ready_probe
+-- a probe claim's walk: that breaker's rows in the breaker index, rate key or not
+SELECT id, priority, next_run FROM {prefix}queue_tasks
+ WHERE status = 'pending' AND breaker = %(breaker)s AND next_run <= {prefix}queue_now()
+       {queue_filter}
+ ORDER BY priority DESC, next_run, id
+ LIMIT %(limit)s
+ FOR UPDATE SKIP LOCKED
+
+-- name: ready_rate
+-- a rate claim's walk: that key's rows in the rate index, not behind a blocked breaker
+SELECT id, priority, next_run FROM {prefix}queue_tasks x
+ WHERE status = 'pending' AND rate_key = %(rate_key)s AND next_run <= {prefix}queue_now()
+       {queue_filter} {unblocked}
+ ORDER BY priority DESC, next_run, id
+ LIMIT %(limit)s
+ FOR UPDATE SKIP LOCKED
 
 -- name: has_ready
--- "is anything claimable?" for idle workers: EXISTS plans stop at the first row found, so
--- it walks the ready index (and the lease index) from the front whatever the statistics
-SELECT EXISTS (SELECT 1 FROM {prefix}queue_tasks
-                WHERE status = 'pending' AND next_run <= {prefix}queue_now() {queue_filter})
-    OR EXISTS (SELECT 1 FROM {prefix}queue_tasks
+-- "is anything a plain claim may take?" for idle workers: the first ready plain row in
+-- claim order (ORDER BY ... LIMIT 1 in a subquery, which EXISTS keeps, so it is the
+-- ready index's first entry even when the statistics make a sequential scan look cheap:
+-- they take "no rate key" and "no breaker" for independent), then the same for each
+-- closed breaker, then a lapsed lease a plain claim could rescue
+SELECT EXISTS (SELECT 1 FROM ({first_plain}) r)
+    OR EXISTS (SELECT 1 FROM ({closed_breakers}) bn,
+                      LATERAL (SELECT 1 FROM {prefix}queue_tasks
+                                WHERE status = 'pending' AND breaker = bn.name
+                                  AND rate_key IS NULL AND next_run <= {prefix}queue_now()
+                                  {queue_filter}
+                                ORDER BY breaker, priority DESC, next_run, id
+                                LIMIT 1) r)
+    OR EXISTS (SELECT 1 FROM {prefix}queue_tasks x
                 WHERE status = 'processing' AND locked_until <= {prefix}queue_now()
-                      {queue_filter})
+                      {gate} {queue_filter})
+
+-- name: first_all
+SELECT 1 FROM {prefix}queue_tasks
+ WHERE status = 'pending' AND rate_key IS NULL AND breaker IS NULL
+   AND next_run <= {prefix}queue_now()
+ ORDER BY priority DESC, next_run, id
+ LIMIT 1
+
+-- name: first_queues
+SELECT 1
+  FROM unnest(%(queues)s::text[]) AS q(name),
+       LATERAL (SELECT 1 FROM {prefix}queue_tasks
+                 WHERE status = 'pending' AND rate_key IS NULL AND breaker IS NULL
+                   AND next_run <= {prefix}queue_now() AND queue = q.name
+                 ORDER BY queue, priority DESC, next_run, id
+                 LIMIT 1) r
+
+-- name: first_excluding
+SELECT 1
+  FROM ({pending_queues}) q,
+       LATERAL (SELECT 1 FROM {prefix}queue_tasks
+                 WHERE status = 'pending' AND rate_key IS NULL AND breaker IS NULL
+                   AND next_run <= {prefix}queue_now() AND queue = q.name
+                 ORDER BY queue, priority DESC, next_run, id
+                 LIMIT 1) r
 
 -- name: due
--- the earliest next_run among pending tasks (one index probe per distinct priority, a
--- loose index scan), the earliest lease expiry, and the server's now
+-- the earliest next_run among pending plain tasks (one index probe per distinct priority,
+-- a loose index scan), the same among those behind each closed breaker, the earliest
+-- lease expiry a plain claim could rescue (the lease index in order: a min() would not
+-- use it next to the breaker lookup), and the server's now
 WITH RECURSIVE p(priority) AS (
     (SELECT priority FROM {prefix}queue_tasks
-      WHERE status = 'pending' {queue_filter}
+      WHERE status = 'pending' AND rate_key IS NULL AND breaker IS NULL {queue_filter}
       ORDER BY priority DESC LIMIT 1)
   UNION ALL
     SELECT (SELECT priority FROM {prefix}queue_tasks
-             WHERE status = 'pending' AND priority < p.priority {queue_filter}
+             WHERE status = 'pending' AND rate_key IS NULL AND breaker IS NULL
+               AND priority < p.priority {queue_filter}
              ORDER BY priority DESC LIMIT 1)
       FROM p WHERE p.priority IS NOT NULL
 )
-SELECT min((SELECT next_run FROM {prefix}queue_tasks
-             WHERE status = 'pending' AND priority = p.priority {queue_filter}
-             ORDER BY priority DESC, next_run LIMIT 1)),
-       (SELECT min(locked_until) FROM {prefix}queue_tasks
-         WHERE status = 'processing' {queue_filter}),
+SELECT (SELECT min((SELECT next_run FROM {prefix}queue_tasks
+                     WHERE status = 'pending' AND rate_key IS NULL AND breaker IS NULL
+                       AND priority = p.priority {queue_filter}
+                     ORDER BY priority DESC, next_run LIMIT 1))
+          FROM p WHERE p.priority IS NOT NULL),
+       ({breakers_due}),
+       (SELECT locked_until FROM {prefix}queue_tasks x
+         WHERE status = 'processing' AND locked_until IS NOT NULL {gate} {queue_filter}
+         ORDER BY locked_until LIMIT 1),
        {prefix}queue_now()
-  FROM p WHERE p.priority IS NOT NULL
+
+-- name: breakers_due
+-- the earliest next_run among pending tasks behind closed breakers (no rate key): per
+-- breaker, the loose scan over priorities of "due"
+SELECT min(d.due)
+  FROM ({closed_breakers}) bn,
+       LATERAL (WITH RECURSIVE p(priority) AS (
+                    (SELECT priority FROM {prefix}queue_tasks
+                      WHERE status = 'pending' AND breaker = bn.name AND rate_key IS NULL
+                            {queue_filter}
+                      ORDER BY priority DESC LIMIT 1)
+                  UNION ALL
+                    SELECT (SELECT priority FROM {prefix}queue_tasks
+                             WHERE status = 'pending' AND breaker = bn.name
+                               AND rate_key IS NULL AND priority < p.priority {queue_filter}
+                             ORDER BY priority DESC LIMIT 1)
+                      FROM p WHERE p.priority IS NOT NULL
+                )
+                SELECT min((SELECT next_run FROM {prefix}queue_tasks
+                             WHERE status = 'pending' AND breaker = bn.name
+                               AND rate_key IS NULL AND priority = p.priority {queue_filter}
+                             ORDER BY priority DESC, next_run LIMIT 1)) AS due
+                  FROM p WHERE p.priority IS NOT NULL) d
 
 -- name: due_excluding
 -- "due" for a worker of every queue while some are paused: the same loose index scan over
--- priorities, queue by queue for the queues with pending tasks that are not paused (so a
--- paused backlog is never walked); lapsed leases of paused queues do not count
+-- priorities, queue by queue for the queues with pending plain tasks that are not paused
+-- (so a paused backlog is never walked); lapsed leases of paused queues do not count
 SELECT (SELECT min(d.due)
           FROM ({pending_queues}) q,
                LATERAL (WITH RECURSIVE p(priority) AS (
                             (SELECT priority FROM {prefix}queue_tasks
-                              WHERE status = 'pending' AND queue = q.name
+                              WHERE status = 'pending' AND rate_key IS NULL
+                                AND breaker IS NULL AND queue = q.name
                               ORDER BY priority DESC LIMIT 1)
                           UNION ALL
                             SELECT (SELECT priority FROM {prefix}queue_tasks
-                                     WHERE status = 'pending' AND queue = q.name
+                                     WHERE status = 'pending' AND rate_key IS NULL
+                                       AND breaker IS NULL AND queue = q.name
                                        AND priority < p.priority
                                      ORDER BY priority DESC LIMIT 1)
                               FROM p WHERE p.priority IS NOT NULL
                         )
                         SELECT min((SELECT next_run FROM {prefix}queue_tasks
-                                     WHERE status = 'pending' AND queue = q.name
+                                     WHERE status = 'pending' AND rate_key IS NULL
+                                       AND breaker IS NULL AND queue = q.name
                                        AND priority = p.priority
                                      ORDER BY priority DESC, next_run LIMIT 1)) AS due
                           FROM p WHERE p.priority IS NOT NULL) d),
-       (SELECT min(locked_until) FROM {prefix}queue_tasks
-         WHERE status = 'processing' {queue_filter}),
+       ({breakers_due}),
+       (SELECT locked_until FROM {prefix}queue_tasks x
+         WHERE status = 'processing' AND locked_until IS NOT NULL {gate} {queue_filter}
+         ORDER BY locked_until LIMIT 1),
        {prefix}queue_now()
+
+-- name: rate_keys_ready
+-- the rate keys with pending tasks a rate claim may take (a loose scan of the rate index,
+-- one probe per key, at most 100 keys), each with its earliest next_run (the loose scan
+-- over priorities of "due") and the task_name of that task, none behind a breaker that
+-- is not closed
+SELECT k.name, d.next_run, d.task_name, {prefix}queue_now()
+  FROM (WITH RECURSIVE ks(name) AS (
+            (SELECT rate_key FROM {prefix}queue_tasks
+              WHERE status = 'pending' AND rate_key IS NOT NULL
+              ORDER BY rate_key LIMIT 1)
+          UNION ALL
+            SELECT (SELECT rate_key FROM {prefix}queue_tasks
+                     WHERE status = 'pending' AND rate_key IS NOT NULL
+                       AND rate_key > ks.name
+                     ORDER BY rate_key LIMIT 1)
+              FROM ks WHERE ks.name IS NOT NULL
+        )
+        SELECT name FROM ks WHERE name IS NOT NULL) k,
+       LATERAL (WITH RECURSIVE p(priority) AS (
+                    (SELECT priority FROM {prefix}queue_tasks x
+                      WHERE status = 'pending' AND rate_key = k.name {unblocked} {queue_filter}
+                      ORDER BY priority DESC LIMIT 1)
+                  UNION ALL
+                    SELECT (SELECT priority FROM {prefix}queue_tasks x
+                             WHERE status = 'pending' AND rate_key = k.name
+                               AND priority < p.priority {unblocked} {queue_filter}
+                             ORDER BY priority DESC LIMIT 1)
+                      FROM p WHERE p.priority IS NOT NULL
+                )
+                SELECT f.next_run, f.task_name
+                  FROM p,
+                       LATERAL (SELECT next_run, task_name FROM {prefix}queue_tasks x
+                                 WHERE status = 'pending' AND rate_key = k.name
+                                   AND priority = p.priority {unblocked} {queue_filter}
+                                 ORDER BY priority DESC, next_run LIMIT 1) f
+                 WHERE p.priority IS NOT NULL
+                 ORDER BY f.next_run LIMIT 1) d
+ LIMIT 100
+
+-- name: rate_keys_lapsed
+-- the rate keys with a lapsed lease a rate claim would rescue (due now)
+SELECT x.rate_key, min(x.task_name), {prefix}queue_now()
+  FROM {prefix}queue_tasks x
+ WHERE status = 'processing' AND locked_until <= {prefix}queue_now()
+   AND x.rate_key IS NOT NULL {unblocked} {queue_filter}
+ GROUP BY x.rate_key
 
 -- name: ack_done
 UPDATE {prefix}queue_tasks
@@ -309,6 +517,18 @@ UPDATE {prefix}queue_tasks
        updated = {prefix}queue_now()
  WHERE id = ANY(%(ids)s) AND locked_by = %(worker)s AND status = 'processing'
 
+-- name: defer
+-- held back by a breaker or rate limit, not run: pending again at now + delay with the
+-- attempt refunded and nothing recorded; keys given are written into the row
+UPDATE {prefix}queue_tasks t
+   SET status = 'pending', locked_by = NULL, locked_until = NULL,
+       attempts = greatest(t.attempts - 1, 0), next_run = {prefix}queue_now() + d.delay,
+       updated = {prefix}queue_now(),
+       breaker = COALESCE(d.breaker, t.breaker), rate_key = COALESCE(d.rate_key, t.rate_key)
+  FROM unnest(%(ids)s::bigint[], %(delays)s::double precision[], %(breakers)s::text[],
+              %(rate_keys)s::text[]) AS d(id, delay, breaker, rate_key)
+ WHERE t.id = d.id AND t.locked_by = %(worker)s AND t.status = 'processing'
+
 -- name: bury
 -- copy each task to the dead letters with its history, then mark the task row 'dead'
 -- (it stays as the record, linked to its dead letter); only rows the worker still holds
@@ -320,7 +540,7 @@ WITH b AS (
 ), victims AS (
     SELECT t.id, t.queue, t.task_name, t.payload, t.priority, t.attempts,
            COALESCE(t.max_attempts, b.max_attempts) AS max_attempts, b.message, b.reason,
-           b.fingerprint, t.created, t.unique_key,
+           b.fingerprint, t.created, t.unique_key, t.breaker, t.rate_key,
            COALESCE(t.errors, '[]'::jsonb) || jsonb_build_array(b.error::jsonb) AS errors
       FROM {prefix}queue_tasks t JOIN b ON t.id = b.id
      WHERE t.status = 'processing' AND t.locked_by = %(worker)s
@@ -328,9 +548,9 @@ WITH b AS (
 ), dl AS (
     INSERT INTO {prefix}queue_dead_letters
         (task_id, queue, task_name, payload, priority, attempts, max_attempts, error, reason,
-         fingerprint, created, died_at, errors, unique_key)
+         fingerprint, created, died_at, errors, unique_key, breaker, rate_key)
     SELECT id, queue, task_name, payload, priority, attempts, max_attempts, message, reason,
-           fingerprint, created, {prefix}queue_now(), errors, unique_key
+           fingerprint, created, {prefix}queue_now(), errors, unique_key, breaker, rate_key
       FROM victims
     RETURNING id, task_id, error, errors
 )
@@ -433,19 +653,21 @@ VACUUM (SKIP_LOCKED) {prefix}queue_tasks
 -- later migration adds a column ("cached plan must not change result type")
 SELECT id, queue, task_name, payload, priority, status, attempts, max_attempts, next_run,
        created, updated, locked_by, locked_until, last_error, unique_key, errors,
-       dead_letter_id, batch
+       dead_letter_id, batch, breaker, rate_key
   FROM {prefix}queue_tasks WHERE id = %(id)s
 
 -- name: get_dead_by_task
 SELECT id, task_id, queue, task_name, payload, priority, attempts, max_attempts, error,
        reason, fingerprint, created, died_at, errors, unique_key, status, requeued_at,
-       discarded_at, review, reviewed_by, reviewed_at, review_note, requeue_at
+       discarded_at, review, reviewed_by, reviewed_at, review_note, requeue_at, breaker,
+       rate_key
   FROM {prefix}queue_dead_letters WHERE task_id = %(id)s ORDER BY id DESC LIMIT 1
 
 -- name: get_dead
 SELECT id, task_id, queue, task_name, payload, priority, attempts, max_attempts, error,
        reason, fingerprint, created, died_at, errors, unique_key, status, requeued_at,
-       discarded_at, review, reviewed_by, reviewed_at, review_note, requeue_at
+       discarded_at, review, reviewed_by, reviewed_at, review_note, requeue_at, breaker,
+       rate_key
   FROM {prefix}queue_dead_letters WHERE id = %(id)s
 
 -- name: count_tasks
@@ -466,13 +688,14 @@ SELECT queue, count(*) AS n FROM {prefix}queue_dead_letters
 -- {where} is built from the filter (dead-lettered rows are listed through the dead letters)
 SELECT id, queue, task_name, payload, priority, status, attempts, max_attempts, next_run,
        created, updated, locked_by, locked_until, last_error, unique_key, errors,
-       dead_letter_id, batch
+       dead_letter_id, batch, breaker, rate_key
   FROM {prefix}queue_tasks WHERE {where} ORDER BY id DESC LIMIT %(limit)s
 
 -- name: list_dead
 SELECT id, task_id, queue, task_name, payload, priority, attempts, max_attempts, error,
        reason, fingerprint, created, died_at, errors, unique_key, status, requeued_at,
-       discarded_at, review, reviewed_by, reviewed_at, review_note, requeue_at
+       discarded_at, review, reviewed_by, reviewed_at, review_note, requeue_at, breaker,
+       rate_key
   FROM {prefix}queue_dead_letters WHERE {where}
  ORDER BY died_at DESC, id DESC LIMIT %(limit)s
 
@@ -522,15 +745,18 @@ UPDATE {prefix}queue_dead_letters SET status = 'requeued', requeued_at = {prefix
 
 -- name: revive
 -- the letters' task rows back to pending, due %(dues)s seconds from now each, attempts
--- reset, the error history and the batch kept, linked to their letter; unique keys as
+-- reset, the error history, batch, breaker and rate key kept, linked to their letter
+-- (the keys from the letter where the row lost them); unique keys as
 -- given (NULL when a live task holds the key meanwhile)
 UPDATE {prefix}queue_tasks t
    SET status = 'pending', attempts = 0, next_run = {prefix}queue_now() + r.due,
        updated = {prefix}queue_now(), locked_by = NULL, locked_until = NULL,
        unique_key = r.unique_key, dead_letter_id = r.dead_id,
-       payload = COALESCE(%(payload)s::text, t.payload)
+       payload = COALESCE(%(payload)s::text, t.payload),
+       breaker = COALESCE(t.breaker, d.breaker), rate_key = COALESCE(t.rate_key, d.rate_key)
   FROM unnest(%(task_ids)s::bigint[], %(dead_ids)s::bigint[], %(dues)s::double precision[],
               %(keys)s::text[]) AS r(task_id, dead_id, due, unique_key)
+  JOIN {prefix}queue_dead_letters d ON d.id = r.dead_id
  WHERE t.id = r.task_id AND t.status IN ('dead', 'discarded')
 RETURNING t.id
 
@@ -538,10 +764,10 @@ RETURNING t.id
 -- letters whose task row is gone (deleted by hand): the row again, from the letter
 INSERT INTO {prefix}queue_tasks
     (id, queue, task_name, payload, priority, status, attempts, max_attempts, next_run,
-     created, updated, errors, unique_key, dead_letter_id)
+     created, updated, errors, unique_key, dead_letter_id, breaker, rate_key)
 SELECT d.task_id, d.queue, d.task_name, COALESCE(%(payload)s::text, d.payload), d.priority,
        'pending', 0, d.max_attempts, {prefix}queue_now() + r.due, d.created,
-       {prefix}queue_now(), d.errors, r.unique_key, d.id
+       {prefix}queue_now(), d.errors, r.unique_key, d.id, d.breaker, d.rate_key
   FROM unnest(%(dead_ids)s::bigint[], %(dues)s::double precision[], %(keys)s::text[])
        AS r(dead_id, due, unique_key)
   JOIN {prefix}queue_dead_letters d ON d.id = r.dead_id
@@ -646,3 +872,76 @@ RETURNING id
 
 -- name: set_followup
 UPDATE {prefix}queue_batches SET followup_id = %(id)s WHERE name = %(name)s
+
+-- name: breakers
+-- Circuit breakers, rate limits and schedules are rows swapped by compare-and-set: a put
+-- with expected version 0 inserts (ON CONFLICT DO NOTHING: a row already there is a lost
+-- race); any other is one UPDATE that matches only the expected version, which a
+-- concurrent one waits for and then finds changed.  Either way one statement, and the
+-- row count says whether it took.
+SELECT name, state, failures, window_start, window_calls, window_failures, cooldown,
+       opened_at, retry_at, probe_by, probe_until, trips, forced, last_error, updated, version
+  FROM {prefix}queue_breakers {where} ORDER BY name
+
+-- name: insert_breaker
+INSERT INTO {prefix}queue_breakers
+    (name, state, failures, window_start, window_calls, window_failures, cooldown,
+     opened_at, retry_at, probe_by, probe_until, trips, forced, last_error, updated, version)
+VALUES (%(name)s, %(state)s, %(failures)s, %(window_start)s, %(window_calls)s,
+        %(window_failures)s, %(cooldown)s, %(opened_at)s, %(retry_at)s, %(probe_by)s,
+        %(probe_until)s, %(trips)s, %(forced)s, %(last_error)s, %(updated)s, %(version)s)
+ON CONFLICT (name) DO NOTHING
+
+-- name: update_breaker
+UPDATE {prefix}queue_breakers
+   SET state = %(state)s, failures = %(failures)s, window_start = %(window_start)s,
+       window_calls = %(window_calls)s, window_failures = %(window_failures)s,
+       cooldown = %(cooldown)s, opened_at = %(opened_at)s, retry_at = %(retry_at)s,
+       probe_by = %(probe_by)s, probe_until = %(probe_until)s, trips = %(trips)s,
+       forced = %(forced)s, last_error = %(last_error)s, updated = %(updated)s,
+       version = %(version)s
+ WHERE name = %(name)s AND version = %(expected)s
+
+-- name: delete_breaker
+DELETE FROM {prefix}queue_breakers WHERE name = %(name)s
+
+-- name: rate_limits
+SELECT name, calls, per, burst, tat, updated, version
+  FROM {prefix}queue_rate_limits {where} ORDER BY name
+
+-- name: insert_rate_limit
+INSERT INTO {prefix}queue_rate_limits (name, calls, per, burst, tat, updated, version)
+VALUES (%(name)s, %(calls)s, %(per)s, %(burst)s, %(tat)s, %(updated)s, %(version)s)
+ON CONFLICT (name) DO NOTHING
+
+-- name: update_rate_limit
+UPDATE {prefix}queue_rate_limits
+   SET calls = %(calls)s, per = %(per)s, burst = %(burst)s, tat = %(tat)s,
+       updated = %(updated)s, version = %(version)s
+ WHERE name = %(name)s AND version = %(expected)s
+
+-- name: schedules
+SELECT name, task_name, queue, payload, priority, cron, every, timezone, missed, next_tick,
+       last_tick, last_task_id, paused, declared, updated, version
+  FROM {prefix}queue_schedules ORDER BY name
+
+-- name: insert_schedule
+INSERT INTO {prefix}queue_schedules
+    (name, task_name, queue, payload, priority, cron, every, timezone, missed, next_tick,
+     last_tick, last_task_id, paused, declared, updated, version)
+VALUES (%(name)s, %(task_name)s, %(queue)s, %(payload)s, %(priority)s, %(cron)s, %(every)s,
+        %(timezone)s, %(missed)s, %(next_tick)s, %(last_tick)s, %(last_task_id)s,
+        %(paused)s, %(declared)s, %(updated)s, %(version)s)
+ON CONFLICT (name) DO NOTHING
+
+-- name: update_schedule
+UPDATE {prefix}queue_schedules
+   SET task_name = %(task_name)s, queue = %(queue)s, payload = %(payload)s,
+       priority = %(priority)s, cron = %(cron)s, every = %(every)s,
+       timezone = %(timezone)s, missed = %(missed)s, next_tick = %(next_tick)s,
+       last_tick = %(last_tick)s, last_task_id = %(last_task_id)s, paused = %(paused)s,
+       declared = %(declared)s, updated = %(updated)s, version = %(version)s
+ WHERE name = %(name)s AND version = %(expected)s
+
+-- name: delete_schedule
+DELETE FROM {prefix}queue_schedules WHERE name = %(name)s

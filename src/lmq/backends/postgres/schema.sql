@@ -1,4 +1,4 @@
--- lmq schema 2 for PostgreSQL (the current schema, applied to an empty database in one
+-- lmq schema 3 for PostgreSQL (the current schema, applied to an empty database in one
 -- go; migrations/NNNN_*.sql upgrade an older one, and a test checks both give the same
 -- catalog).  Times are epoch seconds (double precision, UTC) taken from the SERVER's
 -- clock, so workers on several hosts agree on leases.  `created` may hold text written
@@ -30,18 +30,33 @@ CREATE TABLE IF NOT EXISTS {prefix}queue_tasks (
     unique_key     text,
     errors         jsonb,
     dead_letter_id bigint,
-    batch          text
+    batch          text,
+    breaker        text,
+    rate_key       text
 );
 
 -- The claim reads only partial indexes over pending rows, so finished rows never slow it
 -- down: the first for workers on every queue, the second for workers on some queues
 -- (walked once per queue they take).  "When is the next task due" probes them once per
 -- distinct priority.  Each index on pending rows costs bulk inserts about a fifth of
--- their speed, so there are these two.
+-- their speed, so there are these two for plain rows (no rate key, no breaker: rows
+-- with a key skip them, and the plain claim, has_ready and "due" never see those).
+-- Rows behind a circuit breaker have an index of their own, walked name by name for the
+-- breakers that are closed (so an open breaker's backlog is never walked by a plain
+-- claim) and by a probe claim; rate-keyed rows have one walked key by key by the rate
+-- claims and rate_keys_ready.  Both are empty, and cost nothing, without keyed tasks.
 CREATE INDEX IF NOT EXISTS {prefix}queue_tasks_ready
-    ON {prefix}queue_tasks (priority DESC, next_run, id) WHERE status = 'pending';
+    ON {prefix}queue_tasks (priority DESC, next_run, id)
+    WHERE status = 'pending' AND rate_key IS NULL AND breaker IS NULL;
 CREATE INDEX IF NOT EXISTS {prefix}queue_tasks_queue_ready
-    ON {prefix}queue_tasks (queue, priority DESC, next_run, id) WHERE status = 'pending';
+    ON {prefix}queue_tasks (queue, priority DESC, next_run, id)
+    WHERE status = 'pending' AND rate_key IS NULL AND breaker IS NULL;
+CREATE INDEX IF NOT EXISTS {prefix}queue_tasks_breaker_ready
+    ON {prefix}queue_tasks (breaker, priority DESC, next_run, id)
+    WHERE status = 'pending' AND breaker IS NOT NULL;
+CREATE INDEX IF NOT EXISTS {prefix}queue_tasks_rate_ready
+    ON {prefix}queue_tasks (rate_key, priority DESC, next_run, id)
+    WHERE status = 'pending' AND rate_key IS NOT NULL;
 -- Leases: only claimed rows have one.  Not "WHERE status = 'processing'": then every
 -- acknowledgement (id = ANY(...) AND status = 'processing') could walk this index, and
 -- without fresh statistics the planner does, through every lease since the last vacuum.
@@ -106,7 +121,9 @@ CREATE TABLE IF NOT EXISTS {prefix}queue_dead_letters (
     reviewed_by  text,
     reviewed_at  double precision,
     review_note  text,
-    requeue_at   double precision
+    requeue_at   double precision,
+    breaker      text,
+    rate_key     text
 );
 CREATE INDEX IF NOT EXISTS {prefix}queue_dead_letters_status
     ON {prefix}queue_dead_letters (status, died_at);
@@ -143,6 +160,59 @@ CREATE INDEX IF NOT EXISTS {prefix}queue_batches_completed
     ON {prefix}queue_batches (completed) WHERE completed IS NOT NULL;
 CREATE INDEX IF NOT EXISTS {prefix}queue_batches_created
     ON {prefix}queue_batches (created);
+
+-- circuit breakers, rate limits and schedules: rows swapped by compare-and-set on version
+-- (the decisions are lmq.breaker's, lmq.ratelimit's and lmq.schedule's); the breakers that
+-- are not closed have a partial index (the claims look them up)
+CREATE TABLE IF NOT EXISTS {prefix}queue_breakers (
+    name            text PRIMARY KEY,
+    state           text    NOT NULL DEFAULT 'closed',
+    failures        integer NOT NULL DEFAULT 0,
+    window_start    double precision NOT NULL DEFAULT 0,
+    window_calls    integer NOT NULL DEFAULT 0,
+    window_failures integer NOT NULL DEFAULT 0,
+    cooldown        double precision NOT NULL DEFAULT 0,
+    opened_at       double precision,
+    retry_at        double precision,
+    probe_by        text,
+    probe_until     double precision,
+    trips           integer NOT NULL DEFAULT 0,
+    forced          boolean NOT NULL DEFAULT false,
+    last_error      text,
+    updated         double precision NOT NULL DEFAULT 0,
+    version         integer NOT NULL DEFAULT 1
+);
+CREATE INDEX IF NOT EXISTS {prefix}queue_breakers_blocked
+    ON {prefix}queue_breakers (name) WHERE state <> 'closed';
+
+CREATE TABLE IF NOT EXISTS {prefix}queue_rate_limits (
+    name    text PRIMARY KEY,
+    calls   integer NOT NULL,
+    per     double precision NOT NULL,
+    burst   integer NOT NULL DEFAULT 1,
+    tat     double precision NOT NULL DEFAULT 0,
+    updated double precision NOT NULL DEFAULT 0,
+    version integer NOT NULL DEFAULT 1
+);
+
+CREATE TABLE IF NOT EXISTS {prefix}queue_schedules (
+    name         text PRIMARY KEY,
+    task_name    text    NOT NULL,
+    queue        text    NOT NULL DEFAULT 'default',
+    payload      text    NOT NULL DEFAULT '{}',
+    priority     integer NOT NULL DEFAULT 0,
+    cron         text,
+    every        double precision,
+    timezone     text    NOT NULL DEFAULT 'UTC',
+    missed       text    NOT NULL DEFAULT 'once',
+    next_tick    double precision,
+    last_tick    double precision,
+    last_task_id bigint,
+    paused       boolean NOT NULL DEFAULT false,
+    declared     double precision NOT NULL DEFAULT 0,
+    updated      double precision NOT NULL DEFAULT 0,
+    version      integer NOT NULL DEFAULT 1
+);
 
 CREATE TABLE IF NOT EXISTS {prefix}queue_workers (
     id          text PRIMARY KEY,
