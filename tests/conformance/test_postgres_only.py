@@ -635,6 +635,35 @@ def test_behind_pgbouncer_in_transaction_mode(bouncer: str, prefix: str) -> None
         assert q.backend.requeue_approved() == [letter.task_id]
         assert q.counts()["dead"] == 0
 
+        # the issue-5 verbs through the pooler: every kind of claim (repeated: no prepared
+        # statements), breakers, rate keys, deferrals, schedules
+        b = q.backend
+        complete(b, "w9", done=ids(claim(b, "w9", limit=100)))  # what is left from above
+        assert b.put_breaker(BreakerState("crm", "open", version=1), 0)
+        blocked = b.enqueue([NewTask("t", "{}", breaker="crm") for _ in range(3)])
+        keyed = b.enqueue([NewTask("t", "{}", rate_key="api") for _ in range(6)])
+        for _ in range(6):
+            assert claim(b, "w9", queues=("default",)) == []
+            assert not b.has_ready(("default",))
+        assert b.rate_keys_ready(None) == {"api": (0, "t")}
+        got = []
+        for _ in range(6):
+            got += ids(b.claim(ClaimRequest("w9", 1, 30.0, rate_key="api")).tasks)
+        assert sorted(got) == sorted(keyed)
+        complete(b, "w9", deferred=[lmq.models.DeferOutcome(got[0], 60.0)])
+        probe = b.claim(ClaimRequest("w9", 10, 30.0, breaker="crm")).tasks
+        assert sorted(ids(probe)) == sorted(blocked)
+        s1 = ScheduleState("tick", "t", every=1.0, next_tick=1.0, version=1)
+        assert b.put_schedule(s1, 0)
+        fired = b.fire_schedule(
+            ScheduleState("tick", "t", every=1.0, next_tick=2.0, version=2),
+            1,
+            [NewTask("t", "{}", unique_key="lmq:schedule:tick:1")],
+        )
+        assert fired is not None and len(fired) == 1
+        assert b.fire_schedule(s1, 1, [NewTask("t", "{}")]) is None
+        assert [s.version for s in b.schedules()] == [2]
+
 
 # --- upgrading older schemas; the issue-4 and issue-5 verbs on this server -------------------
 
