@@ -169,10 +169,10 @@ def _number(url: QueueURL, name: str, default: float, low: float) -> float:
 
 
 def task_from_row(r: dict[str, Any]) -> Task:
-    """A task row (with schema 2's ``batch``, schema 3's ``breaker`` and ``rate_key``)."""
+    """A task row (with schema 2's ``batch``; schema 3's keys are the shared reader's)."""
     task = shared.task_from_row(r)
-    extra = {k: v for k in ("batch", "breaker", "rate_key") if (v := r.get(k)) is not None}
-    return dataclasses.replace(task, **extra) if extra else task
+    batch = r.get("batch")
+    return task if batch is None else dataclasses.replace(task, batch=batch)
 
 
 def dead_from_row(r: dict[str, Any]) -> DeadLetter:
@@ -1273,21 +1273,18 @@ class PostgresBackend:
         sql = self.q[f"insert_{what}" if expected == 0 else f"update_{what}"]
         return conn.execute(sql, row).rowcount == 1
 
-    @staticmethod
-    def _breaker_row(state: BreakerState) -> dict[str, Any]:
-        return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
-
     def breakers(self, names: Sequence[str] | None = None) -> list[BreakerState]:
         if names is not None and not names:
             return []
         where, params = self._names_where(names)
         with self._conn(worker=True) as conn:
-            rows = conn.execute(self.q["breakers"].replace("{where}", where), params).fetchall()
-        return [BreakerState(*r) for r in rows]
+            cur = conn.cursor(row_factory=dict_row)
+            rows = cur.execute(self.q["breakers"].replace("{where}", where), params).fetchall()
+        return [shared.breaker_from_row(r) for r in rows]
 
     def put_breaker(self, state: BreakerState, expected_version: int) -> bool:
         with self._conn(worker=True) as conn:
-            return self._put(conn, "breaker", self._breaker_row(state), expected_version)
+            return self._put(conn, "breaker", shared.breaker_values(state), expected_version)
 
     def delete_breaker(self, name: str) -> bool:
         with self._conn(worker=True) as conn:
@@ -1298,14 +1295,13 @@ class PostgresBackend:
             return []
         where, params = self._names_where(names)
         with self._conn(worker=True) as conn:
-            sql = self.q["rate_limits"].replace("{where}", where)
-            rows = conn.execute(sql, params).fetchall()
-        return [RateState(*r) for r in rows]
+            cur = conn.cursor(row_factory=dict_row)
+            rows = cur.execute(self.q["rate_limits"].replace("{where}", where), params).fetchall()
+        return [shared.rate_from_row(r) for r in rows]
 
     def put_rate_limit(self, state: RateState, expected_version: int) -> bool:
-        row = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
         with self._conn(worker=True) as conn:
-            return self._put(conn, "rate_limit", row, expected_version)
+            return self._put(conn, "rate_limit", shared.rate_values(state), expected_version)
 
     def rate_keys_ready(
         self, queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()
@@ -1339,16 +1335,15 @@ class PostgresBackend:
 
     @staticmethod
     def _schedule_row(state: ScheduleState) -> dict[str, Any]:
-        row = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
-        row["payload"] = row.pop("payload_json")
+        row = shared.schedule_values(state)
         if row["last_task_id"] is not None:
-            row["last_task_id"] = int(row["last_task_id"])
+            row["last_task_id"] = int(row["last_task_id"])  # a bigint column
         return row
 
     def schedules(self) -> list[ScheduleState]:
         with self._conn() as conn:
-            rows = conn.execute(self.q["schedules"]).fetchall()
-        return [ScheduleState(*r) for r in rows]
+            rows = conn.cursor(row_factory=dict_row).execute(self.q["schedules"]).fetchall()
+        return [shared.schedule_from_row(r) for r in rows]
 
     def put_schedule(self, state: ScheduleState, expected_version: int) -> bool:
         with self._conn() as conn:
