@@ -15,6 +15,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .breaker import Breaker
 from .exceptions import (
     BackendError,
     BackendUnavailable,
@@ -27,8 +28,17 @@ from .exceptions import (
     SchemaMissing,
     TaskTimeout,
 )
-from .models import DeadLetter, Task, TaskError, WorkerInfo
+from .models import (
+    BreakerState,
+    DeadLetter,
+    RateState,
+    ScheduleState,
+    Task,
+    TaskError,
+    WorkerInfo,
+)
 from .queue import Queue, TaskFunction
+from .ratelimit import RateLimit
 from .retry import Backoff
 from .worker import Worker, WorkerSettings
 
@@ -36,6 +46,8 @@ __all__ = [
     "BackendError",
     "BackendUnavailable",
     "Backoff",
+    "Breaker",
+    "BreakerState",
     "ConfigError",
     "DeadLetter",
     "Discard",
@@ -43,7 +55,10 @@ __all__ = [
     "NotFound",
     "PayloadError",
     "Queue",
+    "RateLimit",
+    "RateState",
     "Retry",
+    "ScheduleState",
     "SchemaMissing",
     "Task",
     "TaskError",

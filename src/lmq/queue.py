@@ -12,7 +12,16 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from . import payload as payload_mod
 from .backends import Backend, open_backend
+from .breaker import Breaker
 from .exceptions import ConfigError, NotFound
+from .gates import (
+    GatesAPI,
+    ScheduleDecl,
+    breaker_gate,
+    check_gate_args,
+    compute_key,
+    rate_gate,
+)
 from .models import (
     BatchInfo,
     BatchSpec,
@@ -29,6 +38,7 @@ from .models import (
     TaskId,
     WorkerInfo,
 )
+from .ratelimit import RateLimit
 from .retry import DEFAULT_BACKOFF, Backoff
 from .url import default_url, mask, parse_url
 
@@ -48,7 +58,9 @@ class TaskOptions:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     timeout: float | None = DEFAULT_TIMEOUT
     backoff: Backoff = DEFAULT_BACKOFF
-    breaker: str | None = None
+    # as declared: a breaker name, a callable computing one from the payload, a Breaker
+    breaker: str | Callable[[Mapping[str, Any]], str | None] | Breaker | None = None
+    rate_limit: str | RateLimit | None = None  # a declared rate limit's name, or a RateLimit
 
 
 class TaskFunction(Generic[P, R]):
@@ -68,6 +80,21 @@ class TaskFunction(Generic[P, R]):
         )
         self.__name__ = getattr(fn, "__name__", options.name)
         self.__doc__ = fn.__doc__
+        # the breaker / rate limit the tasks go through: (key spec, own policy or None:
+        # the queue's declaration for the key, else the defaults); None when there is none
+        self.breaker_gate = breaker_gate(options.name, options.breaker)
+        self.rate_gate = rate_gate(options.name, options.rate_limit)
+        self.gated = self.breaker_gate is not None or self.rate_gate is not None
+
+    def keys(self, payload: Mapping[str, Any] | None) -> tuple[str | None, str | None]:
+        """The breaker and rate-limit keys of a task with this payload."""
+        p = payload if payload is not None else {}
+        b = self.breaker_gate
+        r = self.rate_gate
+        return (
+            None if b is None else compute_key(self.name, "breaker", b[0], p),
+            None if r is None else compute_key(self.name, "rate limit", r[0], p),
+        )
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
         return self.fn(*args, **kwargs)
@@ -95,7 +122,7 @@ class TaskFunction(Generic[P, R]):
         return f"<lmq task {self.name!r} queue={self.options.queue!r}>"
 
 
-class Queue:
+class Queue(GatesAPI):
     """A queue in one database.  ``Queue()`` uses ``$LMQ_URL``, else ``sqlite:///lmq.db``.
 
     The backend is opened on first use, so defining a Queue at import time is free and a
@@ -109,6 +136,9 @@ class Queue:
         self._backend: Backend | None = None
         self._lock = threading.Lock()
         self._create = True
+        self._breaker_policies: dict[str, Breaker] = {}  # queue.breaker(name, ...)
+        self._rate_limits: dict[str, RateLimit] = {}  # queue.rate_limit(name, ...)
+        self._schedules: dict[str, ScheduleDecl] = {}  # queue.schedule(name, ...)
 
     # --- backend ------------------------------------------------------------------------
 
@@ -163,7 +193,8 @@ class Queue:
         timeout: float | None = DEFAULT_TIMEOUT,
         queue: str = DEFAULT_QUEUE,
         priority: int = 0,
-        breaker: str | None = None,
+        breaker: str | Callable[[Mapping[str, Any]], str | None] | Breaker | None = None,
+        rate_limit: str | RateLimit | None = None,
         backoff: Backoff | None = None,
     ) -> Callable[[Callable[P, R]], TaskFunction[P, R]]: ...
 
@@ -177,18 +208,25 @@ class Queue:
         timeout: float | None = DEFAULT_TIMEOUT,
         queue: str = DEFAULT_QUEUE,
         priority: int = 0,
-        breaker: str | None = None,
+        breaker: str | Callable[[Mapping[str, Any]], str | None] | Breaker | None = None,
+        rate_limit: str | RateLimit | None = None,
         backoff: Backoff | None = None,
     ) -> TaskFunction[P, R] | Callable[[Callable[P, R]], TaskFunction[P, R]]:
         """Register a handler, with or without arguments.
 
         ``name`` defaults to the function's name; it is what producers (in any language)
         write into ``task_name``.  ``timeout`` is per attempt, in seconds (None: none).
+
+        ``breaker``: the circuit breaker its tasks go through: a name (its policy from
+        :meth:`breaker`, else the defaults), a callable computing the name from the
+        payload (``lambda p: p["host"]``), or an :class:`lmq.Breaker`.  ``rate_limit``: a
+        name declared with :meth:`rate_limit`, or an :class:`lmq.RateLimit`.
         """
         if max_attempts < 1:
             raise ConfigError("max_attempts must be at least 1")
         if timeout is not None and timeout <= 0:
             raise ConfigError("timeout must be positive (or None for no timeout)")
+        check_gate_args(breaker, rate_limit)
 
         def register(f: Callable[P, R]) -> TaskFunction[P, R]:
             task_name = name or f.__name__
@@ -202,6 +240,7 @@ class Queue:
                 timeout=timeout,
                 backoff=backoff or DEFAULT_BACKOFF,
                 breaker=breaker,
+                rate_limit=rate_limit,
             )
             tf: TaskFunction[P, R] = TaskFunction(self, f, options)
             self.registry[task_name] = tf
@@ -237,10 +276,13 @@ class Queue:
         if type(task_name) is not str or not task_name:
             raise TypeError("task_name must be a non-empty string")
         handler = self.registry.get(task_name)
+        breaker = rate_key = None
         if handler is not None:
             opts = handler.options
             queue = queue or opts.queue
             priority = opts.priority if priority is None else priority
+            if handler.gated:
+                breaker, rate_key = handler.keys(payload)
         return NewTask(
             task_name,
             payload_mod.encode_payload(payload),
@@ -251,6 +293,8 @@ class Queue:
             delay,
             unique_key,
             batch,
+            breaker,
+            rate_key,
         )
 
     def enqueue(
