@@ -13,6 +13,7 @@ that server.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import socket
@@ -295,6 +296,38 @@ def test_inserts_from_anyone_reach_the_wake_source(pq: lmq.Queue, prefix: str) -
         base = calls.n
         got = claim(pq.backend, "w1", limit=1)
         complete(pq.backend, "w1", released=ids(got))
+        wait_for(lambda: calls.n > base, timeout=5)
+    finally:
+        wake.stop()
+
+
+def test_a_breaker_that_closes_wakes_idle_workers(pq: lmq.Queue) -> None:
+    """Its tasks are claimable again, and nothing was inserted: put_breaker notifies when
+    a breaker closes (or its row is deleted) from open or half_open, and only then."""
+    backend = pq.backend
+    wake = backend.wake_source()
+    assert wake is not None
+    calls = _Calls()
+    wake.start(calls)
+    try:
+        assert wake.connected.wait(10)
+        base = _settled(calls)
+        opened = BreakerState("crm", "open", version=1)
+        assert backend.put_breaker(opened, 0)
+        counted = BreakerState("other", "closed", failures=1, version=1)
+        assert backend.put_breaker(counted, 0)
+        assert backend.put_breaker(dataclasses.replace(counted, failures=2, version=2), 1)
+        assert _settled(calls) == base  # opening, and counting while closed: no wake-up
+        closed = dataclasses.replace(opened, state="closed", version=2)
+        assert not backend.put_breaker(closed, 5)  # a lost compare-and-set wakes nobody
+        assert _settled(calls) == base
+        assert backend.put_breaker(closed, 1)
+        wait_for(lambda: calls.n > base, timeout=5)
+        base = _settled(calls)
+        assert backend.put_breaker(dataclasses.replace(closed, state="open", version=3), 2)
+        assert backend.delete_breaker("other")  # it was closed: nothing to announce
+        assert _settled(calls) == base
+        assert backend.delete_breaker("crm")  # open: its tasks are back
         wait_for(lambda: calls.n > base, timeout=5)
     finally:
         wake.stop()

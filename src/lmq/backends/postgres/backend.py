@@ -51,9 +51,25 @@ it always was.  Batches live in ``{prefix}queue_batches`` (members carry the nam
 ``completed IS NULL`` and enqueues its follow-up in the same transaction.  Approved dead
 letters are re-queued under ``FOR UPDATE SKIP LOCKED``, so concurrent workers share them.
 
+Circuit breakers and rate limits (schema 3): tasks carry ``breaker`` / ``rate_key``.  The
+two ready indexes hold only plain rows (neither key), so a plain claim never steps over
+keyed ones; rows behind a breaker have their own index, walked breaker by breaker for
+the breakers with pending rows (a loose index scan) whose stored state is closed or that
+have no row, so an open breaker's backlog costs a plain claim, has_ready and next_due
+nothing.  That walk costs the claim's planning about a third of a millisecond, so a plain
+claim leaves it out while the last claim saw no pending row with a breaker (each claim
+reports that, from one probe of the index), and tops up what it left free with the full
+claim the moment it sees one.  Probe claims walk one breaker's rows, rate claims one
+key's (rate-keyed rows have an index of their own: rate_keys_ready scans its keys).  The
+breaker, rate-limit and schedule rows are swapped by compare-and-set on ``version`` in
+one statement (INSERT ... ON CONFLICT DO NOTHING at version 0, else UPDATE ... WHERE
+version = expected); ``fire_schedule`` does it and the enqueue in one transaction, the
+compare-and-set first, so a racing worker waits for the row lock, then enqueues nothing.
+
 Wake-ups: a statement-level trigger NOTIFYs ``{prefix}queue_tasks`` on every insert
-(anyone's, delivered at commit); :mod:`.wake` LISTENs on its own connection.  The
-worker's pruner also vacuums the task table when the server runs without autovacuum.
+(anyone's, delivered at commit), and ``put_breaker`` does when a breaker closes (its tasks
+are claimable again); :mod:`.wake` LISTENs on its own connection.  The worker's pruner
+also vacuums the task table when the server runs without autovacuum.
 """
 
 from __future__ import annotations
@@ -1283,12 +1299,26 @@ class PostgresBackend:
         return [shared.breaker_from_row(r) for r in rows]
 
     def put_breaker(self, state: BreakerState, expected_version: int) -> bool:
+        """The compare-and-set; a breaker that closes (from open or half_open) notifies
+        idle workers, whose LISTEN would otherwise not hear that its tasks are back."""
+        row = {**shared.breaker_values(state), "version": expected_version + 1}
         with self._conn(worker=True) as conn:
-            return self._put(conn, "breaker", shared.breaker_values(state), expected_version)
+            if expected_version == 0:
+                return conn.execute(self.q["insert_breaker"], row).rowcount == 1
+            got = conn.execute(
+                self.q["update_breaker"], {**row, "expected": expected_version}
+            ).fetchone()
+            if got is not None and state.state == "closed" and got[0] != "closed":
+                conn.execute(self.q["notify"])
+            return got is not None
 
     def delete_breaker(self, name: str) -> bool:
+        """A deleted row counts as closed: deleting one that was not wakes idle workers."""
         with self._conn(worker=True) as conn:
-            return conn.execute(self.q["delete_breaker"], {"name": name}).rowcount > 0
+            got = conn.execute(self.q["delete_breaker"], {"name": name}).fetchone()
+            if got is not None and got[0] != "closed":
+                conn.execute(self.q["notify"])
+            return got is not None
 
     def rate_limits(self, names: Sequence[str] | None = None) -> list[RateState]:
         if names is not None and not names:

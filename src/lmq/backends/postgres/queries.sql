@@ -893,17 +893,21 @@ VALUES (%(name)s, %(state)s, %(failures)s, %(window_start)s, %(window_calls)s,
 ON CONFLICT (name) DO NOTHING
 
 -- name: update_breaker
-UPDATE {prefix}queue_breakers
+-- returns the state it replaced (as this statement's snapshot saw it): closing a breaker
+-- that was not closed wakes idle workers (its tasks are claimable again)
+UPDATE {prefix}queue_breakers b
    SET state = %(state)s, failures = %(failures)s, window_start = %(window_start)s,
        window_calls = %(window_calls)s, window_failures = %(window_failures)s,
        cooldown = %(cooldown)s, opened_at = %(opened_at)s, retry_at = %(retry_at)s,
        probe_by = %(probe_by)s, probe_until = %(probe_until)s, trips = %(trips)s,
        forced = %(forced)s, last_error = %(last_error)s, updated = %(updated)s,
        version = %(version)s
- WHERE name = %(name)s AND version = %(expected)s
+  FROM (SELECT state FROM {prefix}queue_breakers WHERE name = %(name)s) old
+ WHERE b.name = %(name)s AND b.version = %(expected)s
+RETURNING old.state
 
 -- name: delete_breaker
-DELETE FROM {prefix}queue_breakers WHERE name = %(name)s
+DELETE FROM {prefix}queue_breakers WHERE name = %(name)s RETURNING state
 
 -- name: rate_limits
 SELECT name, calls, per, burst, tat, updated, version
