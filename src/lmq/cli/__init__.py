@@ -16,7 +16,7 @@ import click
 from ..exceptions import LmqError
 
 # importing the command modules registers them on ``cli``
-from . import commands, control, dead, deploy, worker_cmd  # noqa: F401
+from . import commands, control, dead, deploy, gates, worker_cmd  # noqa: F401
 from .common import cli
 
 

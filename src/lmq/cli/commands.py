@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..exceptions import BackendError, LmqError, NotFound
-from ..models import Counts, Task, TaskError, WorkerInfo, iso
+from ..models import BreakerState, Counts, ScheduleState, Task, TaskError, WorkerInfo, iso
 from ..queue import Queue
 from .common import (
     ago,
@@ -29,6 +29,7 @@ from .common import (
     parse_json_object,
     url_option,
 )
+from .gates_view import breaker_json, breaker_line, breaker_table, schedule_json, schedule_table
 
 out = Console(highlight=False, soft_wrap=True)
 
@@ -94,7 +95,8 @@ def enqueue(
     is_flag=True,
     help="For monitoring: exit 0 if healthy, 1 if something needs a person "
     "(stale heartbeat; ready tasks and no live worker), 2 if the backend can't "
-    "be reached.  Prints one line.",
+    "be reached.  Prints one line, then a WARNING line per circuit breaker that is "
+    "not closed (a warning only: an open breaker alone is not unhealthy).",
 )
 @click.option(
     "--stale-after",
@@ -130,7 +132,8 @@ def status(
     url: str | None,
     app: str | None,
 ) -> None:
-    """Queues, workers and health at a glance (`--watch`: live)."""
+    """Queues, workers, circuit breakers that are not closed, schedules and health at a
+    glance (`--watch`: live)."""
     if watch is not None and (as_json or check):
         raise click.UsageError("--watch shows the table; it does not go with --json or --check")
     try:
@@ -157,8 +160,11 @@ def status(
                 "queues": {r.pop("name"): r for r in queue_rows(stats.by_queue, paused)},
                 "paused": sorted(paused),
                 "workers": [w.to_json() for w in workers],
+                "breakers": [breaker_json(b) for b in st.breakers],
+                "schedules": [schedule_json(s) for s in st.schedules],
                 "healthy": not problems,
                 "problems": problems,
+                "warnings": st.warnings,
             }
         )
     elif check:
@@ -170,6 +176,8 @@ def status(
                 f"OK: {len(st.alive)} worker(s) alive, {stats.ready} ready, "
                 f"{stats.processing} processing, {stats.dead} dead{note}"
             )
+        for w in st.warnings:  # after the status line: monitoring reads the first one
+            click.echo(f"WARNING: {w}")
     else:
         out.print(_status_view(queue, st, stale_after))
     if check:
@@ -183,6 +191,14 @@ class _Status:
     paused: dict[str, datetime]
     alive: list[WorkerInfo]
     problems: list[str]
+    breakers: list[BreakerState]
+    schedules: list[ScheduleState]
+
+    @property
+    def warnings(self) -> list[str]:
+        """A line per breaker that is not closed: worth a look, not by itself unhealthy
+        (its tasks wait with their attempts intact until the service is back)."""
+        return [breaker_line(b) for b in self.breakers if b.state != "closed"]
 
     @property
     def paused_note(self) -> str:
@@ -248,7 +264,7 @@ def _read_status(queue: Queue, stale_after: float, max_ready_age: float | None) 
             f"oldest ready task has waited {human_seconds(oldest)} "
             f"(> {human_seconds(max_ready_age)})"
         )
-    return _Status(stats, workers, paused, alive, problems)
+    return _Status(stats, workers, paused, alive, problems, queue.breakers(), queue.schedules())
 
 
 def _status_view(queue: Queue, st: _Status, stale_after: float, header: str = "") -> Group:
@@ -305,6 +321,13 @@ def _status_view(queue: Queue, st: _Status, stale_after: float, header: str = ""
             age,
         )
     parts.append(w if workers else "workers: none running")
+    held = [b for b in st.breakers if b.state != "closed"]
+    if held:
+        parts.append(breaker_table(held, title="circuit breakers (not closed)"))
+    elif st.breakers:
+        parts.append(f"circuit breakers: {len(st.breakers)}, all closed")
+    if st.schedules:
+        parts.append(schedule_table(st.schedules, title="schedules"))
     for p in st.problems:
         parts.append(Text.from_markup(f"[red]problem:[/] {esc(p)}"))
     return Group(*parts)
