@@ -11,7 +11,9 @@
 * **pruner** deletes finished tasks past their retention and stale worker rows;
 * **housekeeping** (about once a second) refreshes the paused queues (excluded from
   claims), completes finished batches (enqueueing their follow-ups) and re-queues
-  approved dead letters that are due.
+  approved dead letters that are due;
+* **breakers**, **rate limits** and the **scheduler**, only when the app declares
+  them (see :mod:`lmq.worker.gates` and :mod:`lmq.worker.scheduler`).
 
 If a side task dies the worker stops loudly (exit status 1).  Storage calls run on
 two dedicated threads (one for the hot path, one for the side tasks), never on the loop.
@@ -43,6 +45,7 @@ from ..models import (
     ClaimRequest,
     ClaimResult,
     CompleteBatch,
+    DeferOutcome,
     Heartbeat,
     PruneRequest,
     RenewRequest,
@@ -54,8 +57,10 @@ from ..payload import MalformedPayload, decode_payload
 from ..queue import DEFAULT_MAX_ATTEMPTS, Queue, TaskFunction
 from ..retry import fingerprint
 from ..url import mask
+from .gates import Gates
 from .pool import Result, SyncPool
 from .running import Resume, loop_factory, one_line, task_error
+from .scheduler import Scheduler
 
 log = logging.getLogger("lmq.worker")
 T = TypeVar("T")
@@ -102,6 +107,8 @@ class _Running:
     deadline: float = math.inf  # monotonic time its timeout runs out
     settled: bool = False  # an outcome is recorded (maybe not yet written)
     finished: bool = True  # its code has returned (False while a sync thread still runs)
+    breaker: str | None = None  # the breaker its outcome is reported to
+    probe: bool = False  # it probes a half-open breaker
 
 
 @dataclass
@@ -133,6 +140,7 @@ class Worker:
         self._retries: list[RetryOutcome] = []
         self._burials: list[BuryOutcome] = []
         self._released: list[TaskId] = []
+        self._deferred: list[DeferOutcome] = []  # not run: held back by a breaker / rate limit
         self._to_free: list[_Running] = []  # settled outcomes waiting for their write
         self._inflight = 0  # claimed and not yet acknowledged (or thread still running)
         self._bind_cache: dict[tuple[str, frozenset[str]], str | None] = {}
@@ -146,11 +154,19 @@ class Worker:
         self._debug = log.isEnabledFor(logging.DEBUG)
         self._batch = max(1, (s.concurrency + 1) // 2)
         self._reserved = 0  # slots promised to a claim under way
+        self._probe_hold = 0  # 1: a breaker probe waits for the next free slot
         self._more = False  # the last claim was full: more tasks are probably ready
         self._announced = False  # a wake-up said tasks were just made ready
         # a backend without wake-ups may ask idle workers to look more often (MySQL)
         self._idle_poll = min(s.idle_poll, getattr(self.backend, "poll_interval", s.idle_poll))
         self._flushing = False  # the completer is writing (and maybe claiming)
+        queue.check_gates()
+        gates = Gates(self)
+        self._gates: Gates | None = gates if (gates.uses_breakers or gates.uses_rates) else None
+        self._rate_wake: Callable[[], None] | None = (
+            gates.wake if self._gates is not None and gates.uses_rates else None
+        )
+        self._scheduler = Scheduler(self)
 
     # --- public ---------------------------------------------------------------------------
 
@@ -176,11 +192,16 @@ class Worker:
         self._db_pool = ThreadPoolExecutor(1, thread_name_prefix="lmq-db")
         self._side_pool = ThreadPoolExecutor(1, thread_name_prefix="lmq-db-side")
         self._sync = SyncPool(loop, s.concurrency, self._on_sync_results)
+        # breakers and rate limits, and schedules, each on a thread of their own
+        self._gates_pool = ThreadPoolExecutor(1, thread_name_prefix="lmq-db-gates")
+        self._sched_pool = ThreadPoolExecutor(1, thread_name_prefix="lmq-db-schedules")
         wake = None
         try:
             self.backend.prepare_worker()
             await self._side(self.backend.heartbeat, self._beat())  # before the first claim
             self._set_paused(await self._side(self.backend.paused_queues))
+            if self._gates is not None and self._gates.uses_breakers:
+                self._gates.view = {b.name: b for b in await self._side(self.backend.breakers)}
             log.info(
                 "worker %s started: %s, queues=%s, concurrency=%d, lease=%gs, tasks=%s",
                 self.id,
@@ -207,9 +228,13 @@ class Worker:
             if wake is not None:
                 announces = bool(getattr(wake, "announces_work", False))
 
+                rate_wake = self._rate_wake
+
                 def woken() -> None:  # on the loop
                     self._announced = self._announced or announces
                     self._wake.set()
+                    if rate_wake is not None:
+                        rate_wake()
 
                 def poke() -> None:  # called from the backend's watcher thread
                     loop.call_soon_threadsafe(woken)
@@ -224,6 +249,9 @@ class Worker:
                 "timeouts": self._timeouts,
                 "housekeeping": self._housekeeping,
             }
+            if self._gates is not None:
+                parts.update(self._gates.parts())
+            parts.update(self._scheduler.parts())
             side: dict[asyncio.Task[Any], str] = {
                 loop.create_task(fn(), name=f"lmq {name}"): name for name, fn in parts.items()
             }
@@ -253,6 +281,8 @@ class Worker:
             self._sync.shutdown()
             self._db_pool.shutdown(wait=False)
             self._side_pool.shutdown(wait=False)
+            self._gates_pool.shutdown(wait=False)
+            self._sched_pool.shutdown(wait=False)
         return self.exit_code
 
     # --- plumbing -------------------------------------------------------------------------
@@ -355,7 +385,7 @@ class Worker:
         s = self.settings
         claim, backend, wake = self.backend.claim, self.backend, self._wake
         while not self._stopping:
-            free = s.concurrency - self._inflight - self._reserved
+            free = s.concurrency - self._inflight - self._reserved - self._probe_hold
             # while tasks flow, the completer refills the slots its acknowledgement frees
             completer_refills = self._more and (self._flushing or bool(self._to_free))
             if free <= 0 or (completer_refills and free < self._batch):
@@ -395,13 +425,25 @@ class Worker:
                 if drained and await self._burst_settle():
                     continue  # a batch's follow-up task was just enqueued
                 if drained and not await self._db(backend.has_ready, *self._ready_args):
-                    log.info("burst: nothing ready; stopping", extra={"event": "burst_done"})
-                    self._begin_stop("burst finished")
-                    return
+                    if not await self._gates_busy():
+                        log.info("burst: nothing ready; stopping", extra={"event": "burst_done"})
+                        self._begin_stop("burst finished")
+                        return
+                    await self._wait_idle(0.05)  # rate-limited tasks wait for their slots
+                    continue
                 if result.tasks or self._inflight:
                     await self._wait_idle(0.05)
                 continue
             await self._wait_idle(await self._idle_timeout())
+
+    async def _gates_busy(self) -> bool:
+        """Burst mode: rate-limited tasks ready or waiting for their slot?"""
+        gates = self._gates
+        if gates is None or not gates.uses_rates:
+            return False
+        if gates.waiting or self._reserved:
+            return True
+        return bool(await self._retrying("rate keys", lambda: self._side(gates.burst_busy)))
 
     def _claimed(self, result: ClaimResult, limit: int) -> None:
         if result.rescued:
@@ -491,6 +533,12 @@ class Worker:
                     problem = self._bind_cache[key] = tf.check_payload(kwargs)
                 if problem is not None:
                     self._bury(rt, "PayloadMismatch", problem, problem)
+                    continue
+            if c.breaker is not None or tf.gated:
+                gates = self._gates
+                deferral = None if gates is None else gates.admit(rt, tf, kwargs)
+                if deferral is not None:
+                    self._defer(rt, deferral)
                     continue
             if tf.options.timeout is not None:
                 rt.deadline = now + tf.options.timeout
@@ -595,6 +643,8 @@ class Worker:
     def _succeeded(self, rt: _Running) -> None:
         self._done.append(rt.claimed.id)
         self.stats.succeeded += 1
+        if rt.breaker is not None:
+            self._gates.outcome(rt, None)  # type: ignore[union-attr]  # set by the gates
         if self._debug:
             took = time.monotonic() - rt.started
             log.debug(
@@ -617,9 +667,41 @@ class Worker:
             self._released.append(rt.claimed.id)
             self._settle(rt)
 
+    def _defer(self, rt: _Running, deferral: DeferOutcome) -> None:
+        """Not run now (its breaker is open, or it waits for its rate limit): back to
+        pending with the attempt refunded and its keys written."""
+        self._deferred.append(deferral)
+        if self._debug:
+            c = rt.claimed
+            log.debug(
+                "deferred %s #%s (breaker %s, rate limit %s)",
+                c.task_name,
+                c.id,
+                deferral.breaker,
+                deferral.rate_key,
+                extra={
+                    "event": "deferred",
+                    "task_id": c.id,
+                    "task_name": c.task_name,
+                    "breaker": deferral.breaker,
+                    "rate_key": deferral.rate_key,
+                },
+            )
+        self._settle(rt)
+
+    def _hold_back(self, c: Claimed) -> None:
+        """A claimed task that never started (shutting down while it waited for its rate
+        slot): released, as if it had started and been stopped."""
+        rt = _Running(c, self.registry.get(c.task_name), time.monotonic(), 0)
+        self._running[c.id] = rt
+        self._inflight += 1
+        self._release(rt)
+
     def _failed(self, rt: _Running, exc: BaseException, with_traceback: bool = True) -> None:
         if rt.settled:
             return
+        if rt.breaker is not None:
+            self._gates.outcome(rt, exc)  # type: ignore[union-attr]  # set by the gates
         c = rt.claimed
         error = task_error(c.attempts, exc, with_traceback)
         if "://" in error.message or "://" in (error.traceback or ""):
@@ -698,9 +780,12 @@ class Worker:
     # --- completer ------------------------------------------------------------------------
 
     def _take_batch(self) -> tuple[CompleteBatch, list[_Running]]:
-        batch = CompleteBatch(self.id, self._done, self._retries, self._burials, self._released)
+        batch = CompleteBatch(
+            self.id, self._done, self._retries, self._burials, self._released, self._deferred
+        )
         freed = self._to_free
         self._done, self._retries, self._burials, self._released = [], [], [], []
+        self._deferred = []
         self._to_free = []
         return batch, freed
 
@@ -718,6 +803,7 @@ class Worker:
         limit = 0
         if self._more and not self._stopping:
             free = self.settings.concurrency - self._inflight - self._reserved
+            free -= self._probe_hold
             free += sum(1 for rt in freed if rt.finished)
             limit = min(free, self._batch)
         request = self._claim(limit=limit) if limit > 0 else None
@@ -731,6 +817,9 @@ class Worker:
             self._reserved -= limit
             self._flushing = False
         self._free_slots(freed)
+        gates = self._gates
+        if gates is not None and gates.outcomes:
+            gates.breaker_event.set()  # write the breaker outcomes just acknowledged
         if result is not None:
             self._claimed(result, limit)
 
@@ -742,6 +831,8 @@ class Worker:
         self._inflight -= n
         self._slot_event.set()
         self._wake.set()
+        if self._rate_wake is not None:
+            self._rate_wake()
 
     # --- lease renewer, heartbeat, pruner -------------------------------------------------
 
@@ -873,6 +964,8 @@ class Worker:
     async def _shutdown(self, side: dict[asyncio.Task[Any], str]) -> None:
         s = self.settings
         self._stopping = True
+        if self._gates is not None:
+            self._gates.release_waiting()  # not started yet: back to pending
         fetcher = next(t for t, name in side.items() if name == "fetcher")
         if not fetcher.done():
             fetcher.cancel()
