@@ -48,6 +48,24 @@ FORBIDDEN = (
 )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "soak: long multi-worker runs (minutes), outside CI: run with -m soak or LMQ_SOAK=1",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Soak tests run only when asked for (``-m soak``, or ``LMQ_SOAK=1``), so the plain
+    ``pytest`` of the README and CI leaves them out."""
+    if "soak" in (config.getoption("markexpr", "") or "") or os.environ.get("LMQ_SOAK") == "1":
+        return
+    skip = pytest.mark.skip(reason="a soak test: run with -m soak or LMQ_SOAK=1")
+    for item in items:
+        if item.get_closest_marker("soak"):
+            item.add_marker(skip)
+
+
 class Proc:
     """One started ``lmq`` (or producer) process, its stdout/stderr kept in files."""
 
