@@ -3,12 +3,18 @@ declarations and the Queue's open/close/reset verbs."""
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from pathlib import Path
+
 import pytest
 
 import lmq
 from lmq import breaker as bm
 from lmq.breaker import Breaker
-from lmq.models import BreakerState
+from lmq.models import BreakerState, NewTask
+from lmq.worker import Worker, WorkerSettings
 
 POLICY = Breaker("api", failures=3, cooldown=10.0, max_cooldown=25.0)
 
@@ -208,3 +214,81 @@ def test_open_close_reset_through_the_backend() -> None:
     assert queue.breakers() == []
     with pytest.raises(ValueError, match="for_seconds"):
         queue.open_breaker("crm-api", for_seconds=0)
+
+
+# --- a worker in this process, on SQLite and in memory -------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/breaker.db" if request.param == "sqlite" else "memory://"
+
+
+def test_worker_opens_probes_and_closes_the_breaker(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = lmq.Queue(url)
+    queue.breaker("svc", failures=2, cooldown=0.3, max_cooldown=0.6)
+    calls: list[tuple[float, str]] = []  # (time, breaker state seen then)
+    service = {"up": False}
+
+    @queue.task(breaker="svc", max_attempts=50, backoff=lmq.Backoff(base=0.02, cap=0.05))
+    async def call(n: int) -> None:
+        calls.append((time.time(), n))
+        if not service["up"]:
+            raise HTTPError(503)
+
+    queue.enqueue_many([("call", {"n": i}) for i in range(20)])
+    worker = Worker(queue, WorkerSettings(concurrency=2, install_signal_handlers=False))
+    opened_at: list[float] = []
+
+    def control() -> None:
+        deadline = time.time() + 10
+        while time.time() < deadline and not any(b.state == "open" for b in queue.breakers()):
+            time.sleep(0.01)
+        opened_at.append(time.time())
+        time.sleep(1.0)  # two probes fail meanwhile (cool-downs 0.3 s, then 0.6 s)
+        service["up"] = True
+        while time.time() < deadline and queue.counts()["done"] < 20:
+            time.sleep(0.02)
+        worker.stop()
+
+    caplog.set_level(logging.INFO, logger="lmq.worker")
+    helper = threading.Thread(target=control)
+    helper.start()
+    assert worker.run() == 0
+    helper.join()
+    assert queue.counts() == {"pending": 0, "processing": 0, "done": 20, "dead": 0}
+    (b,) = queue.breakers()
+    assert (b.state, b.trips, b.cooldown) == ("closed", 1, 0.3)
+    # while open only probes called the service (allowing 0.05 s for calls in flight)
+    while_open = [t for t, _ in calls if opened_at[0] + 0.05 < t < opened_at[0] + 1.0]
+    assert 1 <= len(while_open) <= 3, while_open
+    events = [getattr(r, "event", None) for r in caplog.records]
+    assert events.count("breaker_opened") == 1
+    assert events.count("breaker_closed") == 1
+    assert events.count("breaker_half_open") == events.count("breaker_reopened") + 1
+    opened = next(r for r in caplog.records if getattr(r, "event", None) == "breaker_opened")
+    assert opened.levelno == logging.WARNING
+    assert (opened.breaker, opened.failures, opened.cooldown) == ("svc", 2, 0.3)  # type: ignore[attr-defined]
+
+
+def test_rows_without_their_key_wait_behind_an_open_breaker(url: str) -> None:
+    queue = lmq.Queue(url)
+    ran: list[str] = []
+
+    @queue.task(breaker=lambda p: p["host"])
+    def fetch(host: str) -> None:
+        ran.append(host)
+
+    # enqueued by another program: no breaker column
+    queue.backend.enqueue([NewTask("fetch", '{"host": "a"}'), NewTask("fetch", '{"host": "b"}')])
+    queue.open_breaker("a")
+    worker = Worker(queue, WorkerSettings(burst=True, install_signal_handlers=False))
+    assert worker.run() == 0
+    assert ran == ["b"]
+    (waiting,) = queue.tasks(status="pending")
+    assert (waiting.breaker, waiting.attempts, waiting.errors) == ("a", 0, ())
+    queue.close_breaker("a")
+    assert Worker(queue, WorkerSettings(burst=True, install_signal_handlers=False)).run() == 0
+    assert ran == ["b", "a"]

@@ -3,13 +3,18 @@ W, whoever reserves), giving slots back, and the declarations."""
 
 from __future__ import annotations
 
+import itertools
 import random
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
 import lmq
 from lmq import ratelimit as rl
-from lmq.models import RateState
+from lmq.models import NewTask, RateState
+from lmq.worker import Worker, WorkerSettings
 
 
 def _max_in_window(starts: list[float], window: float) -> int:
@@ -134,3 +139,59 @@ def test_tasks_carry_their_rate_key() -> None:
         queue.check_gates()
     with pytest.raises(lmq.ConfigError, match="rate_limit= takes"):
         queue.task(rate_limit=5)  # type: ignore[call-overload]
+
+
+# --- a worker in this process, on SQLite and in memory -------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/rate.db" if request.param == "sqlite" else "memory://"
+
+
+def test_burst_worker_runs_rate_limited_tasks_at_the_rate(url: str) -> None:
+    queue = lmq.Queue(url)
+    queue.rate_limit("api", 20, per=1.0)
+    starts: list[float] = []
+
+    @queue.task(rate_limit="api")
+    async def call(n: int) -> None:
+        starts.append(time.time())
+
+    @queue.task
+    async def plain(n: int) -> None:
+        starts.append(0.0)
+
+    queue.enqueue_many([("call", {"n": i}) for i in range(14)])
+    queue.backend.enqueue([NewTask("call", '{"n": 99}')])  # no rate_key: deferred with it
+    queue.enqueue_many([("plain", {"n": i}) for i in range(5)])
+    t0 = time.time()
+    assert Worker(queue, WorkerSettings(burst=True, install_signal_handlers=False)).run() == 0
+    took = time.time() - t0
+    assert queue.counts()["done"] == 20
+    timed = sorted(s for s in starts if s)
+    assert len(timed) == 15
+    assert took >= 14 * 0.05 - 0.01
+    assert _max_in_window(timed, 0.5) <= 0.5 / 0.05 + 1
+    gaps = [b - a for a, b in itertools.pairwise(timed)]
+    assert min(gaps) > 0.04, gaps
+    (stored,) = queue.rate_limits()
+    assert (stored.name, stored.calls, stored.per) == ("api", 20, 1.0)
+
+
+def test_stop_releases_tasks_waiting_for_their_slot(url: str) -> None:
+    queue = lmq.Queue(url)
+    queue.rate_limit("slow", 2, per=1.0)
+    ran: list[int] = []
+
+    @queue.task(rate_limit="slow")
+    def call(n: int) -> None:
+        ran.append(n)
+
+    queue.enqueue_many([("call", {"n": i}) for i in range(4)])
+    worker = Worker(queue, WorkerSettings(install_signal_handlers=False))
+    threading.Timer(0.3, worker.stop).start()
+    assert worker.run() == 0
+    assert len(ran) == 1  # the first slot at once; the next is 0.5 s away
+    left = queue.tasks(status="pending")
+    assert len(left) == 3 and all(t.attempts == 0 and t.locked_by is None for t in left)

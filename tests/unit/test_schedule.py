@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
+import threading
+import time
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +17,7 @@ import lmq
 from lmq import schedule as sm
 from lmq.models import ScheduleState
 from lmq.schedule import Schedule
+from lmq.worker import Worker, WorkerSettings
 
 BERLIN = sm.zone("Europe/Berlin")
 
@@ -302,3 +307,68 @@ def test_pause_resume_and_run_now_through_the_backend() -> None:
     task = queue.get(task_id)
     assert task is not None and (task.task_name, task.payload) == ("cleanup", {"days": 7})
     assert [s.name for s in queue.schedules()] == ["cleanup"]
+
+
+# --- workers in this process, on SQLite and in memory ----------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/sched.db" if request.param == "sqlite" else "memory://"
+
+
+def test_two_workers_fire_each_tick_once_and_on_time(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = lmq.Queue(url)
+    runs: list[tuple[float, int]] = []
+
+    @queue.task
+    def beat(n: int) -> None:
+        runs.append((time.time(), n))
+
+    queue.schedule("beat", every=0.2, payload={"n": 7})
+    queue.schedule("later", every=3600, task="beat", payload={"n": 0})
+    workers = [Worker(queue, WorkerSettings(install_signal_handlers=False)) for _ in range(2)]
+    caplog.set_level(logging.INFO, logger="lmq.worker")
+    threads = [threading.Thread(target=w.run) for w in workers]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    queue.pause_schedule("beat")
+    paused_at = time.time()
+    time.sleep(0.5)
+    for w in workers:
+        w.stop()
+    for t in threads:
+        t.join()
+    fired = [r for r in caplog.records if getattr(r, "event", None) == "schedule_fired"]
+    ticks = [datetime.fromisoformat(r.tick).timestamp() for r in fired]  # type: ignore[attr-defined]
+    assert len(ticks) >= 5 and len(set(ticks)) == len(ticks)
+    assert all(abs(b - a - 0.2) < 1e-6 for a, b in itertools.pairwise(sorted(ticks)))
+    assert all(r.late < 0.2 for r in fired)  # type: ignore[attr-defined]
+    assert all(t < paused_at + 0.01 for t in ticks)
+    assert len(runs) == len(ticks) and {n for _, n in runs} == {7}
+    tasks = queue.tasks(name="beat", limit=100)
+    keys = {t.unique_key for t in tasks}
+    assert keys == {sm.tick_key("beat", t) for t in ticks}
+    rows = {s.name: s for s in queue.schedules()}
+    assert set(rows) == {"beat", "later"} and rows["beat"].paused
+    assert rows["beat"].last_tick == pytest.approx(max(ticks))
+    assert rows["later"].last_tick is None  # new: nothing to catch up
+
+
+def test_a_restarted_worker_catches_up_once(url: str) -> None:
+    queue = lmq.Queue(url)
+
+    @queue.task
+    def beat() -> None: ...
+
+    decl = queue.schedule("beat", every=60)
+    old = sm.sync(decl, None, time.time() - 3600)  # stored an hour ago, no worker since
+    assert old is not None and queue.backend.put_schedule(old, 0)
+    worker = Worker(queue, WorkerSettings(burst=True, install_signal_handlers=False))
+    assert worker.run() == 0
+    (row,) = queue.schedules()
+    assert row.next_tick is not None and row.next_tick > time.time()
+    assert queue.counts()["done"] == 1  # missed="once": one task for the latest tick

@@ -926,15 +926,17 @@ class Worker:
         self._wake.set()  # resumed: maybe claimable now
 
     async def _burst_settle(self) -> bool:
-        """Before a burst worker exits: complete finished batches and re-queue approved
-        dead letters that are due; True if that made any task."""
+        """Before a burst worker exits: complete finished batches, re-queue approved
+        dead letters that are due and fire the schedules' due ticks; True if that made
+        any task."""
         settled = await self._retrying(
             "settle batches", functools.partial(self._side, self._settle_batches)
         )
         requeued = await self._retrying(
             "requeue approved", functools.partial(self._side, self._requeue_approved)
         )
-        return bool(settled or requeued)
+        fired = await self._scheduler.burst_fire()  # ticks due now (later ones: not waited for)
+        return bool(settled or requeued or fired)
 
     def _requeue_approved(self) -> list[TaskId]:
         """Re-queue approved dead letters that are due (on the side thread); log them."""

@@ -38,6 +38,7 @@ class Scheduler:
         self.backend = worker.backend
         self.declared = {s.name: s for s in self.queue.declared_schedules()}
         self.rows: dict[str, ScheduleState] = {}
+        self.synced = asyncio.Event()
 
     def parts(self) -> dict[str, Callable[[], Any]]:
         return {"scheduler": self._run} if self.declared else {}
@@ -48,6 +49,7 @@ class Scheduler:
     async def _run(self) -> None:
         w = self.w
         await w._retrying("sync schedules", functools.partial(self._db, self._sync))
+        self.synced.set()
         next_read = time.monotonic() + REREAD
         while True:
             now = time.time()
@@ -66,6 +68,17 @@ class Scheduler:
                 for s in self.rows.values()
             ):
                 await w._retrying("fire schedules", functools.partial(self._db, self._fire))
+
+    async def burst_fire(self) -> bool:
+        """A burst worker about to exit fires the ticks due now (it does not wait for
+        later ones); True if that enqueued a task."""
+        if not self.declared:
+            return False
+        await self.synced.wait()
+        fired: int = await self.w._retrying(
+            "fire schedules", functools.partial(self._db, self._fire)
+        )
+        return fired > 0
 
     # --- on the scheduler's thread ----------------------------------------------------------
 
@@ -106,8 +119,10 @@ class Scheduler:
                 break
         self._read()
 
-    def _fire(self) -> None:
-        """Fire every due schedule; a lost race re-reads the row and tries again."""
+    def _fire(self) -> int:
+        """Fire every due schedule; a lost race re-reads the row and tries again.
+        Returns the number of tasks enqueued."""
+        enqueued = 0
         for name in list(self.rows):
             for _ in range(_CAS_TRIES):
                 state = self.rows.get(name)
@@ -128,7 +143,9 @@ class Scheduler:
                         self.rows.pop(name, None)
                     continue
                 self.rows[name] = self._fired(new, ticks, ids, now)
+                enqueued += len(ids)
                 break
+        return enqueued
 
     def _fired(
         self, new: ScheduleState, ticks: list[float], ids: list[TaskId], now: float
