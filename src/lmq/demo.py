@@ -7,10 +7,15 @@ over eight minutes, and the request dies long before.  Here the request only enq
 makes the calls, many at a time, retrying what fails.
 
 The demo starts a fake external API on 127.0.0.1 (a free port) that answers every call
-after about 100 ms, fails with 503 for a few seconds (the worker backs off and retries),
-and rejects a few permanently bad records with 422 (the task turns those into
-``lmq.Discard``: straight to the dead letters, no retries).  It shows the batch's
-progress live, then a summary and the commands to look around the database it leaves.
+after about 100 ms, fails with 503 for a few seconds, and rejects a few permanently bad
+records with 422 (the task turns those into ``lmq.Discard``: straight to the dead
+letters, no retries).  The task goes through the circuit breaker ``fake-api``: a few
+503s in a row open it, and while it is open the worker claims none of the import's
+tasks (they keep their attempts) and only lets one probe call through after each
+cool-down; the first probe that succeeds closes it.  The demo prints each transition
+as the worker logs it, shows the batch's progress live, then a summary (how many calls
+the breaker spared the failing API) and the commands to look around the database it
+leaves.
 
 This module is also the demo worker's app (``lmq worker --app lmq.demo``): it defines
 the queue and the ``import_product`` task, which reads the API's address from
@@ -47,10 +52,26 @@ CALL_SECONDS = (0.08, 0.12)  # how long the API takes to answer a call
 OUTAGE = (1.0, 4.0)  # seconds after its first call during which the API answers 503
 BAD_EVERY = 1000  # product ids 500, 1500, 2500… are permanently bad records (422)
 BAD_OFFSET = 500
+BREAKER = "fake-api"
+# A low threshold and short cool-downs, so the 3 s outage is seen through in seconds; a
+# real API would get something like failures=5, cooldown=30, max_cooldown=600.
+BREAKER_FAILURES = 5
+BREAKER_COOLDOWN = 0.5
+BREAKER_MAX_COOLDOWN = 1.0
+
+queue.breaker(
+    BREAKER,
+    failures=BREAKER_FAILURES,
+    cooldown=BREAKER_COOLDOWN,
+    max_cooldown=BREAKER_MAX_COOLDOWN,
+)
 
 
 class ServiceUnavailable(Exception):
-    """The external API answered 503: worth retrying later (with backoff)."""
+    """The external API answered 503: worth retrying later (with backoff); it counts
+    towards opening the breaker (a 5xx status)."""
+
+    status_code = 503
 
 
 class ApiError(Exception):
@@ -64,9 +85,12 @@ def is_bad_record(product_id: int) -> bool:
 # --- the task (runs in the worker process) ---------------------------------------------------
 
 
-@queue.task(max_attempts=10, timeout=10, backoff=Backoff(base=0.25, cap=2.0))
+@queue.task(max_attempts=10, timeout=10, backoff=Backoff(base=0.25, cap=2.0), breaker=BREAKER)
 async def import_product(product_id: int, sku: str) -> None:
-    """Push one product to the external API: 2xx done, 503 retry, 4xx dead at once."""
+    """Push one product to the external API: 2xx done, 503 retry, 4xx dead at once.
+
+    A 503 counts towards the ``fake-api`` breaker; a ``Discard`` (the 422s) does not: the
+    API answered, it is the record that is bad."""
     status, body = await call_api(os.environ.get(API_ENV, "127.0.0.1:8080"), product_id, sku)
     if 200 <= status < 300:
         return
@@ -119,6 +143,7 @@ class FakeApi:
     port: int = 0
     calls: int = 0
     unavailable: int = 0  # 503s answered
+    answered: list[tuple[float, int]] = field(default_factory=list)  # (time.time(), status)
     retrying: set[int] = field(default_factory=set)  # ids answered 503, no final answer yet
     retried: set[int] = field(default_factory=set)  # ids that ever got a 503
     first_call: float | None = None
@@ -129,6 +154,10 @@ class FakeApi:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    def calls_between(self, start: float, end: float) -> int:
+        """Calls answered (``time.time()``) in ``[start, end)``."""
+        return sum(1 for at, _ in self.answered if start <= at < end)
 
     def outage(self, now: float | None = None) -> bool:
         if self.first_call is None:
@@ -183,6 +212,7 @@ class FakeApi:
                     length = int(value.strip() or 0)
             body = await reader.readexactly(length) if length else b""
             status, text = self._answer(request, body)
+            self.answered.append((time.time(), status))
             if status == 503:
                 await asyncio.sleep(0.01)  # an overloaded backend fails fast
             else:
@@ -225,6 +255,107 @@ class FakeApi:
                 sku = "?"
             return 422, f"invalid SKU '{sku}': no such category"
         return 200, "saved"
+
+
+# --- watching the breaker (the worker's JSON log) --------------------------------------------
+
+
+@dataclass
+class BreakerWatch:
+    """Follows the worker's ``--log-file`` for the breaker's transitions, prints each as it
+    happens and keeps them, so the summary can say how long the breaker was open and how
+    many calls the API saw meanwhile."""
+
+    path: Path
+    name: str = BREAKER
+    events: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)
+    _offset: int = 0
+    _partial: str = ""
+
+    def poll(self) -> list[str]:
+        """New transitions since the last poll, as lines to print."""
+        try:
+            with open(self.path, encoding="utf-8", errors="replace") as f:
+                f.seek(self._offset)
+                chunk = f.read()
+                self._offset = f.tell()
+        except FileNotFoundError:
+            return []
+        text = self._partial + chunk
+        lines = text.split("\n")
+        self._partial = lines.pop()  # an unfinished last line waits for the next poll
+        shown = []
+        for line in lines:
+            if '"breaker_' not in line:
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            event = str(rec.get("event") or "")
+            if not event.startswith("breaker_") or rec.get("breaker") != self.name:
+                continue
+            at = _epoch(rec.get("ts"))
+            self.events.append((at, event, rec))
+            shown.append(self._describe(at, event, rec))
+        return shown
+
+    def _describe(self, at: float, event: str, rec: dict[str, Any]) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(at)) + f".{int(at * 1000) % 1000:03d}"
+        cooldown = rec.get("cooldown")
+        cd = f"{float(cooldown):g} s" if isinstance(cooldown, int | float) else "its cool-down"
+        if event == "breaker_opened":
+            n = rec.get("failures")
+            after = f"after {n} failures in a row" if n else "after repeated failures"
+            return (
+                f"   {stamp} [red]breaker {self.name} opened[/] {after}: the worker claims "
+                f"none of its tasks for {cd} (they keep their attempts)"
+            )
+        if event == "breaker_half_open":
+            return f"   {stamp} [yellow]breaker {self.name} half-open[/]: one probe call"
+        if event == "breaker_reopened":
+            return (
+                f"   {stamp} [red]breaker {self.name} re-opened[/]: the probe failed, "
+                f"next probe in {cd}"
+            )
+        if event == "breaker_closed":
+            return (
+                f"   {stamp} [green]breaker {self.name} closed[/]: the probe succeeded, the "
+                "worker claims its tasks again"
+            )
+        return f"   {stamp} breaker {self.name}: {event}"
+
+    def opened(self) -> int:
+        return sum(1 for _, e, _ in self.events if e == "breaker_opened")
+
+    def probes(self) -> int:
+        return sum(1 for _, e, _ in self.events if e == "breaker_half_open")
+
+    def closed(self) -> bool:
+        return any(e == "breaker_closed" for _, e, _ in self.events)
+
+    def open_spans(self, end: float) -> list[tuple[float, float]]:
+        """``(opened, closed)`` for each time it was open or half-open (to ``end`` if it
+        did not close)."""
+        spans, start = [], None
+        for at, event, _ in self.events:
+            if event == "breaker_opened" and start is None:
+                start = at
+            elif event == "breaker_closed" and start is not None:
+                spans.append((start, at))
+                start = None
+        if start is not None:
+            spans.append((start, end))
+        return spans
+
+
+def _epoch(ts: Any) -> float:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(str(ts)).timestamp()
+    except ValueError:
+        return time.time()
 
 
 # --- the demo ---------------------------------------------------------------------------------
@@ -275,6 +406,11 @@ def _story(
         f"   made in the web request, one after another, the calls would take "
         f"{count * (lo + hi) / 2 / 60:.0f} minutes"
     )
+    console.print(
+        f"   the task goes through the circuit breaker {BREAKER!r}: {BREAKER_FAILURES} failures "
+        f"in a row open it; a probe call after {BREAKER_COOLDOWN:g} s (then up to "
+        f"{BREAKER_MAX_COOLDOWN:g} s) tests the API; one success closes it"
+    )
 
     batch = f"demo-import-{time.strftime('%Y%m%d-%H%M%S')}"
     items = [
@@ -301,8 +437,9 @@ def _story(
         stderr=console_log,
     )  # fmt: skip
     start = time.perf_counter()
+    watch = BreakerWatch(log_path)
     try:
-        info = _progress(console, api, batch, count, proc, console_log)
+        info = _progress(console, api, batch, count, proc, console_log, watch)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)  # graceful: finishes, acknowledges, exits 0
@@ -322,14 +459,63 @@ def _story(
     )
     if info.completed is not None:
         console.print(f"   the worker marked batch {batch} complete")
+    _breaker_summary(console, api, watch, start_wall=time.time() - elapsed)
     console.print(f"   every failure and dead letter is in {log_path} (one JSON object a line)")
     _next_steps(console, url, batch)
     return 0
 
 
+def _breaker_summary(console: Any, api: FakeApi, watch: BreakerWatch, start_wall: float) -> None:
+    """How long the breaker was open, what the API saw meanwhile, what it spared the API,
+    and that no task died of the outage."""
+    for line in watch.poll():  # a transition logged after the last progress poll
+        console.print(line)
+    now = time.time()
+    spans = watch.open_spans(now)
+    dead_by_outage = _dead_of_outage()
+    died = (
+        "[green]no task died of the outage[/] (the dead ones are the bad records)"
+        if dead_by_outage == 0
+        else f"[red]{dead_by_outage} task(s) died of the outage[/]"
+    )
+    if not spans:
+        console.print(f"   the breaker {BREAKER!r} never opened; {died}")
+        return
+    open_for = sum(b - a for a, b in spans)
+    seen = sum(api.calls_between(a, b) for a, b in spans)
+    probes = watch.probes()
+    # What the breaker spared the API: the calls the worker would have made while it was
+    # open at the rate it made them while the API was healthy (before the outage), less
+    # those the API did see meanwhile (probes, and calls already under way when it opened).
+    first = api.answered[0][0] if api.answered else start_wall
+    healthy = [at for at, status in api.answered if at < first + OUTAGE[0] and status != 503]
+    rate = len(healthy) / OUTAGE[0] if healthy else 0.0
+    saved = max(0, round(rate * open_for) - seen)
+    console.print(
+        f"4. the breaker {BREAKER!r} opened {_times(watch.opened())} and was open for "
+        f"{open_for:.1f} s in all; meanwhile the API saw {seen:,} call(s): {probes} probe(s) "
+        f"and the calls already under way when it opened"
+    )
+    console.print(
+        f"   it saved about [bold]{saved:,} calls[/] to the failing API (at the "
+        f"{rate:,.0f} calls/s the worker made before the outage); "
+        + died
+        + (", and it closed again" if watch.closed() else "; [red]it did not close[/]")
+    )
+
+
+def _times(n: int) -> str:
+    return {1: "once", 2: "twice"}.get(n, f"{n} times")
+
+
+def _dead_of_outage() -> int:
+    """Dead letters whose error is the API's 503 (the breaker should leave none)."""
+    return len(queue.dead_letters(error_contains="503 Service Unavailable", limit=None))
+
+
 def _progress(
     console: Any, api: FakeApi, batch: str, count: int, proc: subprocess.Popen[bytes],
-    console_log: IO[bytes],
+    console_log: IO[bytes], watch: BreakerWatch,
 ) -> Any:  # fmt: skip
     """Show the batch's progress until every member is done or dead; its BatchInfo, or
     None if the worker exited or nothing moved for a long time."""
@@ -362,7 +548,12 @@ def _progress(
                 samples.pop(0)
             span = samples[-1][0] - samples[0][0]
             rate = (samples[-1][1] - samples[0][1]) / span if span > 0 else 0.0
+            for line in watch.poll():
+                progress.console.print(line)
             api_state = " · [red]API answering 503[/]" if api.outage() else ""
+            state = next((b.state for b in queue.breakers() if b.name == BREAKER), "closed")
+            if state != "closed":
+                api_state += f" · [red]breaker {state.replace('_', '-')}[/]"
             progress.update(
                 bar,
                 completed=finished,

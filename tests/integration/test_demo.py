@@ -2,7 +2,9 @@
 
 It must finish within a minute, print its summary and next commands, and leave a
 database where all 5,000 tasks are accounted for (done + dead) and where the commands it
-suggests work (``lmq dead list --groups``, ``lmq batches show``, ``lmq status``).
+suggests work (``lmq dead list --groups``, ``lmq batches show``, ``lmq status``).  The
+API's outage goes through the ``fake-api`` circuit breaker: the demo shows it opening,
+probing and closing, says how many calls it saved, and no task dies of the outage.
 """
 
 from __future__ import annotations
@@ -60,6 +62,16 @@ def test_demo_tells_the_story_and_leaves_its_database(tmp_path: Path) -> None:
     assert done + dead == 5000
     assert dead >= 5  # the five bad records at least
     assert re.search(r"[\d,]+ retried after the API's 503s", out), out
+
+    # the outage went through the breaker: it opened, probed, closed, and saved calls
+    assert "breaker fake-api opened" in out, out
+    assert "breaker fake-api half-open" in out, out
+    assert "breaker fake-api closed" in out, out
+    assert out.index("breaker fake-api opened") < out.rindex("breaker fake-api closed")
+    saved = re.search(r"saved about ([\d,]+) calls to the failing API", out)
+    assert saved and int(saved[1].replace(",", "")) > 0, out
+    assert "no task died of the outage" in out, out
+    assert re.search(r"the breaker 'fake-api' opened (once|twice|\d+ times) and was open", out)
     batch = re.search(r"batches show (demo-import-[\d-]+)", out)
     group = re.search(r"dead requeue --group ([0-9a-f]+)", out)
     assert batch and group, out
@@ -78,6 +90,15 @@ def test_demo_tells_the_story_and_leaves_its_database(tmp_path: Path) -> None:
     assert rows.get("done") == done and rows.get("dead", 0) == dead, rows
     assert sum(rows.values()) == 5000, rows
     assert letters == dead
+    with sqlite3.connect(db) as c:
+        breakers = c.execute("SELECT name, state, trips FROM queue_breakers").fetchall()
+        outage_dead = c.execute(
+            "SELECT count(*) FROM queue_dead_letters WHERE error LIKE '%503%'"
+        ).fetchone()[0]
+    c.close()
+    assert len(breakers) == 1 and breakers[0][:2] == ("fake-api", "closed"), breakers
+    assert breakers[0][2] >= 1, breakers
+    assert outage_dead == 0
     assert (tmp_path / "lmq-demo.db.log").exists()  # the worker's JSON log
 
     url = "sqlite:///lmq-demo.db"
@@ -95,7 +116,9 @@ def test_demo_tells_the_story_and_leaves_its_database(tmp_path: Path) -> None:
 
     status = _lmq(tmp_path, "status", "--json", "--url", url)
     assert status.returncode == 0, status.stderr
-    counts = json.loads(status.stdout)["counts"]
+    status_json = json.loads(status.stdout)
+    assert [b["state"] for b in status_json["breakers"]] == ["closed"]
+    counts = status_json["counts"]
     assert counts["done"] == done and counts["dead"] == dead
     assert counts["pending"] == 0 and counts["processing"] == 0
 

@@ -264,3 +264,19 @@ def schedules_run_now(name: str, url: str | None, app: str | None) -> None:
         f"enqueued {s.task_name} {payload[:80]} on queue {s.queue!r} from schedule {name!r}",
         err=True,
     )
+
+
+@schedules.command("delete")
+@click.argument("name")
+@url_option
+def schedules_delete(name: str, url: str | None, app: str | None) -> None:
+    """Forget schedule NAME: its stored row is deleted and running workers stop firing it
+    within about a second.  For a schedule removed from the code: a worker whose app
+    still declares it stores it again (as new) when it starts."""
+    queue = open_queue(url, app)
+    _schedule(queue, name)
+    queue.backend.delete_schedule(name)
+    click.echo(
+        f"deleted schedule {name!r} (a worker whose app still declares it stores it again "
+        "when it starts)"
+    )
