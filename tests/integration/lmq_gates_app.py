@@ -10,7 +10,8 @@ The policies come from the environment, so a soak variant can stretch them:
   (2.0 s): the ``flaky-api`` breaker;
 * ``LMQ_GATES_RATE`` (20): the ``rated-api`` rate limit, calls a second, burst 1;
 * ``LMQ_GATES_SCHEDULE``: ``tick`` declares the every-second schedule ``tick``; ``hourly``
-  declares ``hourly`` (every hour, for the declare-once check); unset: none.
+  declares ``hourly`` (every hour, for the declare-once check), ``half-hourly`` the same
+  schedule every 30 minutes (a changed declaration); unset: none.
 
 :func:`build` makes a Queue with all of this on any URL, so the test process enqueues
 through the same declarations (the tasks get their ``breaker`` / ``rate_key`` columns).
@@ -117,6 +118,8 @@ def build(url: str | None = None) -> lmq.Queue:
         queue.schedule("tick", every=timedelta(seconds=1))
     elif which == "hourly":
         queue.schedule("hourly", every=timedelta(hours=1), payload={})
+    elif which == "half-hourly":  # the same schedule, its timing changed
+        queue.schedule("hourly", every=timedelta(minutes=30), payload={})
     return queue
 
 

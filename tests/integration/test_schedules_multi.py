@@ -5,9 +5,10 @@
   enqueued exactly once (one task per tick by its unique key, one ``schedule_fired`` log
   line per tick across the three logs, consecutive seconds with no gap between the first
   and the last), every task runs once, within 0.5 s of its tick.
-* Three workers started at once, all declaring the same hourly schedule: one stored row,
-  its next tick the next full hour, nothing enqueued (a new schedule has nothing to catch
-  up).
+* Three workers started at the same instant, all declaring the same hourly schedule: one
+  stored row, stored by one of them, its next tick the next full hour, nothing enqueued
+  (a new schedule has nothing to catch up); then three with its interval changed to 30
+  minutes: updated by one, the next tick recomputed.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from __future__ import annotations
 import collections
 import itertools
 import math
+import sys
 import time
 from datetime import datetime
 
 import pytest
 
 from .conftest import Harness, Proc
-from .flaky_server import events, gates_env, pct, report, start_workers, stop_all
+from .flaky_server import GATES_APP, events, gates_env, pct, report, start_workers, stop_all
 
 LATE = 0.5  # seconds a tick's task may start after its tick
 PREFIX = "lmq:schedule:"
@@ -133,25 +135,66 @@ def test_every_second_schedule_three_workers(hb: Harness) -> None:
     run_ticks(hb, 10.0, "schedule_ticks")
 
 
-def test_schedule_declared_by_three_workers_is_one_row(hb: Harness) -> None:
-    h = hb
-    env = gates_env(h, LMQ_GATES_SCHEDULE="hourly")
-    workers, logs = start_workers(h, 3, env, "-c", "2")
+# Three workers that start at the same instant: each imports everything first, then waits
+# for the same wall-clock moment and only then runs ``lmq worker`` (connect, sync, claim),
+# so their schedule syncs race within milliseconds rather than a process start apart.
+AT_ONCE = (
+    "import sys, time\n"
+    "import lmq.cli, lmq.worker, lmq_gates_app\n"
+    "time.sleep(max(0.0, float(sys.argv[1]) - time.time()))\n"
+    "lmq.cli.main(sys.argv[2:])\n"
+)
+
+
+def start_at_once(h: Harness, env: dict[str, str], name: str) -> tuple[list[Proc], list]:
+    at = time.time() + 3.0  # time for three interpreters to import lmq and the app
+    procs, logs = [], []
+    for i in range(3):
+        log = h.dir / f"{name}-{i + 1}.jsonl"
+        argv = [sys.executable, "-c", AT_ONCE, f"{at:.6f}", "worker", "--app", GATES_APP]
+        procs.append(h.start([*argv, "-c", "2", "--log-file", str(log)], name, env=env))
+        logs.append(log)
+    return procs, logs
+
+
+def _declare_round(h: Harness, which: str, every: float) -> None:
+    workers, logs = start_at_once(h, gates_env(h, LMQ_GATES_SCHEDULE=which), which)
     up = wait_started(h, logs, workers)
-    # every worker has synced its schedules by the time it claims; give it a beat
+    # a worker syncs its schedules as it starts; give the slowest a moment
     h.wait_for(lambda: time.time() > up + 1.0, "a second after the last start")
     rows = h.queue.schedules()
     stop_all(workers)
+    started = [e["t"] for e in events(logs, "worker_started")]
+    synced = events(logs, "schedule_synced")
     assert [r.name for r in rows] == ["hourly"], rows
     [row] = rows
-    assert (row.task_name, row.every, row.cron, row.missed) == ("hourly", 3600.0, None, "once")
+    assert (row.task_name, row.every, row.cron, row.missed) == ("hourly", every, None, "once")
     assert row.next_tick is not None
-    assert row.next_tick == (math.floor(up / 3600) + 1) * 3600 or (
-        row.next_tick == (math.floor(up / 3600) + 2) * 3600 and up % 3600 > 3590
-    ), (row.next_tick, up)
+    # the first tick after the sync: a multiple of the interval since the epoch
+    after = math.floor(synced[0]["t"] / every) + 1 if synced else None
+    assert after is not None and row.next_tick == after * every, (row.next_tick, synced)
     assert row.last_tick is None and row.last_task_id is None
     assert h.queue.tasks(name="hourly") == []
     assert not events(logs, "schedule_fired")
+    # one store (or one update) by compare-and-set: the other two lost the race and
+    # re-read, or found the row already as declared
+    assert len(synced) == 1, f"{len(synced)} workers stored the schedule: {synced}"
+    report(
+        f"schedule_declare_{which}",
+        h.backend,
+        {
+            "start_spread_ms": round((max(started) - min(started)) * 1000, 1),
+            "synced": len(synced),
+            "rows": len(rows),
+        },
+    )
+
+
+def test_schedule_declared_by_three_workers_is_one_row(hb: Harness) -> None:
+    """Three workers declare the same new schedule at once: one row, stored once; then
+    three workers with its interval changed: updated once, the next tick recomputed."""
+    _declare_round(hb, "hourly", 3600.0)
+    _declare_round(hb, "half-hourly", 1800.0)
 
 
 @pytest.mark.soak
