@@ -116,7 +116,8 @@ class Gates:
             state = self.view.get(breaker)
             if state is not None and state.state != bm.CLOSED:
                 return DeferOutcome(c.id, 0.0, breaker, None)
-        rt.breaker = breaker
+        if self.uses_breakers:  # (else nobody would write the outcomes)
+            rt.breaker = breaker
         return None
 
     @staticmethod

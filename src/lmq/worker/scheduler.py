@@ -39,6 +39,19 @@ class Scheduler:
         self.declared = {s.name: s for s in self.queue.declared_schedules()}
         self.rows: dict[str, ScheduleState] = {}
         self.synced = asyncio.Event()
+        for sched in self.declared.values():
+            if sched.task_name not in self.queue.registry:
+                log.warning(
+                    "schedule %r enqueues %r, which this app does not handle: a worker "
+                    "that does must run it (else it is dead-lettered)",
+                    sched.name,
+                    sched.task_name,
+                    extra={
+                        "event": "schedule_unhandled",
+                        "schedule": sched.name,
+                        "task_name": sched.task_name,
+                    },
+                )
 
     def parts(self) -> dict[str, Callable[[], Any]]:
         return {"scheduler": self._run} if self.declared else {}
