@@ -13,6 +13,7 @@ that server.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -714,9 +715,9 @@ def _make_schema(prefix: str, version: int) -> None:
         )
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_lmq_migrate_upgrades_an_older_database(version: int) -> None:
-    """A version-1 or -2 database with work in it: refused until `lmq migrate` (the CLI),
+    """A version-1, -2 or -3 database with work in it: refused until `lmq migrate` (the CLI),
     which applies the later migrations only; the catalog is then schema.sql's, the old rows
     are kept (and claimable: the ready indexes are rebuilt), and the new verbs and a worker
     run on it."""
@@ -758,7 +759,7 @@ def test_lmq_migrate_upgrades_an_older_database(version: int) -> None:
         for kind in a:
             assert a[kind] == b[kind], kind
         with lmq.Queue(url) as q:
-            assert q.backend.schema_version() == SCHEMA_VERSION == 3
+            assert q.backend.schema_version() == SCHEMA_VERSION == 4
             assert q.migrate() == []
             pending = 2 if version >= 2 else 1
             assert q.counts() == {"pending": pending, "processing": 0, "done": 1, "dead": 1}
@@ -825,10 +826,12 @@ def test_the_claim_is_unchanged_without_paused_queues_and_skips_a_paused_backlog
     backend = pq.backend
     assert isinstance(backend, PostgresBackend)
     for queues in (None, ("a",), ("a", "b")):
-        for name in ("claim", "has_ready", "due"):
+        for name in ("claim", "has_ready", "due" if queues else "due_excluding"):
             plain = backend._queries(name, queues)
             assert backend._queries(name, queues, False) == plain
-            assert "<> ALL" not in plain and "qs(name)" not in plain
+            assert "queue <> ALL" not in plain  # no paused queue: leases of every queue
+            # a worker of every queue walks them queue by queue (schema 4), others theirs
+            assert ("qs(name)" in plain) == (queues is None), (name, queues)
     # a paused backlog ahead of everything else in the ready order: the statements of a
     # worker of every queue walk only the open queue's rows (one probe per queue to find
     # the queues); a claim, "is anything ready" and "when is the next one due"
@@ -875,15 +878,16 @@ def test_an_open_breakers_backlog_and_rate_keyed_rows_are_never_walked(pq: lmq.Q
     params: dict[str, Any] = {"worker": "w", "lease": 30.0, "limit": 10, "queues": [],
                               "exclude": [], "breaker": "up", "rate_key": "k"}  # fmt: skip
     cases = [
-        ("claim", None, False, "plain", {f"{p}queue_tasks_ready"}),
+        ("claim", None, False, "plain", {f"{p}queue_tasks_queue_ready"}),
         ("claim", ("default",), False, "plain", {f"{p}queue_tasks_queue_ready"}),
         ("claim", None, True, "plain", {f"{p}queue_tasks_queue_ready"}),
-        ("has_ready", None, False, "plain", {f"{p}queue_tasks_ready"}),
+        ("has_ready", None, False, "plain", {f"{p}queue_tasks_queue_ready"}),
         ("has_ready", ("default",), False, "plain", {f"{p}queue_tasks_queue_ready"}),
         ("has_ready", None, True, "plain", {f"{p}queue_tasks_queue_ready"}),
-        ("due", None, False, "plain", {f"{p}queue_tasks_ready"}),
+        ("due", ("default",), False, "plain", {f"{p}queue_tasks_queue_ready"}),
+        ("due_excluding", None, False, "plain", {f"{p}queue_tasks_queue_ready"}),
         ("due_excluding", None, True, "plain", {f"{p}queue_tasks_queue_ready"}),
-        ("claim", None, False, "lean", {f"{p}queue_tasks_ready"}),
+        ("claim", None, False, "lean", {f"{p}queue_tasks_queue_ready"}),
         ("claim", ("default",), False, "lean", {f"{p}queue_tasks_queue_ready"}),
         ("claim", None, True, "lean", {f"{p}queue_tasks_queue_ready"}),
         ("claim", None, False, "probe", {f"{p}queue_tasks_breaker_ready"}),
@@ -1078,3 +1082,99 @@ def test_a_batch_in_the_applications_transaction(pq: lmq.Queue, commit: bool) ->
         assert [pq.get(i).batch for i in made] == ["tx"] * 3  # type: ignore[union-attr]
     else:
         assert info is None and all(pq.get(i) is None for i in made)
+
+
+# --- bulk enqueue by COPY --------------------------------------------------------------------
+
+
+def test_a_bulk_enqueue_goes_by_copy_row_for_row_as_the_insert(pq: lmq.Queue) -> None:
+    """From _COPY_MIN rows without unique keys the rows go by binary COPY, their ids
+    reserved first: each task gets its id in order, and every column is what the INSERT
+    path writes (uniform calls and mixed rows alike)."""
+    from lmq.backends.postgres import backend as pgmod
+
+    backend = pq.backend
+    assert isinstance(backend, PostgresBackend)
+    n = pgmod._COPY_MIN * 3
+    made = pq.enqueue_many([("t", {"i": i}) for i in range(n)], queue="q", priority=3, delay=60)
+    assert made == sorted(made) and len(set(made)) == n
+    for i in (0, n // 2, n - 1):
+        task = pq.get(made[i])
+        assert task is not None and task.payload == {"i": i} and task.queue == "q"
+        assert task.priority == 3 and task.status == "pending"
+    mixed = [
+        NewTask(
+            f"t{i}",
+            f'{{"i": {i}}}',
+            queue=f"q{i % 3}",
+            priority=i % 5,
+            max_attempts=(i % 4) or None,
+            run_at=None if i % 2 else 2e9,
+            delay=float(i),
+            batch=None,
+            breaker="b" if i % 7 == 0 else None,
+            rate_key="r" if i % 11 == 0 else None,
+        )
+        for i in range(n)
+    ]
+    by_copy = backend.enqueue(mixed)
+    one_by_one = [backend.enqueue([t])[0] for t in mixed[:12]]  # insert_one, for comparison
+    assert by_copy == sorted(by_copy) and by_copy[0] > made[-1]
+    with _raw() as conn:
+        now = conn.execute("SELECT extract(epoch FROM now())").fetchone()[0]
+        cols = ("task_name, payload, queue, priority, max_attempts, next_run, batch, breaker,"
+                " rate_key, status, attempts, created, updated")  # fmt: skip
+        rows = {
+            r[0]: r[1:]
+            for r in conn.execute(
+                f"SELECT id, {cols} FROM {backend.prefix}queue_tasks WHERE id = ANY(%s)",
+                (by_copy + one_by_one,),
+            )
+        }
+    for i, (task_id, t) in enumerate(zip(by_copy, mixed, strict=True)):
+        row = rows[task_id]
+        assert row[:5] == (t.task_name, t.payload_json, t.queue, t.priority, t.max_attempts)
+        assert row[6:11] == (None, t.breaker, t.rate_key, "pending", 0)
+        due = (2e9 if i % 2 == 0 else float(now)) + t.delay
+        assert abs(row[5] - due) < 60, (i, row[5], due)
+        assert abs(row[12] - float(now)) < 60
+    for a, b in zip(by_copy[:12], one_by_one, strict=True):
+        ra, rb = rows[a], rows[b]
+        assert ra[:5] == rb[:5] and ra[6:11] == rb[6:11]
+        assert len(ra[11]) == len(rb[11]) == 19 and ra[11][:10] == rb[11][:10]  # created
+
+
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_a_bulk_enqueue_in_the_applications_transaction(pq: lmq.Queue, pipeline: bool) -> None:
+    """COPY on the application's connection joins its transaction (a rollback leaves no
+    task, a commit all of them and one wake-up); in pipeline mode, where libpq has no
+    COPY, the rows go by INSERT."""
+    import psycopg
+
+    wake = pq.backend.wake_source()
+    assert wake is not None
+    calls = _Calls()
+    wake.start(calls)
+    try:
+        assert wake.connected.wait(10)
+        for commit in (False, True):
+            base = _settled(calls)
+            with psycopg.connect(_base(), connect_timeout=5) as app:
+                with contextlib.ExitStack() as stack:
+                    if pipeline:
+                        stack.enter_context(app.pipeline())
+                    app.execute("SELECT 1")
+                    made = pq.enqueue_many([("t", {"i": i}) for i in range(500)], connection=app)
+                assert made == sorted(made) and len(made) == 500
+                assert pq.get(made[0]) is None  # not committed yet
+                time.sleep(0.2)
+                assert calls.n == base
+                app.commit() if commit else app.rollback()
+            if commit:
+                assert [pq.get(i).payload["i"] for i in made[::50]] == list(range(0, 500, 50))  # type: ignore[union-attr]
+                wait_for(lambda b=base: calls.n > b, timeout=5)  # type: ignore[misc]
+                assert _settled(calls) == base + 1
+            else:
+                assert all(pq.get(i) is None for i in made[::50])
+    finally:
+        wake.stop()

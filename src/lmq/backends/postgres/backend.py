@@ -42,17 +42,19 @@ and claims the freed slots in the same one.  Tables are created by ``lmq migrate
 other calls on a database without them (or with an older schema) raise SchemaMissing
 naming it.
 
+The ready index (schema 4: one, by queue): a worker of some queues walks it once per
+queue; a worker of every queue queue by queue over the queues with pending plain rows
+(found by a loose scan of the same index), so an insert maintains one ready index, not
+two (a second one, over every queue, cost bulk enqueues about a sixth of their speed).
 Paused queues (``ClaimRequest.exclude``): a worker of some queues drops the paused ones
-from its list; a worker of every queue walks the ready rows queue by queue over the
-queues with pending tasks (found by a loose scan of the per-queue index) that are not
-paused, so a paused backlog costs nothing.  With nothing paused every statement is the one
-it always was.  Batches live in ``{prefix}queue_batches`` (members carry the name in
+from its list; a worker of every queue leaves them out of that walk, so a paused backlog
+costs nothing.  Batches live in ``{prefix}queue_batches`` (members carry the name in
 ``queue_tasks.batch``); ``settle_batches`` completes one with a compare-and-set on
 ``completed IS NULL`` and enqueues its follow-up in the same transaction.  Approved dead
 letters are re-queued under ``FOR UPDATE SKIP LOCKED``, so concurrent workers share them.
 
 Circuit breakers and rate limits (schema 3): tasks carry ``breaker`` / ``rate_key``.  The
-two ready indexes hold only plain rows (neither key), so a plain claim never steps over
+ready index holds only plain rows (neither key), so a plain claim never steps over
 keyed ones; rows behind a breaker have their own index, walked breaker by breaker for
 the breakers with pending rows (a loose index scan) whose stored state is closed or that
 have no row, so an open breaker's backlog costs a plain claim, has_ready and next_due
@@ -66,10 +68,15 @@ one statement (INSERT ... ON CONFLICT DO NOTHING at version 0, else UPDATE ... W
 version = expected); ``fire_schedule`` does it and the enqueue in one transaction, the
 compare-and-set first, so a racing worker waits for the row lock, then enqueues nothing.
 
+Bulk enqueues (from 64 rows without unique keys) go by binary COPY, the ids reserved
+first from the identity sequence in one statement (in order, so the i-th task gets the
+i-th id); with unique keys, or on an application connection in pipeline mode, by one
+``INSERT … SELECT`` of JSON arrays.
+
 Wake-ups: a statement-level trigger NOTIFYs ``{prefix}queue_tasks`` on every insert
-(anyone's, delivered at commit), and ``put_breaker`` does when a breaker closes (its tasks
-are claimable again); :mod:`.wake` LISTENs on its own connection.  The worker's pruner
-also vacuums the task table when the server runs without autovacuum.
+(anyone's, COPY included, delivered at commit), and ``put_breaker`` does when a breaker
+closes (its tasks are claimable again); :mod:`.wake` LISTENs on its own connection.  The
+worker's pruner also vacuums the task table when the server runs without autovacuum.
 """
 
 from __future__ import annotations
@@ -124,10 +131,14 @@ from ..sqlfile import check_prefix, load_migrations, load_queries
 from .connection import Pool, translate
 from .wake import ListenWakeSource
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _PACKAGE = "lmq.backends.postgres"
 _VACUUM_AFTER = 10_000  # dead rows in the task table (only when autovacuum is off)
 _CHUNK = 50_000  # rows per INSERT statement in a bulk enqueue (one transaction for all)
+_COPY_MIN = 64  # rows from which a bulk enqueue without unique keys goes by COPY
+# the columns copy_tasks names, as binary COPY sends them
+_COPY_TYPES = ("int8", "text", "text", "text", "int4", "int4", "float8", "float8", "text",
+               "text", "text", "text")  # fmt: skip
 # the fields of a NewTask, in order, as the insert statements name their parameters
 _FIELDS = ("task_name", "payload", "queue", "priority", "max_attempts", "run_at", "delay",
            "unique_key", "batch", "breaker", "rate_key")  # fmt: skip
@@ -513,6 +524,13 @@ class PostgresBackend:
     def _insert_chunk(self, cur: Any, tasks: Sequence[NewTask]) -> list[TaskId]:
         columns = list(zip(*tasks, strict=True))
         keys = columns[7]
+        if (
+            len(tasks) >= _COPY_MIN
+            and all(k is None for k in keys)
+            and isinstance(cur, psycopg.Cursor)
+            and cur.connection.pgconn.pipeline_status == 0  # no COPY in pipeline mode
+        ):
+            return self._copy_chunk(cur, tasks)
         first = tasks[0]
         if all(k is None for k in keys) and all(
             t[2:] == first[2:] for t in tasks
@@ -552,6 +570,34 @@ class PostgresBackend:
             ids.append(by_key[slot] if t.unique_key is not None else slot)  # type: ignore[index]
         return ids
 
+    def _copy_chunk(self, cur: psycopg.Cursor[Any], tasks: Sequence[NewTask]) -> list[TaskId]:
+        """Rows without unique keys by binary COPY: the server parses no text and inserts
+        them a page at a time (INSERT … SELECT does it row by row), and it works on each
+        buffer of rows while the next is encoded.  Their ids come first (reserve_ids), in
+        order, so the i-th task gets the i-th id as with the INSERT's RETURNING."""
+        cur.execute(self.q["reserve_ids"], {"n": len(tasks)})
+        row = cur.fetchone()
+        assert row is not None
+        now, created, reserved = row
+        ids: list[TaskId] = sorted(reserved)
+        with cur.copy(self.q["copy_tasks"]) as copy:
+            copy.set_types(_COPY_TYPES)
+            write = copy.write_row
+            first = tasks[0]
+            if all(t[2:] == first[2:] for t in tasks):  # one enqueue_many call, most often
+                _, _, queue, priority, max_attempts, run_at, delay, _, batch, breaker, rate = first
+                due = (now if run_at is None else run_at) + delay
+                for task_id, t in zip(ids, tasks, strict=True):
+                    write((task_id, t[0], t[1], queue, priority, max_attempts, due, now,
+                           created, batch, breaker, rate))  # fmt: skip
+            else:
+                for task_id, t in zip(ids, tasks, strict=True):
+                    due = (now if t.run_at is None else t.run_at) + t.delay
+                    write((task_id, t.task_name, t.payload_json, t.queue, t.priority,
+                           t.max_attempts, due, now, created, t.batch, t.breaker,
+                           t.rate_key))  # fmt: skip
+        return ids
+
     # --- worker --------------------------------------------------------------------
 
     def _queries(
@@ -563,25 +609,25 @@ class PostgresBackend:
     ) -> str:
         """A worker statement for a worker of ``queues`` (None: every queue).
 
-        ``excluding`` (a worker of every queue while some are paused): the ready walk goes
-        queue by queue over the queues with pending tasks that are not paused, and lapsed
-        leases of paused queues are left alone.  Without paused queues the statement is
-        exactly the one it always was.  ``kind``: the claim's (``plain``, ``probe`` for
-        ``ClaimRequest.breaker``, ``rate`` for ``ClaimRequest.rate_key``, ``lean``: a plain
-        claim that walks only the plain rows, while no pending row has a breaker); has_ready
-        and the due statements are the plain claim's.
+        A worker of every queue walks the per-queue ready index queue by queue over the
+        queues with pending plain rows (a loose scan of that index: there is no index
+        over every queue's ready rows, which would cost each insert its upkeep).
+        ``excluding`` (some queues are paused, for a worker of every queue): that walk
+        leaves them out, and lapsed leases of paused queues are left alone.  ``kind``: the
+        claim's (``plain``, ``probe`` for ``ClaimRequest.breaker``, ``rate`` for
+        ``ClaimRequest.rate_key``, ``lean``: a plain claim that walks only the plain rows,
+        while no pending row has a breaker); has_ready and the due statements are the
+        plain claim's.
         """
         key = (name, queues, excluding, kind)
         sql = self._sql.get(key)
         if sql is None:
-            if excluding:
-                plain, first = self.q["ready_excluding"], self.q["first_excluding"]
-                qf = "AND queue <> ALL(%(exclude)s::text[])"
-            elif queues:
+            if queues and not excluding:
                 plain, first = self.q["ready_queues"], self.q["first_queues"]
                 qf = "AND queue = ANY(%(queues)s)"
-            else:
-                plain, first, qf = self.q["ready_all"], self.q["first_all"], ""
+            else:  # every queue: queue by queue over those with pending rows (schema 4)
+                plain, first = self.q["ready_excluding"], self.q["first_excluding"]
+                qf = "AND queue <> ALL(%(exclude)s::text[])" if excluding else ""
             ready = {
                 "plain": self.q["plain_ready"],
                 "lean": plain,
@@ -660,8 +706,7 @@ class PostgresBackend:
             "limit": request.limit,
             "queues": list(queues or ()),
         }
-        if exclude:
-            params["exclude"] = list(exclude)
+        params["exclude"] = list(exclude)
         kind = "plain"
         if request.breaker is not None:  # a probe: only that breaker's tasks
             kind = "probe"
@@ -693,7 +738,8 @@ class PostgresBackend:
     ) -> tuple[float | None, float | None, float | None, float]:
         """The earliest plain pending next_run, the same behind closed breakers, the
         earliest lease expiry (tasks a plain claim may take), and the server's now."""
-        sql = self._queries("due_excluding" if exclude else "due", queues, bool(exclude))
+        name = "due" if queues and not exclude else "due_excluding"
+        sql = self._queries(name, queues, bool(exclude))
         params = {"queues": list(queues or ()), "exclude": list(exclude)}
         with self._conn(worker=True) as conn:
             if self.session_settings:

@@ -73,6 +73,23 @@ SELECT u.task_name, u.payload, %(queue)s, %(priority)s, %(max_attempts)s,
  ORDER BY u.ord
 RETURNING id
 
+-- name: reserve_ids
+-- a bulk enqueue by COPY (which returns nothing): the ids first, from the identity
+-- sequence (looked up once, not per row), with the server's "now" and `created` text for
+-- every row; the rows then carry their ids.  COPY fires the statement-level trigger
+-- (one notification), so workers wake as after an INSERT
+WITH s AS MATERIALIZED (
+    SELECT pg_get_serial_sequence('{prefix}queue_tasks', 'id')::regclass AS seq
+)
+SELECT {prefix}queue_now(), to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'),
+       ARRAY(SELECT nextval(s.seq) FROM s, generate_series(1, %(n)s))
+
+-- name: copy_tasks
+COPY {prefix}queue_tasks
+    (id, task_name, payload, queue, priority, max_attempts, next_run, updated, created,
+     batch, breaker, rate_key)
+FROM STDIN (FORMAT BINARY)
+
 -- name: insert_many_unique
 -- the same with unique keys: a key already pending or processing (or earlier in the same
 -- batch) inserts nothing; the caller looks those ids up (find_unique)
@@ -219,24 +236,15 @@ AND x.rate_key = %(rate_key)s {unblocked}
 AND x.breaker = %(breaker)s
 
 -- name: plain_ready
--- a plain claim's walks: the plain rows' ready index (ready_all, ready_queues or
--- ready_excluding), and the rows behind the breakers that are closed, name by name
+-- a plain claim's walks: the plain rows' ready index (ready_queues or ready_excluding),
+-- and the rows behind the breakers that are closed, name by name
 SELECT * FROM ({plain}) p
 UNION ALL
 SELECT * FROM ({ready_breakers}) b
 
--- name: ready_all
--- the claim's walk of the ready index (workers on every queue): plain rows only, no rate
--- key and no breaker (the index's predicate, so it is the partial index's walk)
-SELECT id, priority, next_run FROM {prefix}queue_tasks
- WHERE status = 'pending' AND rate_key IS NULL AND breaker IS NULL
-   AND next_run <= {prefix}queue_now()
- ORDER BY priority DESC, next_run, id
- LIMIT %(limit)s
- FOR UPDATE SKIP LOCKED
-
 -- name: ready_queues
--- the same for workers on some queues: one walk of the per-queue index for each
+-- the claim's walk for workers on some queues: one walk of the ready index (plain rows
+-- only, no rate key and no breaker: the index's predicate) for each
 SELECT r.id, r.priority, r.next_run
   FROM unnest(%(queues)s::text[]) AS q(name),
        LATERAL (SELECT id, priority, next_run FROM {prefix}queue_tasks
@@ -247,9 +255,9 @@ SELECT r.id, r.priority, r.next_run
                  FOR UPDATE SKIP LOCKED) r
 
 -- name: pending_queues
--- the queues with pending plain tasks, one probe of the per-queue index each (a loose
--- index scan): a worker of every queue with some paused walks the others' ready rows only,
--- never a paused queue's backlog
+-- the queues with pending plain tasks, one probe of the ready index each (a loose index
+-- scan): a worker of every queue walks their ready rows queue by queue, and with some
+-- paused (%(exclude)s, else empty) never a paused queue's backlog
 WITH RECURSIVE qs(name) AS (
     (SELECT queue FROM {prefix}queue_tasks
       WHERE status = 'pending' AND rate_key IS NULL AND breaker IS NULL
@@ -264,8 +272,8 @@ WITH RECURSIVE qs(name) AS (
 SELECT name FROM qs WHERE name IS NOT NULL AND name <> ALL(%(exclude)s::text[])
 
 -- name: ready_excluding
--- the claim's walk for a worker of every queue while some are paused (%(exclude)s): one
--- walk of the per-queue index for each queue with pending tasks that is not paused
+-- the claim's walk for a worker of every queue: one walk of the ready index for each
+-- queue with pending plain tasks that is not paused (%(exclude)s)
 SELECT r.id, r.priority, r.next_run
   FROM ({pending_queues}) q,
        LATERAL (SELECT id, priority, next_run FROM {prefix}queue_tasks
@@ -342,13 +350,6 @@ SELECT EXISTS (SELECT 1 FROM ({first_plain}) r)
                 WHERE status = 'processing' AND locked_until <= {prefix}queue_now()
                       {gate} {queue_filter})
 
--- name: first_all
-SELECT 1 FROM {prefix}queue_tasks
- WHERE status = 'pending' AND rate_key IS NULL AND breaker IS NULL
-   AND next_run <= {prefix}queue_now()
- ORDER BY priority DESC, next_run, id
- LIMIT 1
-
 -- name: first_queues
 SELECT 1
   FROM unnest(%(queues)s::text[]) AS q(name),
@@ -368,8 +369,8 @@ SELECT 1
                  LIMIT 1) r
 
 -- name: due
--- the earliest next_run among pending plain tasks (one index probe per distinct priority,
--- a loose index scan), the same among those behind each closed breaker, the earliest
+-- for a worker of some queues: the earliest next_run among their pending plain tasks (one
+-- index probe per distinct priority, a loose index scan), the same among those behind each closed breaker, the earliest
 -- lease expiry a plain claim could rescue (the lease index in order: a min() would not
 -- use it next to the breaker lookup), and the server's now
 WITH RECURSIVE p(priority) AS (
@@ -418,9 +419,9 @@ SELECT min(d.due)
                   FROM p WHERE p.priority IS NOT NULL) d
 
 -- name: due_excluding
--- "due" for a worker of every queue while some are paused: the same loose index scan over
--- priorities, queue by queue for the queues with pending plain tasks that are not paused
--- (so a paused backlog is never walked); lapsed leases of paused queues do not count
+-- "due" for a worker of every queue: the same loose index scan over priorities, queue by
+-- queue for the queues with pending plain tasks that are not paused (so a paused backlog
+-- is never walked); lapsed leases of paused queues do not count
 SELECT (SELECT min(d.due)
           FROM ({pending_queues}) q,
                LATERAL (WITH RECURSIVE p(priority) AS (

@@ -1,4 +1,4 @@
--- lmq schema 3 for PostgreSQL (the current schema, applied to an empty database in one
+-- lmq schema 4 for PostgreSQL (the current schema, applied to an empty database in one
 -- go; migrations/NNNN_*.sql upgrade an older one, and a test checks both give the same
 -- catalog).  Times are epoch seconds (double precision, UTC) taken from the SERVER's
 -- clock, so workers on several hosts agree on leases.  `created` may hold text written
@@ -36,18 +36,16 @@ CREATE TABLE IF NOT EXISTS {prefix}queue_tasks (
 );
 
 -- The claim reads only partial indexes over pending rows, so finished rows never slow it
--- down: the first for workers on every queue, the second for workers on some queues
--- (walked once per queue they take).  "When is the next task due" probes them once per
--- distinct priority.  Each index on pending rows costs bulk inserts about a fifth of
--- their speed, so there are these two for plain rows (no rate key, no breaker: rows
--- with a key skip them, and the plain claim, has_ready and "due" never see those).
+-- down.  Plain rows (no rate key, no breaker: rows with a key skip it, and the plain
+-- claim, has_ready and "due" never see those) have one, by queue: a worker walks it once
+-- per queue it takes, a worker of every queue once per queue with pending rows (found by
+-- a loose scan of the same index).  "When is the next task due" probes it once per queue
+-- and distinct priority.  Each index on pending rows costs bulk inserts about a sixth of
+-- their speed, so there is no second one over every queue.
 -- Rows behind a circuit breaker have an index of their own, walked name by name for the
 -- breakers that are closed (so an open breaker's backlog is never walked by a plain
 -- claim) and by a probe claim; rate-keyed rows have one walked key by key by the rate
 -- claims and rate_keys_ready.  Both are empty, and cost nothing, without keyed tasks.
-CREATE INDEX IF NOT EXISTS {prefix}queue_tasks_ready
-    ON {prefix}queue_tasks (priority DESC, next_run, id)
-    WHERE status = 'pending' AND rate_key IS NULL AND breaker IS NULL;
 CREATE INDEX IF NOT EXISTS {prefix}queue_tasks_queue_ready
     ON {prefix}queue_tasks (queue, priority DESC, next_run, id)
     WHERE status = 'pending' AND rate_key IS NULL AND breaker IS NULL;
