@@ -297,6 +297,41 @@ class Queue(GatesAPI):
             rate_key,
         )
 
+    def _new_tasks(
+        self,
+        items: Iterable[tuple[str, Mapping[str, Any] | None]],
+        queue: str | None,
+        priority: int | None,
+        at: float | None,
+        delay: float,
+        max_attempts: int | None,
+        batch: str | None,
+    ) -> list[NewTask]:
+        """``_new_task`` for each item, with the per-name work (the handler's queue,
+        priority and gates) done once per task name: bulk enqueues make 100,000s."""
+        encode = payload_mod.encode_payload
+        make = tuple.__new__  # NewTask's own __new__ is a Python function: half the cost
+        by_name: dict[str, tuple[str, int, TaskFunction[Any, Any] | None]] = {}
+        out: list[NewTask] = []
+        append = out.append
+        for name, payload in items:
+            if type(name) is not str or not name:
+                raise TypeError("task_name must be a non-empty string")
+            known = by_name.get(name)
+            if known is None:
+                handler = self.registry.get(name)
+                q, prio = queue, priority
+                if handler is not None:
+                    q = q or handler.options.queue
+                    prio = handler.options.priority if prio is None else prio
+                gated = handler if handler is not None and handler.gated else None
+                known = by_name[name] = (q or DEFAULT_QUEUE, prio or 0, gated)
+            q, prio, gated = known
+            breaker, rate_key = (None, None) if gated is None else gated.keys(payload)
+            fields = (name, encode(payload), q, prio, max_attempts, at, delay, None, batch)
+            append(make(NewTask, (*fields, breaker, rate_key)))
+        return out
+
     def enqueue(
         self,
         task_name: str,
@@ -357,10 +392,7 @@ class Queue(GatesAPI):
         spec = None
         if batch is not None or on_complete is not None:
             spec = self._batch_spec(batch, on_complete)
-        new = [
-            self._new_task(name, payload, queue, priority, at, delay, None, max_attempts, batch)
-            for name, payload in items
-        ]
+        new = self._new_tasks(items, queue, priority, at, delay, max_attempts, batch)
         if spec is None:
             return self.backend.enqueue(new, connection)
         return self.backend.enqueue(new, connection, batch=BatchSpec(**{**spec, "total": len(new)}))
