@@ -2,8 +2,11 @@
 
 It runs an asyncio server on 127.0.0.1 (a free port) in a thread of the test process, so
 the ``lmq worker`` processes under test call it over real sockets.  Every request's
-arrival time (``time.time()``, the workers' clock too: same host), its path, the phase it
-arrived in and the status it got are recorded in :attr:`FlakyServer.calls`.
+arrival time (``time.time()``, the workers' clock too: same host), the time the caller
+says it started the call (``X-Sent``), its path, the phase it arrived in and the status it
+got are recorded in :attr:`FlakyServer.calls`.  (The arrival is stamped when this
+thread's event loop reads the request, so a busy test process can bunch arrivals; the
+caller's own stamp cannot be bunched that way.)
 
 Phases: ``healthy`` (200) until ``fail_after`` requests have been answered, then
 ``failing`` (503) for ``outage`` seconds from the first failing request, then
@@ -51,6 +54,7 @@ class Call:
     phase: str
     status: int
     worker: str  # the X-Worker header (the calling process's pid), or ""
+    sent: float | None = None  # the X-Sent header: when the caller started the call
 
     @property
     def key(self) -> str:
@@ -129,7 +133,10 @@ class FlakyServer:
                 with self._lock:
                     phase = self._phase_at(at)
                     status = 503 if phase == FAILING else 200
-                    self._calls.append(Call(at, path, phase, status, headers.get("x-worker", "")))
+                    sent = float(headers["x-sent"]) if "x-sent" in headers else None
+                    self._calls.append(
+                        Call(at, path, phase, status, headers.get("x-worker", ""), sent)
+                    )
                 if self.delay:
                     await asyncio.sleep(self.delay)
                 with self._lock:

@@ -49,16 +49,20 @@ class ServiceError(Exception):
 
 
 async def http_get(path: str, timeout: float = 10.0) -> int:
-    """GET ``$LMQ_TEST_FLAKY_URL`` + ``path`` on a fresh connection; the status code."""
+    """GET ``$LMQ_TEST_FLAKY_URL`` + ``path`` on a fresh connection; the status code.
+
+    Headers: ``X-Worker`` (this pid) and ``X-Sent`` (when the call started here, epoch
+    seconds: the start a rate limit governs, free of the server's own scheduling)."""
     parts = urlsplit(os.environ["LMQ_TEST_FLAKY_URL"])
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
 
     async def call() -> int:
+        sent = time.time()  # the call's start, in the worker (the server records it too)
         reader, writer = await asyncio.open_connection(host, port)
         try:
             writer.write(
                 f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nX-Worker: {os.getpid()}\r\n"
-                "Connection: close\r\n\r\n".encode()
+                f"X-Sent: {sent:.6f}\r\nConnection: close\r\n\r\n".encode()
             )
             await writer.drain()
             head = await reader.readuntil(b"\r\n\r\n")

@@ -3,10 +3,12 @@
 230 ``call_rated`` tasks (tests/integration/lmq_gates_app.py, rate limit ``rated-api``:
 20 a second, burst 1), all ready at once, about 11.5 s of work at the limit; one in ten is
 enqueued without its rate key (the worker defers it with the key written).  The local
-server (tests/integration/flaky_server.py, never failing here) records when each call
-arrives.  Over every 10 s sliding window the calls must not exceed ``10 * N`` by more than
-one per worker, and the throughput must come close to N a second (so the bound is not met
-by being slow).  Tasks wait their turn: one attempt each, nothing failed or dead.
+server (tests/integration/flaky_server.py, never failing here) records each call with the
+time the worker started it (its ``X-Sent`` header) and the time it arrived.  Over every
+10 s sliding window the calls started must not exceed ``10 * N`` by more than one per
+worker (the arrivals are reported too), and the throughput must come close to N a second
+(so the bound is not met by being slow).  Tasks wait their turn: one attempt each,
+nothing failed or dead.
 """
 
 from __future__ import annotations
@@ -61,7 +63,15 @@ def run_limited(h: Harness, cfg: Limited, test: str) -> None:
         started = time.time()
         workers, logs = start_workers(h, cfg.workers, env, "-c", str(cfg.concurrency))
         expected = cfg.tasks / cfg.rate
-        h.wait_counts(done=cfg.tasks, timeout=expected * 2 + 30, procs=workers)
+        # a slow poll: this process also runs the server, whose arrival stamps a busy
+        # thread would bunch
+        h.wait_for(
+            lambda: h.counts()["done"] == cfg.tasks,
+            f"{cfg.tasks} tasks done",
+            timeout=expected * 2 + 30,
+            interval=0.5,
+            procs=workers,
+        )
         drained = time.time() - started
         stop_all(workers)
         calls = server.calls
@@ -76,13 +86,21 @@ def run_limited(h: Harness, cfg: Limited, test: str) -> None:
     failed = events(logs, "failed", "dead")
     assert not failed, failed[:3]
 
-    starts = sorted(c.at for c in calls)
+    # a call's start as the worker stamped it (X-Sent): what the limit governs
+    assert all(c.sent is not None for c in calls)
+    starts = sorted(c.sent for c in calls if c.sent is not None)
+    arrivals = sorted(c.at for c in calls)
     span = starts[-1] - starts[0]
     in_10s = max_in_window(starts, WINDOW)
     in_1s = max_in_window(starts, 1.0)
+    late = sorted(c.at - c.sent for c in calls if c.sent is not None)
     bound = int(WINDOW * cfg.rate) + cfg.workers
     throughput = (len(starts) - 1) / span
     gaps = [b - a for a, b in itertools.pairwise(starts)]
+    spacing = 1.0 / cfg.rate
+    # calls started within a quarter of the spacing after another: slots that came up
+    # together (a reservation's tasks started late, all at once)
+    bunched = sum(1 for g in gaps if g < spacing / 4)
     report(
         test,
         h.backend,
@@ -93,8 +111,13 @@ def run_limited(h: Harness, cfg: Limited, test: str) -> None:
             "max_per_10s": in_10s,
             "bound_10s": bound,
             "max_per_1s": in_1s,
+            "arrivals_max_per_10s": max_in_window(arrivals, WINDOW),
+            "arrivals_max_per_1s": max_in_window(arrivals, 1.0),
+            "transit_p50_ms": round(pct(late, 50) * 1000, 2),
+            "transit_max_ms": round(late[-1] * 1000, 1),
             "throughput_per_s": round(throughput, 2),
             "gap_min_ms": round(min(gaps) * 1000, 1),
+            "bunched": bunched,
             "gap_p50_ms": round(pct(gaps, 50) * 1000, 1),
             "drain_s": round(drained, 2),
         },
@@ -102,7 +125,9 @@ def run_limited(h: Harness, cfg: Limited, test: str) -> None:
     assert span >= WINDOW, f"the calls took {span:.1f}s: too short to judge a {WINDOW:g}s window"
     assert in_10s <= bound, (
         f"{in_10s} calls in a {WINDOW:g}s window: the limit allows {WINDOW * cfg.rate:g} "
-        f"+ one per worker ({bound})"
+        f"+ one per worker ({bound}); {bunched} calls started within {spacing / 4 * 1000:g} ms "
+        f"of the one before (smallest gap {min(gaps) * 1000:.1f} ms, spacing "
+        f"{spacing * 1000:g} ms); the most in 1 s: {in_1s}"
     )
     assert throughput >= 0.8 * cfg.rate, (
         f"{throughput:.1f} calls/s: far below the limit of {cfg.rate}/s"
