@@ -85,6 +85,7 @@ def _server(env: str, options: str = "") -> tuple[UrlFactory, Callable[[], str |
 
     return make, enabled
 
+
 BACKENDS: list[BackendSpec] = [
     BackendSpec("sqlite", _sqlite, _always),
     BackendSpec("memory", _memory, _always, shares_processes=False),
@@ -96,6 +97,7 @@ BACKENDS: list[BackendSpec] = [
 ]
 
 _RAN: Counter[str] = Counter()  # backend name -> tests that set it up
+_PROPERTY = "lmq_backend"
 
 
 def _enabled() -> list[BackendSpec]:
@@ -109,9 +111,13 @@ def backend_spec(request: pytest.FixtureRequest) -> BackendSpec:
 
 
 @pytest.fixture
-def backend_url(backend_spec: BackendSpec, tmp_path: Path) -> Iterator[str]:
+def backend_url(
+    backend_spec: BackendSpec, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[str]:
     with backend_spec.make_url(tmp_path) as url:
-        _RAN[backend_spec.name] += 1
+        # counted where the reports arrive (pytest_runtest_logreport), so that under
+        # pytest-xdist the controller, not each worker process, adds them up
+        request.node.user_properties.append((_PROPERTY, backend_spec.name))
         yield url
 
 
@@ -137,9 +143,18 @@ def _missing() -> list[str]:
     return [name for name in _required() if not _RAN[name]]
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if session.config.option.collectonly:
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """One count per test whose store was set up (its setup report carries the name)."""
+    if report.when != "setup":
         return
+    for key, value in report.user_properties:
+        if key == _PROPERTY:
+            _RAN[str(value)] += 1
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if session.config.option.collectonly or hasattr(session.config, "workerinput"):
+        return  # (a pytest-xdist worker sees only its share: the controller decides)
     if _missing() and exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
