@@ -112,10 +112,13 @@ class Gates:
             if rate_key is not None:
                 # claimed by a plain claim (its row lacks the key): wait for its turn
                 return DeferOutcome(c.id, 0.0, breaker, rate_key)
-        if computed and breaker is not None:
+        if breaker is not None:
+            # Not closed in this worker's view: a stale claim (the stored row was still
+            # closed when the claim ran: this worker's own failures may not be written
+            # yet), or a row without its key.  Back it goes, unstarted.
             state = self.view.get(breaker)
             if state is not None and state.state != bm.CLOSED:
-                return DeferOutcome(c.id, 0.0, breaker, None)
+                return DeferOutcome(c.id, 0.0, breaker if computed else None, None)
         if self.uses_breakers:  # (else nobody would write the outcomes)
             rt.breaker = breaker
         return None
@@ -147,6 +150,15 @@ class Gates:
                 failed = True
         error = None if exc is None else f"{type(exc).__name__}: {exc}"[:500]
         self.outcomes.append(_Outcome(key, failed, rt.probe, error, tf))
+        if not rt.probe:
+            # At once in this worker's own view, before the write lands: the refill
+            # claim of this very acknowledgement must not start more calls behind a
+            # breaker this worker has just seen trip (admit defers them).
+            view = self.view.get(key) or BreakerState(key)
+            policy = self.queue.breaker_policy(key, tf)
+            new = bm.record(view, policy, [failed], time.time(), error if failed else None)
+            if new is not None:
+                self.view[key] = dataclasses.replace(new, version=view.version)
 
     # --- breakers ---------------------------------------------------------------------------
 
@@ -350,7 +362,9 @@ class Gates:
                     )
                 finally:
                     w._reserved -= free
-                tasks, slots, wait = got
+                tasks, slots, wait, unslotted = got
+                for c in unslotted:
+                    w._hold_back(c)
                 if tasks:
                     self._start_at(tasks, slots)
                     # reserve again as this reservation's last slot comes up
@@ -391,28 +405,36 @@ class Gates:
 
     def _rate_claim(
         self, key: str, limit: rl.RateLimit, free: int
-    ) -> tuple[list[Claimed], list[float], float | None]:
-        """Reserve up to ``free`` slots by CAS, claim that many, give back the rest (on the
-        gates thread).  Returns (tasks, their slot times, seconds until a slot if none)."""
+    ) -> tuple[list[Claimed], list[float], float | None, list[Claimed]]:
+        """Claim as many tasks as the stored row says the next ~0.5 s has slots for (at
+        most ``free``), THEN reserve their slots by CAS from the time the claim returned,
+        and release the ones no slot was left for (on the gates thread).  Reserving after
+        the claim keeps every slot in the future: a slow claim (a write lock, a busy
+        server) must not leave slots in the past that would then start together.
+        Returns (tasks, their slot times, seconds until a slot if none, tasks to release)."""
         backend, w = self.backend, self.w
-        for _ in range(_CAS_TRIES):
-            rows = backend.rate_limits([key])
-            state: RateState = rows[0] if rows else rl.fresh(key, limit)
-            now = time.time()
-            slots, new = rl.reserve(state, limit, now, free)
-            if new is None:
-                return [], [], rl.next_free(state, limit, now)
-            if backend.put_rate_limit(new, state.version):
+        rows = backend.rate_limits([key])
+        state: RateState = rows[0] if rows else rl.fresh(key, limit)
+        now = time.time()
+        estimate, _ = rl.reserve(state, limit, now, free)
+        if not estimate:
+            return [], [], rl.next_free(state, limit, now), []
+        result = backend.claim(w._claim(limit=len(estimate), rate_key=key))
+        tasks = result.tasks
+        if not tasks:
+            return [], [], None, []
+        slots: list[float] = []
+        for attempt in range(_CAS_TRIES):
+            if attempt:
+                rows = backend.rate_limits([key])
+                state = rows[0] if rows else rl.fresh(key, limit)
+            slots, new = rl.reserve(state, limit, time.time(), len(tasks))
+            if new is None or backend.put_rate_limit(new, state.version):
                 break
         else:
-            return [], [], 0.05
-        result = backend.claim(w._claim(limit=len(slots), rate_key=key))
-        unused = len(slots) - len(result.tasks)
-        if unused:
-            back = rl.give_back(new, unused, time.time())
-            if back is not None:
-                backend.put_rate_limit(back, new.version)  # lost: another worker reserved
-        return result.tasks, slots[: len(result.tasks)], None
+            slots = []
+        # the rest go back unstarted: another worker took those slots meanwhile
+        return tasks[: len(slots)], slots, None, tasks[len(slots) :]
 
     def _start_at(self, tasks: list[Claimed], slots: list[float]) -> None:
         """Hold a slot for each task and start it at its slot time."""
