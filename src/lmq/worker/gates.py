@@ -366,7 +366,7 @@ class Gates:
                 for c in unslotted:
                     w._hold_back(c)
                 if tasks:
-                    self._start_at(tasks, slots)
+                    self._start_at(tasks, slots, limit.spacing)
                     # reserve again as this reservation's last slot comes up
                     sleep = min(sleep, max(0.02, slots[len(tasks) - 1] - time.time()))
                 elif wait is not None:
@@ -436,7 +436,7 @@ class Gates:
         # the rest go back unstarted: another worker took those slots meanwhile
         return tasks[: len(slots)], slots, None, tasks[len(slots) :]
 
-    def _start_at(self, tasks: list[Claimed], slots: list[float]) -> None:
+    def _start_at(self, tasks: list[Claimed], slots: list[float], spacing: float) -> None:
         """Hold a slot for each task and start it at its slot time."""
         w = self.w
         loop = w._loop
@@ -445,15 +445,30 @@ class Gates:
             w._reserved += 1
             delay = slot - now
             if delay <= 0.001:
-                self._start_one(c.id, c)
+                self._start_one(c.id, c, slot, spacing)
                 continue
-            handle = loop.call_later(delay, self._start_one, c.id, c)
+            handle = loop.call_later(delay, self._start_one, c.id, c, slot, spacing)
             self.waiting[c.id] = (c, handle)
 
-    def _start_one(self, task_id: TaskId, c: Claimed) -> None:
+    def _start_one(self, task_id: TaskId, c: Claimed, slot: float, spacing: float) -> None:
         self.waiting.pop(task_id, None)
         w = self.w
         w._reserved -= 1
+        late = time.time() - slot
+        if late > spacing:
+            # The loop was held up past the next slot: starting now would bunch this
+            # call with the next one and let a window see more than the limit allows.
+            # The slot is forfeited; the task goes back unstarted for a later one.
+            if w._debug:
+                log.debug(
+                    "rate slot of #%s missed by %.3fs: back to pending",
+                    task_id,
+                    late,
+                    extra={"event": "rate_slot_missed", "task_id": task_id, "late": late},
+                )
+            w._hold_back(c)
+            self.rate_event.set()
+            return
         w._start_all([c])
 
     def release_waiting(self) -> None:
