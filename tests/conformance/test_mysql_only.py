@@ -9,6 +9,7 @@ and the errors (missing or old schema, unreachable server, lost connection).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -23,13 +24,14 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import pymysql
+import pymysql.constants.CLIENT
 import pytest
 
 import lmq
 from lmq.backends.mysql.backend import SCHEMA_VERSION, MySQLBackend, supports_skip_locked
 from lmq.models import ClaimRequest, CompleteBatch, NewTask, TaskId
 
-from .helpers import EMPTY, claim, complete, ids, kill, retry, run_burst, wait_for
+from .helpers import EMPTY, burial, claim, complete, ids, kill, retry, run_burst, wait_for
 
 BASE = os.environ.get("LMQ_TEST_MYSQL_URL", "")
 pytestmark = pytest.mark.skipif(not BASE, reason="set LMQ_TEST_MYSQL_URL to a MySQL/MariaDB URL")
@@ -289,12 +291,18 @@ def test_the_claim_reads_the_ready_index_in_order(mode: str) -> None:
         ):
             sql, params = backend._claim_statement(queues)
             token = {"now": time.time(), "until": time.time() + 30, "worker": "w"}
-            (plan,) = _explain(url, sql, {"limit": 100, **token, **params})
+            plan, *breakers = _explain(url, sql, {"limit": 100, **token, **params})
             assert plan["key"] == index, plan
             assert "filesort" not in (plan["Extra"] or ""), plan
             assert plan["type"] in {"ref", "range"}, plan
-        for plan in _explain(url, backend.q["ready_state"]):
-            assert plan["table"] is None or plan["key"] == f"{p}queue_tasks_due", plan
+            # the breaker check: a subquery of queue_breakers (not run for a task without one)
+            assert [b["table"] for b in breakers] == ["b"], breakers
+        sql = backend.q["has_ready_all"].replace("{ready}", backend.q["ready_all"])
+        for plan in _explain(url, sql):
+            assert plan["table"] in {None, "b"} or plan["key"] in {
+                f"{p}queue_tasks_due",
+                f"{p}queue_tasks_ready",
+            }, plan
 
 
 # --- schema ------------------------------------------------------------------------------
@@ -344,7 +352,7 @@ def test_schema_sql_equals_the_migrations_in_order() -> None:
         assert b.run_migrations(fresh_schema=False) == list(range(1, SCHEMA_VERSION + 1))
         assert a.schema_version() == b.schema_version() == SCHEMA_VERSION
         one, two = _catalog(fresh), _catalog(stepped)
-        assert len(one["tables"]) == 6 and len(one["indexes"]) >= 16
+        assert len(one["tables"]) == 9 and len(one["indexes"]) >= 21
         assert one == two
         for _name, _engine, collation, _opts in one["tables"]:
             assert str(collation).startswith("utf8mb4")
@@ -456,6 +464,9 @@ def test_wpdb_bare_insert_with_site_local_created_runs_at_once(
                 "wp_queue_meta",
                 "wp_queue_queues",
                 "wp_queue_batches",
+                "wp_queue_breakers",
+                "wp_queue_rate_limits",
+                "wp_queue_schedules",
             }
             # a site whose MySQL session runs in local time, as $wpdb->insert writes it:
             # current_time('mysql') is site-local, `hours` from UTC
@@ -716,7 +727,7 @@ def _make_schema_1(prefix: str) -> None:
 
 def test_lmq_migrate_upgrades_a_schema_1_database() -> None:
     """A version-1 database with work in it: refused until `lmq migrate` (the CLI), which
-    applies 0002 only; the catalog is then schema.sql's, the old rows are kept, and the new
+    applies 0002 and 0003; the catalog is then schema.sql's, the old rows are kept, and the new
     verbs and a worker run on it."""
     old, fresh = fresh_prefix(), fresh_prefix()
     try:
@@ -787,7 +798,7 @@ def test_a_migration_cut_short_is_finished_by_the_next_run() -> None:
                 f"ALTER TABLE {prefix}queue_tasks ADD KEY {prefix}queue_tasks_batch (batch, status)"
             )
         with lmq.Queue(with_options(BASE, prefix=prefix)) as q:
-            assert q.migrate() == [2]
+            assert q.migrate() == [2, 3]
             assert q.get(q.enqueue_many([("t", {})], batch="x")[0]).batch == "x"  # type: ignore[union-attr]
     finally:
         drop_prefix(BASE.split("?", 1)[0], prefix)
@@ -816,7 +827,8 @@ def test_the_claim_is_unchanged_without_paused_queues_and_indexed_with_them(mode
         assert plan is not None
         sql, params = plan
         token = {"now": time.time(), "until": time.time() + 30, "worker": "w"}
-        parts = [r for r in _explain(url, sql, {"limit": 10, **token, **params}) if r["key"]]
+        explained = _explain(url, sql, {"limit": 10, **token, **params})
+        parts = [r for r in explained if r["table"] == f"{p}queue_tasks"]
         assert len(parts) == 2, parts  # one ordered read per queue that is not paused
         for part in parts:
             assert part["key"] == f"{p}queue_tasks_queue_ready", part
@@ -929,3 +941,301 @@ def test_a_wordpress_database_runs_batches_and_reviews(wordpress_db: str) -> Non
         assert sorted(map(str, seen)) == ["0", "1", "3", "Café ☕"]
         (group,) = queue.backend.dead_groups(lmq.models.DeadFilter())
         assert group.count == 1 and group.task_name == "import_row"
+
+
+# --- schema 3: circuit breakers, rate limits, schedules ---------------------------------------
+
+
+def _make_schema(prefix: str, version: int) -> None:
+    """What an lmq of schema ``version`` left: its migrations only, run in order."""
+    from lmq.backends.rows import split_sql
+    from lmq.backends.sqlfile import load_migrations
+
+    with connect() as conn, conn.cursor() as cur:
+        for number, _name, sql in load_migrations("lmq.backends.mysql.migrations", prefix):
+            if number <= version:
+                for statement in split_sql(sql):
+                    cur.execute(statement)
+        cur.execute(
+            f"INSERT INTO {prefix}queue_meta (`key`, `value`) VALUES ('schema_version', %s)",
+            (str(version),),
+        )
+
+
+def _reads(url: str, sql: str, params: dict[str, Any]) -> tuple[int, list[Any]]:
+    """Run one statement in a transaction that is rolled back: the index entries it read
+    after its first (Handler_read_next) and its rows."""
+    with connect(url) as conn, conn.cursor() as cur:
+        cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        cur.execute("BEGIN")
+        cur.execute("FLUSH STATUS")
+        cur.execute(sql, params)
+        rows = list(cur.fetchall())
+        cur.execute("SHOW SESSION STATUS LIKE 'Handler_read_next'")
+        read = int(cur.fetchone()[1])
+        cur.execute("ROLLBACK")
+    return read, rows
+
+
+def test_lmq_migrate_upgrades_a_schema_2_database() -> None:
+    """A version-2 database with work in it: `lmq migrate` applies 0003 (one rebuild of the
+    task table), the catalog is then schema.sql's, the old rows keep working (a pending task
+    runs, a dead letter re-queues), and tasks with keys, breakers, rate limits and schedules
+    work on it."""
+    old, fresh = fresh_prefix(), fresh_prefix()
+    try:
+        _make_schema(old, 2)
+        with connect() as conn, conn.cursor() as cur:  # rows schema 2 wrote
+            cur.execute(
+                f"INSERT INTO {old}queue_tasks (task_name, payload, status, batch) VALUES"
+                " ('job', '{\"n\": 1}', 'pending', NULL), ('job', '{\"n\": 2}', 'done', 'b1'),"
+                " ('job', '{\"n\": 3}', 'cancelled', NULL)"
+            )
+            cur.execute(
+                f"INSERT INTO {old}queue_dead_letters (task_id, queue, task_name, payload,"
+                " error, reason, fingerprint, died_at, review) VALUES (99, 'default', 'job',"
+                " '{\"n\": 4}', 'ValueError: old', 'attempts used up', 'fp-old',"
+                " UNIX_TIMESTAMP(), 'approved')"
+            )
+        url = with_options(BASE, prefix=old)
+        with lmq.Queue(url) as q, pytest.raises(lmq.exceptions.SchemaMissing, match="migrate"):
+            q.counts()
+        done = subprocess.run(
+            [sys.executable, "-m", "lmq", "migrate", "--url", url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        with lmq.Queue(with_options(BASE, prefix=fresh)) as q:
+            q.migrate()
+        assert _catalog(old) == _catalog(fresh)
+        with lmq.Queue(url) as q:
+            backend = q.backend
+            assert isinstance(backend, MySQLBackend)
+            assert backend.schema_version() == SCHEMA_VERSION == 3
+            assert q.migrate() == []
+            assert q.counts() == {**EMPTY, "pending": 1, "done": 1, "dead": 1}
+            assert backend.breakers() == backend.rate_limits() == backend.schedules() == []
+            (letter,) = backend.dead_letters(lmq.models.DeadFilter())
+            (revived,) = backend.requeue_dead(lmq.models.DeadSelector(ids=(letter.id,)))
+            keyed = backend.enqueue(
+                [
+                    NewTask("job", '{"n": 5}', breaker="crm"),
+                    NewTask("job", '{"n": 6}', rate_key="k"),
+                ]
+            )
+            got = backend.get(keyed[1])
+            assert got is not None and (got.breaker, got.rate_key) == (None, "k")
+            rated = backend.claim(ClaimRequest("w", 10, 30.0, rate_key="k")).tasks
+            assert [(c.id, c.rate_key) for c in rated] == [(keyed[1], "k")]
+            backend.complete(CompleteBatch("w", done=[keyed[1]]))
+            seen: list[Any] = []
+
+            @q.task
+            def job(n: int) -> None:
+                seen.append(n)
+
+            assert run_burst(q) == 0
+            assert sorted(seen) == [1, 4, 5]
+            assert q.get(revived).status == "done"  # type: ignore[union-attr]
+    finally:
+        drop_prefix(BASE.split("?", 1)[0], old)
+        drop_prefix(BASE.split("?", 1)[0], fresh)
+
+
+def test_migration_3_cut_short_is_finished_by_the_next_run() -> None:
+    """0003's first statements ran (the key columns are there), its table rebuild did not."""
+    prefix = fresh_prefix()
+    try:
+        _make_schema(prefix, 2)
+        with connect() as conn, conn.cursor() as cur:
+            cur.execute(f"ALTER TABLE {prefix}queue_tasks ADD COLUMN breaker VARCHAR(191) NULL")
+            cur.execute(f"ALTER TABLE {prefix}queue_tasks ADD COLUMN rate_key VARCHAR(191) NULL")
+        with lmq.Queue(with_options(BASE, prefix=prefix)) as q:
+            assert q.migrate() == [3]
+            assert q.migrate() == []
+            (task_id,) = q.backend.enqueue([NewTask("t", "{}", rate_key="k")])
+            assert claim(q.backend) == []  # the rebuilt ready index leaves it out
+            assert ids(q.backend.claim(ClaimRequest("w", 5, 30.0, rate_key="k")).tasks) == [task_id]
+    finally:
+        drop_prefix(BASE.split("?", 1)[0], prefix)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_rate_and_probe_claims_read_their_key_in_index_order(mode: str) -> None:
+    """A rate claim reads its key's part of the ready index from the first entry (no sort of
+    the key's whole backlog, which under FOR UPDATE would lock it all); a plain claim reads
+    the `rate_key IS NULL` part, never a rate-keyed row, and passes over tasks behind an
+    open breaker only by their own entries; a probe reads the due index up to the
+    breaker's earliest due task."""
+    with prefixed(claim=mode) as url, lmq.Queue(url) as q:
+        backend = q.backend
+        assert isinstance(backend, MySQLBackend)
+        p = backend.prefix
+        backend.enqueue([NewTask("r", "{}", rate_key="api") for _ in range(3000)])
+        backend.enqueue([NewTask("x", "{}", breaker="crm") for _ in range(1000)])
+        backend.enqueue([NewTask("t", "{}") for _ in range(200)])
+        with connect() as conn, conn.cursor() as cur:
+            cur.execute(f"ANALYZE TABLE {p}queue_tasks")  # the statistics a live table has
+            cur.fetchall()
+        time.sleep(0.05)
+        token = {"now": time.time() + 1, "until": time.time() + 30, "worker": "w", "limit": 5}
+        with backend.connection() as conn, conn.cursor() as cur:
+            rate_sql = backend._claim_plan(cur, ClaimRequest("w", 5, 30.0, rate_key="api"))
+            probe_sql = backend._claim_plan(cur, ClaimRequest("w", 5, 30.0, breaker="crm"))
+            plain_sql = backend._claim_plan(cur, ClaimRequest("w", 5, 30.0))
+        assert rate_sql and probe_sql and plain_sql
+        for (sql, params), index, most in (
+            (rate_sql, f"{p}queue_tasks_ready", 20),
+            (probe_sql, f"{p}queue_tasks_due", 3000 + 20),  # past the rate-keyed tasks
+            (plain_sql, f"{p}queue_tasks_ready", 20),
+        ):
+            plan, *_breakers = _explain(url, sql, {**token, **params})
+            assert plan["key"] == index, plan
+            assert "filesort" not in (plan["Extra"] or ""), plan
+            read, rows = _reads(url, sql, {**token, **params})
+            assert len(rows) == 5 and read < most, (index, read)
+        # the breaker opens: its 1,000 tasks are passed over (their own index entries only)
+        assert backend.put_breaker(lmq.models.BreakerState("crm", state="open", version=1), 0)
+        read, rows = _reads(url, plain_sql[0], {**token, **plain_sql[1]})
+        assert len(rows) == 5 and read < 1000 + 20, read
+        assert {backend.get(r[0]).task_name for r in rows} == {"t"}  # type: ignore[union-attr]
+        got = backend.claim(ClaimRequest("w", 500, 30.0)).tasks
+        assert len(got) == 200 and {c.task_name for c in got} == {"t"}
+        probed = backend.claim(ClaimRequest("p", 2, 30.0, breaker="crm")).tasks
+        assert {c.task_name for c in probed} == {"x"}
+        assert not backend.has_ready(None)
+        due = backend.next_due(None)
+        assert due is not None and due > 20  # the leases taken above, not the blocked tasks
+        assert backend.rate_keys_ready(None) == {"api": (0.0, "r")}
+
+
+def test_counts_with_rate_keyed_tasks(mode_queue: lmq.Queue) -> None:
+    """Rate-keyed pending rows are not in queue_ready's pending part; counts still sees them
+    as pending (not done)."""
+    q, backend = mode_queue, mode_queue.backend
+    backend.enqueue([NewTask("r", "{}", rate_key="k", queue=name) for name in ("a", "a", "b")])
+    backend.enqueue([NewTask("t", "{}", breaker="crm", queue="a")])
+    got = backend.claim(ClaimRequest("w", 1, 30.0, rate_key="k")).tasks
+    complete(backend, "w", done=ids(got))
+    counts = q.counts()
+    assert counts == {**EMPTY, "pending": 3, "done": 1}
+    per = backend.counts().by_queue
+    assert per["a"]["pending"] + per["b"]["pending"] == 3
+    assert per["a"]["done"] + per["b"]["done"] == 1
+
+
+def test_a_requeue_reinserting_a_deleted_row_restores_the_keys(mode_queue: lmq.Queue) -> None:
+    q, backend = mode_queue, mode_queue.backend
+    (task_id,) = backend.enqueue([NewTask("t", "{}", breaker="crm", rate_key="api")])
+    (got,) = backend.claim(ClaimRequest("w", 5, 30.0, rate_key="api")).tasks
+    assert (got.breaker, got.rate_key) == ("crm", "api")
+    complete(backend, "w", burials=[burial(task_id)])
+    (letter,) = backend.dead_letters(lmq.models.DeadFilter())
+    with connect() as conn, conn.cursor() as cur:
+        cur.execute(f"DELETE FROM {backend.prefix}queue_tasks WHERE id = %s", (task_id,))
+    assert backend.requeue_dead(lmq.models.DeadSelector(ids=(letter.id,))) == [task_id]
+    task = q.get(task_id)
+    assert task is not None and (task.status, task.breaker, task.rate_key) == (
+        "pending",
+        "crm",
+        "api",
+    )
+    assert claim(backend) == []
+    assert ids(backend.claim(ClaimRequest("w", 5, 30.0, rate_key="api")).tasks) == [task_id]
+
+
+def test_compare_and_set_counts_the_row_even_when_nothing_else_changed(
+    mode_queue: lmq.Queue,
+) -> None:
+    """The CAS is one UPDATE guarded on the version; the version always changes, so it
+    counts as one changed row whatever the client's FOUND_ROWS flag (a put whose other
+    fields are unchanged still wins, once)."""
+    backend = mode_queue.backend
+    state = lmq.models.RateState("api", 10, 1.0, 1, tat=5.0, updated=1.0, version=1)
+    assert backend.put_rate_limit(state, 0)
+    assert not backend.put_rate_limit(state, 0)  # the row exists: INSERT's duplicate key
+    same = dataclasses.replace(state, version=2)
+    assert backend.put_rate_limit(same, 1)
+    assert not backend.put_rate_limit(same, 1)
+    assert backend.rate_limits() == [same]
+    for flags in (0, pymysql.constants.CLIENT.FOUND_ROWS):
+        with connect(client_flag=flags) as conn, conn.cursor() as cur:
+            changed = cur.execute(
+                backend.q["update_rate_limit"],
+                {**lmq.backends.rows.rate_values(same, 3), "expected": 2},
+            )
+            assert changed == 1
+            cur.execute(
+                f"UPDATE {backend.prefix}queue_rate_limits SET version = 2 WHERE name = 'api'"
+            )
+
+
+def test_a_wordpress_database_runs_a_breaker_a_rate_limit_and_a_schedule(
+    wordpress_db: str,
+) -> None:
+    """With ?prefix=wp_: the seed's bare $wpdb->insert (no keys) is still a runnable task;
+    keyed tasks, the state tables and a schedule's fire work beside WordPress's tables."""
+    database = urlsplit(wordpress_db).path.lstrip("/")
+    with lmq.Queue(wordpress_db) as queue:
+        queue.migrate()
+        backend = queue.backend
+        with connect(database=database) as conn, conn.cursor() as cur:
+            cur.execute(
+                "INSERT INTO wp_queue_tasks (task_name, payload, status, created)"
+                " VALUES ('import_row', '{\"row\": 1}', 'pending', NOW())"
+            )
+            bare = cur.lastrowid
+        (keyed,) = backend.enqueue([NewTask("import_row", '{"row": 2}', rate_key="crm")])
+        assert backend.put_breaker(lmq.models.BreakerState("crm", version=1), 0)
+        sched = lmq.models.ScheduleState("tick", "import_row", every=1.0, next_tick=1.0, version=1)
+        assert backend.put_schedule(sched, 0)
+        fired = dataclasses.replace(sched, next_tick=2.0, last_tick=1.0, version=2)
+        tick = NewTask("import_row", '{"row": 3}', unique_key="lmq:schedule:tick:1")
+        (ticked,) = backend.fire_schedule(fired, 1, [tick]) or []
+        assert backend.fire_schedule(fired, 1, [tick]) is None
+        assert {c.id for c in claim(backend, limit=10)} == {bare, ticked}
+        assert ids(backend.claim(ClaimRequest("w", 5, 30.0, rate_key="crm")).tasks) == [keyed]
+        with connect(database=database) as conn, conn.cursor() as cur:
+            cur.execute("SHOW TABLES LIKE 'wp\\_queue\\_%'")
+            assert {r[0] for r in cur.fetchall()} >= {
+                "wp_queue_breakers",
+                "wp_queue_rate_limits",
+                "wp_queue_schedules",
+            }
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_plain_claims_leave_the_breaker_check_out_until_they_meet_a_breaker(mode: str) -> None:
+    """Without a task with a breaker in sight, the claim statement has no subquery (MariaDB
+    plans one on every execution); a claim that meets one claims again with the check, in
+    the same transaction, so a task behind an open breaker is never returned."""
+    with prefixed(claim=mode) as url, lmq.Queue(url) as q:
+        backend = q.backend
+        assert isinstance(backend, MySQLBackend)
+        p = backend.prefix
+        fast = backend._claim_statement(None, (), checked=False)
+        assert fast is not None and f"{p}queue_breakers" not in fast[0]
+        token = {"now": time.time() + 1, "until": time.time() + 30, "worker": "w", "limit": 5}
+        (plan,) = _explain(url, fast[0], {**token, **fast[1]})
+        assert plan["key"] == f"{p}queue_tasks_ready", plan
+        plain = backend.enqueue([NewTask("t", "{}") for _ in range(3)])
+        assert ids(backend.claim(ClaimRequest("w", 2, 30.0)).tasks) == plain[:2]
+        assert not backend._checking()
+        # a high-priority task behind an open breaker, first in claim order
+        assert backend.put_breaker(lmq.models.BreakerState("crm", state="open", version=1), 0)
+        (blocked,) = backend.enqueue([NewTask("x", "{}", priority=9, breaker="crm")])
+        assert ids(backend.claim(ClaimRequest("w", 1, 30.0)).tasks) == plain[2:]
+        assert backend._checking()  # the claim met a breaker: checked from now on
+        assert claim(backend) == []
+        task = backend.get(blocked)
+        assert task is not None and task.status == "pending" and task.attempts == 0
+        backend._check_until = 0.0  # as 10 s later: unchecked again, and still exact
+        result = backend.complete(CompleteBatch("w", done=plain), ClaimRequest("w", 5, 30.0))
+        assert result is not None and result.tasks == []
+        assert backend.put_breaker(lmq.models.BreakerState("crm", version=2), 1)  # closed
+        backend._check_until = 0.0
+        (got,) = backend.claim(ClaimRequest("w", 5, 30.0)).tasks
+        assert (got.id, got.breaker) == (blocked, "crm")

@@ -59,12 +59,24 @@ Semantics are SQLite's (see :mod:`lmq.backends.base`); the differences are the s
 * Approved dead letters are re-queued under ``FOR UPDATE SKIP LOCKED`` (``claim=update``:
   a plain ``FOR UPDATE``, whose waiter re-reads the row, and an UPDATE guarded on
   ``status = 'dead'``), after a one-entry read that finds nothing to do most seconds.
+* Circuit breakers and rate limits (schema 3): ``rate_key`` leads both ready indexes, so a
+  plain claim reads the ``rate_key IS NULL`` part and a rate claim its key's part, each in
+  claim order; a probe claim reads the due index for the breaker's earliest due task.
+  Tasks behind a breaker that is not closed are passed over by a primary-key subquery on
+  ``{prefix}queue_breakers``, which plain claims leave out of the statement until they meet
+  a task with a breaker (then they claim again with it, in the same transaction), so tasks
+  without keys cost what they did.  Breaker, rate-limit and schedule rows are swapped by
+  compare-and-set on ``version``: an INSERT for version 0 (a duplicate key loses), else
+  ``UPDATE ... WHERE version = expected`` (the version always changes, so the affected-row
+  count is the same with or without the FOUND_ROWS client flag); ``fire_schedule`` does
+  the compare-and-set and the tick's INSERT in one transaction.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -76,6 +88,7 @@ from ...exceptions import BackendBusy, BackendError, NotFound, SchemaMissing
 from ...models import (
     BatchInfo,
     BatchSpec,
+    BreakerState,
     CancelSelector,
     Claimed,
     ClaimRequest,
@@ -89,8 +102,10 @@ from ...models import (
     Heartbeat,
     NewTask,
     PruneRequest,
+    RateState,
     RenewRequest,
     Review,
+    ScheduleState,
     Task,
     TaskFilter,
     TaskId,
@@ -98,23 +113,36 @@ from ...models import (
     utc_from_epoch,
 )
 from ..external import app_connection
-from ..rows import check_requeue, error_json, error_line, split_sql
+from ..rows import (
+    breaker_from_row,
+    breaker_values,
+    check_requeue,
+    error_json,
+    error_line,
+    rate_from_row,
+    rate_values,
+    schedule_from_row,
+    schedule_values,
+    split_sql,
+)
 from ..sqlfile import load_migrations, load_schema
 from .rows import dead_from_row, task_from_row
 from .session import (
     _DEADLOCK,
     _TABLES,
-    _TABLES_V1,
     NOW_SQL,
     SCHEMA_VERSION,
     MySQLSession,
     _errno,
     supports_skip_locked,
+    tables_of,
 )
 
 _INSERT_CHUNK = 2 * 1024 * 1024  # characters of VALUES per multi-row INSERT statement
 _CHUNK = 1000  # ids per statement when a verb acts on many rows
 _PER_QUEUE_MAX = 32  # queue names up to which a claim with paused queues reads each alone
+_CHECK_FOR = 10.0  # seconds plain claims keep the breaker check after meeting a breaker
+_DUPLICATE_KEY = 1062
 _ALREADY_THERE = {1060, 1061}  # duplicate column / key name: a migration statement ran before
 _EMPTY_COUNTS = ("pending", "processing", "done", "dead", "cancelled")
 T = TypeVar("T")
@@ -202,7 +230,7 @@ class MySQLBackend(MySQLSession):
             )
         cur.execute(self.q["tables"], {"names": [self.prefix + t for t in _TABLES]})
         present = {r[0] for r in cur.fetchall()}
-        needed = _TABLES_V1 if current < 2 else _TABLES
+        needed = tables_of(current)
         if current and any(self.prefix + t not in present for t in needed):
             current = 0  # repair: every migration is idempotent, so run them all again
         migrations = load_migrations("lmq.backends.mysql.migrations", self.prefix)
@@ -299,6 +327,7 @@ class MySQLBackend(MySQLSession):
             args.extend(t)
             rows += 1
             size += 160 + len(t.payload_json) + len(t.task_name) + len(t.queue)
+            size += len(t.breaker or "") + len(t.rate_key or "") + len(t.unique_key or "")
             if size >= limit:
                 flush()
         flush()
@@ -373,14 +402,19 @@ class MySQLBackend(MySQLSession):
         return f"AND queue IN ({names})", {f"q{i}": q for i, q in enumerate(queues)}
 
     def _claim_statement(
-        self, queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()
+        self,
+        queues: tuple[str, ...] | None,
+        exclude: tuple[str, ...] = (),
+        checked: bool = True,
     ) -> tuple[str, dict[str, str]] | None:
         """The claim's SELECT for these queues (None: every one of them is paused).
 
         With nothing paused (``exclude`` empty) it is the statement it always was; a worker
         of every queue with some paused reads the same index with ``queue NOT IN (...)``.
+        ``checked``: with the breaker check (see _checking); without it the statement is
+        right only for the rows whose breaker is NULL.
         """
-        key = (queues, exclude)
+        key = (queues, exclude, checked)
         if key in self._claim_sql:
             return self._claim_sql[key]
         scope = _scope(queues, exclude)
@@ -404,11 +438,35 @@ class MySQLBackend(MySQLSession):
             )
         else:
             sql = self.q["claim_select"].replace("{queue_filter}", qf).replace("{index}", index)
+        sql = sql.replace("{claim_check}", self._breaker_ok if checked else "TRUE")
         self._claim_sql[key] = (sql, params)
         return sql, params
 
-    def _claim_plan(self, cur: Cursor, request: ClaimRequest) -> tuple[str, dict[str, str]] | None:
-        """The claim statement for a request (None: all its queues are paused).
+    def _checking(self) -> bool:
+        """Whether plain claims carry the breaker check now.
+
+        They do while tasks with a breaker were claimed in the last _CHECK_FOR seconds.
+        Otherwise the claim goes without it, which is right for every row it returns whose
+        breaker is NULL; when it returns a row with a breaker, the claim is run again, in
+        the same transaction, with the check (and the check stays on for a while).  So a
+        worker of tasks without breakers never pays for the check, and the answer is
+        always exact.
+        """
+        return time.monotonic() < self._check_until
+
+    def _checked_rows(self, rows: Sequence[tuple[Any, ...]], column: int) -> bool:
+        """Note a claim's rows (``column``: their breaker): True when one has a breaker
+        (the breaker check is then on for the next _CHECK_FOR seconds)."""
+        if any(r[column] is not None for r in rows):
+            self._check_until = time.monotonic() + _CHECK_FOR
+            return True
+        return False
+
+    def _claim_plan(
+        self, cur: Cursor, request: ClaimRequest, checked: bool = True
+    ) -> tuple[str, dict[str, str]] | None:
+        """The claim statement for a request (None: all its queues are paused); a plain
+        claim's with the breaker check or not (``checked``, see _checking).
 
         A worker of every queue with some paused must not walk the paused queues' ready
         rows on every claim (a paused bulk enqueue of 50,000 made each claim ~80 ms): it
@@ -416,16 +474,18 @@ class MySQLBackend(MySQLSession):
         from the others as a worker of those queues would, by one ordered index read
         each.  Past _PER_QUEUE_MAX names it falls back to ``queue NOT IN (...)``.
         """
+        if request.breaker is not None or request.rate_key is not None:
+            return self._gated_statement(request)
         if request.queues or not request.exclude:
-            return self._claim_statement(request.queues, request.exclude)
+            return self._claim_statement(request.queues, request.exclude, checked)
         cur.execute(self.q["queue_names"])
         paused = set(request.exclude)
         names = tuple(sorted(r[0] for r in cur.fetchall() if r[0] not in paused))
         if not names:
             return None
         if len(names) > _PER_QUEUE_MAX:
-            return self._claim_statement(None, request.exclude)
-        cached = self._per_queue_sql.get(names)
+            return self._claim_statement(None, request.exclude, checked)
+        cached = self._per_queue_sql.get((names, checked))
         if cached is not None:
             return cached
         if len(names) > 1 and self.claim_mode() == "update":
@@ -433,15 +493,43 @@ class MySQLBackend(MySQLSession):
                 "(" + self.q["claim_pick_sorted"].replace("{i}", str(i)) + ")"
                 for i in range(len(names))
             )
+            sql = sql.replace("{claim_check}", self._breaker_ok if checked else "TRUE")
             statement = (sql, {f"q{i}": q for i, q in enumerate(names)})
         else:
-            made = self._claim_statement(names)
+            made = self._claim_statement(names, (), checked)
             assert made is not None  # nothing excluded
             statement = made
         if len(self._per_queue_sql) >= 256:
             self._per_queue_sql.clear()
-        self._per_queue_sql[names] = statement
+        self._per_queue_sql[(names, checked)] = statement
         return statement
+
+    def _gated_statement(self, request: ClaimRequest) -> tuple[str, dict[str, Any]] | None:
+        """A rate claim (``rate_key``: that key's part of the ready index, in order, none
+        behind a breaker that is not closed) or a probe claim (``breaker``: that breaker's
+        due tasks, whatever its state; with ``rate_key`` too, only those with that key).
+        None: all its queues are paused."""
+        scope = _scope(request.queues, request.exclude)
+        if scope is None:
+            return None
+        queues, exclude = scope
+        probe = request.breaker is not None
+        both = probe and request.rate_key is not None
+        key = ("probe" if probe else "rate", both, queues, exclude)
+        qf, params = self._queue_params(queues, exclude)
+        sql = self._gated_sql.get(key)
+        if sql is None:
+            kind = "probe" if probe else "rate"
+            step = "pick" if self.claim_mode() == "update" else "select"
+            gate = "AND rate_key = %(rate_key)s COLLATE utf8mb4_bin" if both else ""
+            sql = (
+                self.q[f"claim_{kind}_{step}"].replace("{queue_filter}", qf).replace("{gate}", gate)
+            )
+            self._gated_sql[key] = sql
+        out: dict[str, Any] = {**params, "key": request.breaker if probe else request.rate_key}
+        if both:
+            out["rate_key"] = request.rate_key
+        return sql, out
 
     def claim(self, request: ClaimRequest) -> ClaimResult:
         if self.claim_mode() == "skip_locked":
@@ -454,32 +542,63 @@ class MySQLBackend(MySQLSession):
 
     def _claim_in(self, cur: Cursor, request: ClaimRequest) -> ClaimResult:
         rescued = self._rescue(cur)
-        statement = self._claim_plan(cur, request)
+        plain = request.breaker is None and request.rate_key is None
+        checked = not plain or self._checking()
+        statement = self._claim_plan(cur, request, checked)
         if statement is None:  # all its queues are paused
             return ClaimResult([], rescued)
         sql, qparams = statement
         if self.claim_mode() == "update":
-            return ClaimResult(self._claim_by_update(cur, request, sql, qparams), rescued)
+            claimed = self._claim_by_update(cur, request, sql, qparams, checked)
+            return ClaimResult(claimed, rescued)
         cur.execute(sql, {"limit": request.limit, **qparams})
-        return self._mark(cur, request, list(cur.fetchall()), rescued)
+        rows = self._recheck(cur, request, list(cur.fetchall()), checked)
+        return self._mark(cur, request, rows, rescued)
+
+    def _recheck(
+        self, cur: Cursor, request: ClaimRequest, rows: list[Any], checked: bool
+    ) -> list[Any]:
+        """A plain claim's SKIP LOCKED rows: claimed without the breaker check, one has a
+        breaker: the claim again with it (the rows stay this transaction's, so the second
+        read sees them; those it leaves out are unlocked at COMMIT)."""
+        if not (self._checked_rows(rows, 6) and not checked):
+            return rows
+        statement = self._claim_plan(cur, request, True)
+        assert statement is not None  # the same queues as the claim just run
+        sql, qparams = statement
+        cur.execute(sql, {"limit": request.limit, **qparams})
+        return list(cur.fetchall())
 
     def _claim_by_update(
-        self, cur: Cursor, request: ClaimRequest, sql: str, qparams: dict[str, str]
+        self,
+        cur: Cursor,
+        request: ClaimRequest,
+        sql: str,
+        qparams: dict[str, str],
+        checked: bool = True,
     ) -> list[Claimed]:
         """The fallback claim: pick the best ready ids, then take them with one UPDATE that
         re-checks each under its row lock (rows another claim took first drop out; a few
         passes fill the gap they leave), then read back the rows carrying this claim's
-        token."""
+        token.  A pick without the breaker check that finds a task with a breaker is
+        picked again with it."""
         cur.execute(self.q["now"])
         now = float(cur.fetchone()[0])
         token = {"worker": request.worker_id, "until": now + request.lease, "now": now}
+        plain = request.breaker is None and request.rate_key is None
         taken = 0
-        for _pass in range(3):
+        for _pass in range(4):
             want = request.limit - taken
             cur.execute(sql, {**token, "limit": want, **qparams})
             rows = list(cur.fetchall())
-            if rows and len(rows[0]) == 3:  # claim_pick_sorted: one read per queue, merged
-                rows = sorted(rows, key=lambda r: (r[1], r[2], r[0]))[:want]
+            if rows and len(rows[0]) == 4:  # claim_pick_sorted: one read per queue, merged
+                rows = sorted(rows, key=lambda r: (r[2], r[3], r[0]))[:want]
+            if plain and self._checked_rows(rows, 1) and not checked:
+                statement = self._claim_plan(cur, request, True)
+                assert statement is not None
+                sql, qparams = statement
+                checked = True
+                continue  # pick again, with the breaker check
             picked = [r[0] for r in rows]
             if not picked:
                 break
@@ -503,24 +622,35 @@ class MySQLBackend(MySQLSession):
         return int(cur.execute(self.q["rescue"], {}))  # {}: its %% become %
 
     def _ready_state(
-        self, queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()
-    ) -> tuple[float, float | None, float | None]:
-        """(server now, earliest pending next_run, earliest lease expiry)."""
-        if queues:
-            qf, qparams = self._queue_params(queues)
-            sql = self.q["ready_state_queues"].replace("{queue_filter}", qf)
-        elif exclude:
-            qf, qparams = self._queue_params(None, exclude)
-            sql = self.q["ready_state_excluding"].replace("{queue_filter}", qf)
+        self, scope: tuple[tuple[str, ...] | None, tuple[str, ...]] | None
+    ) -> tuple[float, bool, float | None, float | None]:
+        """(server now, whether a task is claimable now by a plain claim, the earliest
+        plain pending task still to come, the earliest lease expiry) for a readiness
+        scope (None: every queue paused, only leases count)."""
+        qparams: dict[str, str] = {}
+        if scope is None:
+            sql = self.q["lease_state"]
         else:
-            sql, qparams = self.q["ready_state"], {}
+            queues, exclude = scope
+            qf, qparams = self._queue_params(queues, exclude)
+            if queues:
+                probes = " ".join(
+                    self.q["has_ready_probe"].replace("{i}", str(i)) for i in range(len(queues))
+                )
+                ready = f"(FALSE {probes})"
+            elif exclude:
+                ready = self.q["ready_excluding"].replace("{queue_filter}", qf)
+            else:
+                ready = self.q["ready_all"]
+            sql = self.q["ready_state"].replace("{ready}", ready).replace("{queue_filter}", qf)
 
-        def read(cur: Cursor) -> tuple[float, float | None, float | None]:
+        def read(cur: Cursor) -> tuple[float, bool, float | None, float | None]:
             cur.execute(sql, qparams)
-            now, due, expiry = cur.fetchone()
+            now, ready, later, expiry = cur.fetchone()
             return (
                 float(now),
-                None if due is None else float(due),
+                bool(ready),
+                None if later is None else float(later),
                 None if expiry is None else float(expiry),
             )
 
@@ -546,19 +676,22 @@ class MySQLBackend(MySQLSession):
         return scope if len(others) > _PER_QUEUE_MAX else (others, ())
 
     def has_ready(self, queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()) -> bool:
+        """A task a plain claim would take (due, no rate key, not behind a breaker that is
+        not closed), or an expired lease to rescue."""
         scope = self._readiness_scope(queues, exclude)
-        if scope is None:  # all its queues are paused: only an expired lease to rescue
-            now, _due, expiry = self._ready_state(None)
-            return expiry is not None and expiry <= now
-        queues, exclude = scope
+        if scope is None or scope[1]:  # all paused, or more queues than read one by one
+            now, ready, _later, expiry = self._ready_state(scope)
+            return ready or (expiry is not None and expiry <= now)
+        queues, _ = scope
+        qparams: dict[str, str] = {}
         if not queues:
-            now, due, expiry = self._ready_state(queues, exclude)
-            return (due is not None and due <= now) or (expiry is not None and expiry <= now)
-        _qf, qparams = self._queue_params(queues)
-        probes = " ".join(
-            self.q["has_ready_probe"].replace("{i}", str(i)) for i in range(len(queues))
-        )
-        sql = self.q["has_ready_queues"].replace("{probes}", probes)
+            sql = self.q["has_ready_all"].replace("{ready}", self.q["ready_all"])
+        else:
+            _qf, qparams = self._queue_params(queues)
+            probes = " ".join(
+                self.q["has_ready_probe"].replace("{i}", str(i)) for i in range(len(queues))
+            )
+            sql = self.q["has_ready_queues"].replace("{probes}", probes)
 
         def read(cur: Cursor) -> bool:
             cur.execute(sql, qparams)
@@ -569,14 +702,42 @@ class MySQLBackend(MySQLSession):
     def next_due(
         self, queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()
     ) -> float | None:
-        scope = self._readiness_scope(queues, exclude)
-        if scope is None:
-            now, _due, expiry = self._ready_state(None)
-            due = None
-        else:
-            now, due, expiry = self._ready_state(*scope)
-        times = [t for t in (due, expiry) if t is not None]
+        """0 when a plain claim would take a task now (or a lease has expired), else the
+        seconds until the earliest plain task or lease expiry to come (None: none).
+        Rate-keyed tasks and tasks behind a breaker that is not closed do not count."""
+        now, ready, later, expiry = self._ready_state(self._readiness_scope(queues, exclude))
+        if ready:
+            return 0.0
+        times = [t for t in (later, expiry) if t is not None]
         return max(0.0, min(times) - now) if times else None
+
+    def rate_keys_ready(
+        self, queues: tuple[str, ...] | None, exclude: tuple[str, ...] = ()
+    ) -> dict[str, tuple[float, str]]:
+        """The keys first (a loose index scan), then each key's pending part of the ready
+        index and the expired leases: never a done row, however long the history."""
+        scope = _scope(queues, exclude)
+        if scope is None:
+            return {}
+        qf, qparams = self._queue_params(*scope)
+
+        def read(cur: Cursor) -> dict[str, tuple[float, str]]:
+            cur.execute(self.q["rate_keys"])
+            keys = [r[0] for r in cur.fetchall()]
+            found: dict[str, tuple[float, str]] = {}
+            for chunk in _chunks(keys):  # keys whose rows are all done drop out here
+                names = ", ".join(f"%(k{i})s" for i in range(len(chunk)))
+                sql = (
+                    self.q["rate_keys_ready"].replace("{keys}", names).replace("{queue_filter}", qf)
+                )
+                cur.execute(sql, {**qparams, **{f"k{i}": k for i, k in enumerate(chunk)}})
+                for key, first, name, now in cur.fetchall():
+                    found[key] = (max(0.0, float(first) - float(now)), name)
+                if len(found) >= 100:
+                    break
+            return dict(sorted(found.items())[:100])
+
+        return self._read(read)
 
     def complete(
         self, batch: CompleteBatch, claim: ClaimRequest | None = None
@@ -602,10 +763,17 @@ class MySQLBackend(MySQLSession):
             params.update(retry_params)
         if batch.released:
             statements.append(self.q["release"].replace("{ids}", _ids_sql(batch.released)))
+        if batch.deferred:
+            sql, defer_params = self._defer_sql(batch)
+            statements.append(sql)
+            params.update(defer_params)
         statement = None
+        checked = True
         if claim is not None:
             statements.append(self.q["rescue"])
-            statement = self._claim_plan(cur, claim)  # before START TRANSACTION is sent
+            plain = claim.breaker is None and claim.rate_key is None
+            checked = not plain or self._checking()
+            statement = self._claim_plan(cur, claim, checked)  # before START TRANSACTION
             if statement is not None:  # None: all its queues are paused
                 sql, qparams = statement
                 statements.append(sql)
@@ -619,7 +787,7 @@ class MySQLBackend(MySQLSession):
             return None
         if statement is None:
             return ClaimResult([], int(counts[-1]))
-        rows: list[Any] = list(cur.fetchall())
+        rows = self._recheck(cur, claim, list(cur.fetchall()), checked)
         return self._mark(cur, claim, rows, rescued=int(counts[-2]), commit=True)
 
     def _mark(
@@ -633,9 +801,9 @@ class MySQLBackend(MySQLSession):
     ) -> ClaimResult:
         """Lease the rows a SKIP LOCKED select locked (the best ``limit`` of them); with
         ``commit``, the UPDATE and the COMMIT go in one round trip."""
-        if rows and len(rows[0]) == 8:  # claim_select_sorted: one read per queue, merged
-            rows.sort(key=lambda r: (r[6], r[7], r[0]))
-            rows = [r[:6] for r in rows[: request.limit]]
+        if rows and len(rows[0]) == 10:  # claim_select_sorted: one read per queue, merged
+            rows.sort(key=lambda r: (r[8], r[9], r[0]))
+            rows = [r[:8] for r in rows[: request.limit]]
         if not rows:
             return ClaimResult([], rescued)
         sql = self.q["claim_mark"].replace("{ids}", _ids_sql([r[0] for r in rows]))
@@ -669,6 +837,9 @@ class MySQLBackend(MySQLSession):
                 cur.execute(self.q["bury_link"], params)
         if batch.released:
             cur.execute(self.q["release"].replace("{ids}", _ids_sql(batch.released)), worker)
+        if batch.deferred:
+            sql, params = self._defer_sql(batch)
+            cur.execute(sql, {**worker, **params})
         return self._claim_in(cur, claim) if claim is not None else None
 
     def _retry(self, cur: Cursor, batch: CompleteBatch) -> None:
@@ -693,6 +864,27 @@ class MySQLBackend(MySQLSession):
             .replace("{delay_cases}", " ".join(delays))
             .replace("{message_cases}", " ".join(messages))
             .replace("{error_cases}", " ".join(errors))
+        )
+        return sql, params
+
+    def _defer_sql(self, batch: CompleteBatch) -> tuple[str, dict[str, Any]]:
+        """Every deferred task of the batch in one UPDATE (a CASE per column)."""
+        params: dict[str, Any] = {}
+        delays, breakers, rates = [], [], []
+        for i, d in enumerate(batch.deferred):
+            task_id = int(d.id)
+            params[f"fd{i}"] = float(d.delay)
+            params[f"fb{i}"] = d.breaker
+            params[f"fr{i}"] = d.rate_key
+            delays.append(f"WHEN {task_id} THEN %(fd{i})s")
+            breakers.append(f"WHEN {task_id} THEN %(fb{i})s")
+            rates.append(f"WHEN {task_id} THEN %(fr{i})s")
+        sql = (
+            self.q["defer"]
+            .replace("{ids}", _ids_sql([d.id for d in batch.deferred]))
+            .replace("{delay_cases}", " ".join(delays))
+            .replace("{breaker_cases}", " ".join(breakers))
+            .replace("{rate_cases}", " ".join(rates))
         )
         return sql, params
 
@@ -1091,6 +1283,7 @@ class MySQLBackend(MySQLSession):
                     missing.append((r, due, ukey))
         for r, due, ukey in missing:  # the task row is gone (deleted by hand): again
             dead_id, task_id, queue, name, payload, priority, max_attempts, created, errors = r[:9]
+            breaker, rate_key = r[11:13]
             cur.execute(
                 self.q["reinsert"],
                 {
@@ -1105,6 +1298,8 @@ class MySQLBackend(MySQLSession):
                     "unique_key": ukey,
                     "dead_id": dead_id,
                     "due": due,
+                    "breaker": breaker,
+                    "rate_key": rate_key,
                 },
             )
         return [r[1] for r in rows]
@@ -1322,6 +1517,82 @@ class MySQLBackend(MySQLSession):
             if got is not None:
                 settled.append(got)
         return settled
+
+    # --- circuit breakers, rate limits, schedules -----------------------------------------
+
+    def _stored(self, query: str, names: Sequence[str] | None) -> list[dict[str, Any]]:
+        """The rows of a state table (all, or those named), by name."""
+        if names is not None and not names:
+            return []
+        where = "" if names is None else "WHERE name IN %(names)s"
+        sql = self.q[query].replace("{where}", where)
+
+        def read(cur: Any) -> list[dict[str, Any]]:
+            cur.execute(sql, {"names": list(dict.fromkeys(names or ()))})
+            return list(cur.fetchall())
+
+        return self._dict_read(read)
+
+    def _put(self, cur: Cursor, kind: str, values: dict[str, Any], expected: int) -> bool:
+        """The compare-and-set of one state row (``values`` carry version expected + 1):
+        an INSERT for version 0 (a duplicate key: another worker stored it first), else an
+        UPDATE guarded on the version; True when it changed the row."""
+        if expected == 0:
+            try:
+                cur.execute(self.q[f"insert_{kind}"], values)
+            except pymysql.err.IntegrityError as exc:
+                if _errno(exc) == _DUPLICATE_KEY:
+                    return False
+                raise
+            return True
+        return int(cur.execute(self.q[f"update_{kind}"], {**values, "expected": expected})) == 1
+
+    def _put_row(self, kind: str, values: dict[str, Any], expected: int) -> bool:
+        return self._run(lambda cur: self._put(cur, kind, values, expected))
+
+    def _delete_row(self, query: str, name: str) -> bool:
+        return bool(self._run(lambda cur: cur.execute(self.q[query], {"name": name})))
+
+    def breakers(self, names: Sequence[str] | None = None) -> list[BreakerState]:
+        return [breaker_from_row(r) for r in self._stored("breakers", names)]
+
+    def put_breaker(self, state: BreakerState, expected_version: int) -> bool:
+        values = breaker_values(state, expected_version + 1)
+        return self._put_row("breaker", values, expected_version)
+
+    def delete_breaker(self, name: str) -> bool:
+        return self._delete_row("delete_breaker", name)
+
+    def rate_limits(self, names: Sequence[str] | None = None) -> list[RateState]:
+        return [rate_from_row(r) for r in self._stored("rate_limits", names)]
+
+    def put_rate_limit(self, state: RateState, expected_version: int) -> bool:
+        values = rate_values(state, expected_version + 1)
+        return self._put_row("rate_limit", values, expected_version)
+
+    def schedules(self) -> list[ScheduleState]:
+        return [schedule_from_row(r) for r in self._stored("schedules", None)]
+
+    def put_schedule(self, state: ScheduleState, expected_version: int) -> bool:
+        values = schedule_values(state, expected_version + 1)
+        return self._put_row("schedule", values, expected_version)
+
+    def delete_schedule(self, name: str) -> bool:
+        return self._delete_row("delete_schedule", name)
+
+    def fire_schedule(
+        self, state: ScheduleState, expected_version: int, tasks: Sequence[NewTask]
+    ) -> list[TaskId] | None:
+        """The compare-and-set first (a concurrent fire waits for the row lock, then finds
+        the version changed and enqueues nothing), then the tasks, in one transaction."""
+        values = schedule_values(state, expected_version + 1)
+
+        def work(cur: Cursor) -> list[TaskId] | None:
+            if not self._put(cur, "schedule", values, expected_version):
+                return None
+            return self._insert(cur, tasks, own=True) if tasks else []
+
+        return self._run(work)
 
     def parse_id(self, text: str) -> TaskId:
         try:

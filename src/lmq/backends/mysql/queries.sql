@@ -2,7 +2,9 @@
 -- {now} is the server's clock as epoch seconds (see schema.sql); {queue_filter} is "" or
 -- "AND queue IN (...)" built from the worker's fixed --queues list (or "AND queue NOT IN
 -- (...)" for the paused queues of a worker of every queue); {ids} is a list of
--- integer ids formatted by the backend.  Parameters are PyMySQL's %(name)s, so a literal
+-- integer ids formatted by the backend; {breaker_ok} is "the task is not behind a breaker
+-- whose state is not closed" (session.BREAKER_OK_SQL: for a task without a breaker, just
+-- `breaker IS NULL`).  Parameters are PyMySQL's %(name)s, so a literal
 -- percent sign is written %%.
 
 -- name: schema_version
@@ -24,21 +26,22 @@ SELECT {now}
 
 -- name: insert_head
 -- the VALUES rows follow: (task_name, payload, queue, priority, max_attempts,
--- next_run = COALESCE(run_at, now) + delay, unique_key, batch), built by the backend
+-- next_run = COALESCE(run_at, now) + delay, unique_key, batch, breaker, rate_key), built
+-- by the backend
 INSERT INTO {prefix}queue_tasks
-    (task_name, payload, queue, priority, max_attempts, next_run, unique_key, batch, updated,
-     created)
+    (task_name, payload, queue, priority, max_attempts, next_run, unique_key, batch, breaker,
+     rate_key, updated, created)
 VALUES
 
 -- name: insert_row
-(%s, %s, %s, %s, %s, COALESCE(%s, {now}) + %s, %s, %s, {now}, UTC_TIMESTAMP())
+(%s, %s, %s, %s, %s, COALESCE(%s, {now}) + %s, %s, %s, %s, %s, {now}, UTC_TIMESTAMP())
 
 -- name: insert_unique
 -- a live task with this key already: its id, through LAST_INSERT_ID(expr)
 INSERT INTO {prefix}queue_tasks
-    (task_name, payload, queue, priority, max_attempts, next_run, unique_key, batch, updated,
-     created)
-VALUES (%s, %s, %s, %s, %s, COALESCE(%s, {now}) + %s, %s, %s, {now}, UTC_TIMESTAMP())
+    (task_name, payload, queue, priority, max_attempts, next_run, unique_key, batch, breaker,
+     rate_key, updated, created)
+VALUES (%s, %s, %s, %s, %s, COALESCE(%s, {now}) + %s, %s, %s, %s, %s, {now}, UTC_TIMESTAMP())
 ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id)
 
 -- name: upsert_batch
@@ -77,19 +80,27 @@ UPDATE {prefix}queue_tasks
  WHERE status = 'processing' AND next_run <= {now}
 
 -- name: claim_select
--- SKIP LOCKED: rows another claim holds are passed over, never waited for
-SELECT id, queue, task_name, payload, attempts + 1, max_attempts
+-- SKIP LOCKED: rows another claim holds are passed over, never waited for.  The index's
+-- `rate_key IS NULL` part (rate-keyed tasks are never read), in order (not naming rate_key in
+-- the ORDER BY: MariaDB then sorts).  The breaker check (claim_check) is the breaker_ok
+-- subquery, or TRUE while no claim met a task with a breaker: MariaDB plans a subquery on
+-- every execution, run or not (about a tenth of this statement's time), so the backend
+-- leaves it out until a claimed row has a breaker, and then claims again with it
+SELECT id, queue, task_name, payload, attempts + 1, max_attempts, breaker, rate_key
   FROM {prefix}queue_tasks FORCE INDEX ({index})
- WHERE ready_priority IS NOT NULL AND ready_at <= {now} {queue_filter}
+ WHERE rate_key IS NULL AND ready_priority IS NOT NULL AND ready_at <= {now} {queue_filter}
+   AND {claim_check}
  ORDER BY ready_priority, ready_at, id
  LIMIT %(limit)s
    FOR UPDATE SKIP LOCKED
 
 -- name: claim_select_sorted
 -- one queue of several (UNION ALL of these, merged by the backend): the sort key too
-SELECT id, queue, task_name, payload, attempts + 1, max_attempts, ready_priority, ready_at
+SELECT id, queue, task_name, payload, attempts + 1, max_attempts, breaker, rate_key,
+       ready_priority, ready_at
   FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_queue_ready)
- WHERE queue = %(q{i})s AND ready_priority IS NOT NULL AND ready_at <= {now}
+ WHERE queue = %(q{i})s AND rate_key IS NULL AND ready_priority IS NOT NULL
+   AND ready_at <= {now} AND {claim_check}
  ORDER BY ready_priority, ready_at, id
  LIMIT %(limit)s
    FOR UPDATE SKIP LOCKED
@@ -103,19 +114,62 @@ UPDATE {prefix}queue_tasks
 -- name: claim_pick
 -- the fallback for servers without SKIP LOCKED, step 1: the best ready ids, a plain read
 -- (an UPDATE ... ORDER BY ... LIMIT would sort every ready row: it changes the columns of
--- the index it would read in order)
-SELECT id FROM {prefix}queue_tasks FORCE INDEX ({index})
- WHERE ready_priority IS NOT NULL AND ready_at <= %(now)s {queue_filter}
+-- the index it would read in order); the breaker too (an index-only read)
+SELECT id, breaker FROM {prefix}queue_tasks FORCE INDEX ({index})
+ WHERE rate_key IS NULL AND ready_priority IS NOT NULL AND ready_at <= %(now)s {queue_filter}
+   AND {claim_check}
  ORDER BY ready_priority, ready_at, id
  LIMIT %(limit)s
 
 -- name: claim_pick_sorted
 -- step 1 for one queue of several (UNION ALL of these, merged by the backend): a worker of
 -- every queue but the paused ones never walks past the paused queues' ready rows
-SELECT id, ready_priority, ready_at
+SELECT id, breaker, ready_priority, ready_at
   FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_queue_ready)
- WHERE queue = %(q{i})s AND ready_priority IS NOT NULL AND ready_at <= %(now)s
+ WHERE queue = %(q{i})s AND rate_key IS NULL AND ready_priority IS NOT NULL
+   AND ready_at <= %(now)s AND {claim_check}
  ORDER BY ready_priority, ready_at, id
+ LIMIT %(limit)s
+
+-- name: claim_rate_select
+-- a rate claim: the key's part of the ready index, in order, none behind a breaker that
+-- is not closed.  The key is compared in the column's collation: with the connection's
+-- (a literal is utf8mb4_general_ci on MariaDB) the server does not see rate_key as one
+-- constant and sorts the key's whole backlog (locking it all)
+SELECT id, queue, task_name, payload, attempts + 1, max_attempts, breaker, rate_key
+  FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_ready)
+ WHERE rate_key = %(key)s COLLATE utf8mb4_bin AND ready_priority IS NOT NULL
+   AND ready_at <= {now} {queue_filter} AND {breaker_ok}
+ ORDER BY ready_priority, ready_at, id
+ LIMIT %(limit)s
+   FOR UPDATE SKIP LOCKED
+
+-- name: claim_rate_pick
+-- the same for the fallback claim (step 1, a plain read)
+SELECT id FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_ready)
+ WHERE rate_key = %(key)s COLLATE utf8mb4_bin AND ready_priority IS NOT NULL
+   AND ready_at <= %(now)s {queue_filter} AND {breaker_ok}
+ ORDER BY ready_priority, ready_at, id
+ LIMIT %(limit)s
+
+-- name: claim_probe_select
+-- a probe claim (one every cool-down): that breaker's due tasks, whatever its state and
+-- rate key (and that rate key, when one is given too), the earliest due first: a
+-- read of the due index that passes over the due tasks of other breakers (no index of
+-- its own: one would cost every claim of a task without keys its upkeep)
+SELECT id, queue, task_name, payload, attempts + 1, max_attempts, breaker, rate_key
+  FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_due)
+ WHERE status = 'pending' AND next_run <= {now} AND breaker = %(key)s COLLATE utf8mb4_bin
+   {queue_filter} {gate}
+ ORDER BY next_run
+ LIMIT %(limit)s
+   FOR UPDATE SKIP LOCKED
+
+-- name: claim_probe_pick
+SELECT id FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_due)
+ WHERE status = 'pending' AND next_run <= %(now)s AND breaker = %(key)s COLLATE utf8mb4_bin
+   {queue_filter} {gate}
+ ORDER BY next_run
  LIMIT %(limit)s
 
 -- name: queue_names
@@ -132,32 +186,47 @@ UPDATE {prefix}queue_tasks
  WHERE id IN ({ids}) AND status = 'pending' AND next_run <= %(now)s
 
 -- name: claim_read_back
-SELECT id, queue, task_name, payload, attempts, max_attempts
+SELECT id, queue, task_name, payload, attempts, max_attempts, breaker, rate_key
   FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_due)
  WHERE status = 'processing' AND next_run = %(until)s
    AND locked_by = %(worker)s AND updated = %(now)s
 
+-- name: has_ready_all
+-- an expired lease, or a claimable task (ready_all below: the due index's earliest
+-- pending row first, one probe when nothing is due, then the ready index in claim order up
+-- to the first due task not behind a breaker that is not closed)
+SELECT EXISTS (SELECT 1 FROM {prefix}queue_tasks WHERE status = 'processing'
+                AND next_run <= {now})
+    OR ({ready})
+
 -- name: ready_state
--- the server's now, the earliest pending next_run and the earliest lease expiry: two
--- probes of the due index
+-- next_due: the server's now; whether a plain claim would take a task now (ready_all, the
+-- queues' has_ready_probes, or ready_excluding, filled in by the backend); the first plain pending row still to come, in due order, that
+-- is in the queues and not behind a breaker that is not closed (a short read of the due
+-- index: rows of other queues, rate-keyed or blocked ones before it are passed over); and
+-- the earliest lease expiry
 SELECT {now},
-       (SELECT MIN(next_run) FROM {prefix}queue_tasks WHERE status = 'pending'),
-       (SELECT MIN(next_run) FROM {prefix}queue_tasks WHERE status = 'processing')
-
--- name: ready_state_excluding
--- every queue but the paused ones: the first pending row in due order that is not in them
-SELECT {now},
+       {ready},
        (SELECT next_run FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_due)
-         WHERE status = 'pending' {queue_filter} ORDER BY status, next_run LIMIT 1),
+         WHERE status = 'pending' AND next_run > {now} AND rate_key IS NULL {queue_filter}
+           AND {breaker_ok}
+         ORDER BY next_run LIMIT 1),
        (SELECT MIN(next_run) FROM {prefix}queue_tasks WHERE status = 'processing')
 
--- name: ready_state_queues
--- with a --queues filter: the earliest pending next_run of those queues reads their part
--- of queue_ready (index only, but every pending row of those queues: next_due is an
--- idle-time call; has_ready_queues is the cheap one)
-SELECT {now},
-       (SELECT MIN(ready_at) FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_queue_ready)
-         WHERE ready_priority IS NOT NULL {queue_filter}),
+-- name: ready_all
+(SELECT MIN(next_run) FROM {prefix}queue_tasks WHERE status = 'pending') <= {now}
+AND EXISTS (SELECT 1 FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_ready)
+             WHERE rate_key IS NULL AND ready_priority IS NOT NULL AND ready_at <= {now}
+               AND {breaker_ok})
+
+-- name: ready_excluding
+EXISTS (SELECT 1 FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_due)
+         WHERE status = 'pending' AND next_run <= {now} AND rate_key IS NULL {queue_filter}
+           AND {breaker_ok})
+
+-- name: lease_state
+-- every queue paused: only an expired lease may be claimed (rescued)
+SELECT {now}, FALSE, NULL,
        (SELECT MIN(next_run) FROM {prefix}queue_tasks WHERE status = 'processing')
 
 -- name: has_ready_queues
@@ -168,7 +237,31 @@ SELECT EXISTS (SELECT 1 FROM {prefix}queue_tasks WHERE status = 'processing'
 
 -- name: has_ready_probe
 OR EXISTS (SELECT 1 FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_queue_ready)
-            WHERE queue = %(q{i})s AND ready_priority IS NOT NULL AND ready_at <= {now})
+            WHERE queue = %(q{i})s AND rate_key IS NULL AND ready_priority IS NOT NULL
+              AND ready_at <= {now} AND {breaker_ok})
+
+-- name: rate_keys
+-- the rate keys with rows: a loose scan of the ready index (one dive per key)
+SELECT DISTINCT rate_key FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_ready)
+ WHERE rate_key IS NOT NULL
+
+-- name: rate_keys_ready
+-- of those keys, each with claimable tasks not behind a breaker that is not closed
+-- (pending rows: each key's pending part of the ready index; expired leases: the due
+-- index): the earliest due time, one task name, and the server's now
+SELECT lane, MIN(due), MIN(task_name), {now}
+  FROM (SELECT rate_key AS lane, ready_at AS due, task_name
+          FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_ready)
+         WHERE rate_key IN ({keys}) AND ready_priority IS NOT NULL {queue_filter}
+           AND {breaker_ok}
+        UNION ALL
+        SELECT rate_key, next_run, task_name
+          FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_due)
+         WHERE status = 'processing' AND next_run <= {now} AND rate_key IS NOT NULL
+               {queue_filter} AND {breaker_ok}) AS keyed
+ GROUP BY lane
+ ORDER BY lane
+ LIMIT 100
 
 -- name: ack_done
 UPDATE {prefix}queue_tasks
@@ -185,6 +278,18 @@ UPDATE {prefix}queue_tasks
        last_error = CASE id {message_cases} END,
        errors = JSON_ARRAY_APPEND(COALESCE(errors, '[]'), '$',
                                   JSON_EXTRACT(CASE id {error_cases} END, '$'))
+ WHERE id IN ({ids}) AND locked_by = %(worker)s AND status = 'processing'
+
+-- name: defer
+-- held back by a breaker or rate limit, not run: pending again at now + its delay, the
+-- attempt refunded, nothing recorded; a key given (a CASE per column, NULL when not) is
+-- written into the row
+UPDATE {prefix}queue_tasks
+   SET status = 'pending', locked_by = NULL, locked_until = NULL,
+       attempts = GREATEST(attempts - 1, 0),
+       next_run = {now} + CASE id {delay_cases} END, updated = {now},
+       breaker = COALESCE(CASE id {breaker_cases} END, breaker),
+       rate_key = COALESCE(CASE id {rate_cases} END, rate_key)
  WHERE id IN ({ids}) AND locked_by = %(worker)s AND status = 'processing'
 
 -- name: release
@@ -206,10 +311,10 @@ UPDATE {prefix}queue_tasks
 -- name: bury_copy
 INSERT INTO {prefix}queue_dead_letters
     (task_id, queue, task_name, payload, priority, attempts, max_attempts, error, reason,
-     fingerprint, created, died_at, errors, unique_key)
+     fingerprint, created, died_at, errors, unique_key, breaker, rate_key)
 SELECT id, queue, task_name, payload, priority, attempts,
        COALESCE(max_attempts, %(max_attempts)s), %(message)s, %(reason)s,
-       %(fingerprint)s, created, updated, errors, unique_key
+       %(fingerprint)s, created, updated, errors, unique_key, breaker, rate_key
   FROM {prefix}queue_tasks
  WHERE id = %(id)s
 
@@ -347,7 +452,7 @@ SELECT id, task_name, error FROM {prefix}queue_dead_letters WHERE id IN ({ids})
 -- name: lock_dead_rows
 -- the letters a selector names or matches ({where}), oldest death first, locked
 SELECT id, task_id, queue, task_name, payload, priority, max_attempts, created, errors,
-       unique_key, died_at
+       unique_key, died_at, breaker, rate_key
   FROM {prefix}queue_dead_letters
  WHERE status = 'dead' AND {where}
  ORDER BY died_at, id
@@ -357,7 +462,7 @@ SELECT id, task_id, queue, task_name, payload, priority, max_attempts, created, 
 -- approved letters whose time has come, oldest requeue_at first ({skip_locked}: SKIP
 -- LOCKED where the server has it; else the lock waits and re-reads the row)
 SELECT id, task_id, queue, task_name, payload, priority, max_attempts, created, errors,
-       unique_key
+       unique_key, died_at, breaker, rate_key
   FROM {prefix}queue_dead_letters FORCE INDEX ({prefix}queue_dead_letters_approved)
  WHERE review = 'approved' AND status = 'dead' AND requeue_at <= {now}
  ORDER BY review, status, requeue_at, id
@@ -396,10 +501,10 @@ SELECT id FROM {prefix}queue_tasks WHERE id IN ({ids})
 -- name: reinsert
 INSERT INTO {prefix}queue_tasks
     (id, queue, task_name, payload, priority, status, attempts, max_attempts, next_run,
-     created, updated, errors, unique_key, dead_letter_id)
+     created, updated, errors, unique_key, dead_letter_id, breaker, rate_key)
 VALUES (%(task_id)s, %(queue)s, %(task_name)s, %(payload)s, %(priority)s, 'pending', 0,
         %(max_attempts)s, {now} + %(due)s, %(created)s, {now}, %(errors)s, %(unique_key)s,
-        %(dead_id)s)
+        %(dead_id)s, %(breaker)s, %(rate_key)s)
 
 -- name: review_dead
 -- {requeue_at}: NULL (reject), or when each approved letter is re-queued
@@ -484,3 +589,81 @@ VALUES (%(task_name)s, %(payload)s, %(queue)s, {now}, {now}, UTC_TIMESTAMP())
 
 -- name: set_followup
 UPDATE {prefix}queue_batches SET followup_id = %(id)s WHERE name = %(name)s
+
+-- --- circuit breakers, rate limits, schedules: rows swapped by compare-and-set ---------
+-- A put of expected version 0 is an INSERT (a duplicate key means another worker stored
+-- the row first); any other is an UPDATE guarded on the version read.  Either changes
+-- exactly one row when it wins (version always changes, so "rows matched" and "rows
+-- changed" agree whatever the client's FOUND_ROWS flag).
+
+-- name: breakers
+SELECT name, state, failures, window_start, window_calls, window_failures, cooldown,
+       opened_at, retry_at, probe_by, probe_until, trips, forced, last_error, updated, version
+  FROM {prefix}queue_breakers {where}
+ ORDER BY name
+
+-- name: insert_breaker
+INSERT INTO {prefix}queue_breakers
+    (name, state, failures, window_start, window_calls, window_failures, cooldown, opened_at,
+     retry_at, probe_by, probe_until, trips, forced, last_error, updated, version)
+VALUES (%(name)s, %(state)s, %(failures)s, %(window_start)s, %(window_calls)s,
+        %(window_failures)s, %(cooldown)s, %(opened_at)s, %(retry_at)s, %(probe_by)s,
+        %(probe_until)s, %(trips)s, %(forced)s, %(last_error)s, %(updated)s, %(version)s)
+
+-- name: update_breaker
+UPDATE {prefix}queue_breakers
+   SET state = %(state)s, failures = %(failures)s, window_start = %(window_start)s,
+       window_calls = %(window_calls)s, window_failures = %(window_failures)s,
+       cooldown = %(cooldown)s, opened_at = %(opened_at)s, retry_at = %(retry_at)s,
+       probe_by = %(probe_by)s, probe_until = %(probe_until)s, trips = %(trips)s,
+       forced = %(forced)s, last_error = %(last_error)s, updated = %(updated)s,
+       version = %(version)s
+ WHERE name = %(name)s AND version = %(expected)s
+
+-- name: delete_breaker
+DELETE FROM {prefix}queue_breakers WHERE name = %(name)s
+
+-- name: rate_limits
+SELECT name, calls, per, burst, tat, updated, version
+  FROM {prefix}queue_rate_limits {where}
+ ORDER BY name
+
+-- name: insert_rate_limit
+INSERT INTO {prefix}queue_rate_limits (name, calls, per, burst, tat, updated, version)
+VALUES (%(name)s, %(calls)s, %(per)s, %(burst)s, %(tat)s, %(updated)s, %(version)s)
+
+-- name: update_rate_limit
+UPDATE {prefix}queue_rate_limits
+   SET calls = %(calls)s, per = %(per)s, burst = %(burst)s, tat = %(tat)s,
+       updated = %(updated)s, version = %(version)s
+ WHERE name = %(name)s AND version = %(expected)s
+
+-- name: schedules
+SELECT name, task_name, queue, payload, priority, cron, every, timezone, missed, next_tick,
+       last_tick, last_task_id, paused, declared, updated, version
+  FROM {prefix}queue_schedules {where}
+ ORDER BY name
+
+-- name: insert_schedule
+INSERT INTO {prefix}queue_schedules
+    (name, task_name, queue, payload, priority, cron, every, timezone, missed, next_tick,
+     last_tick, last_task_id, paused, declared, updated, version)
+VALUES (%(name)s, %(task_name)s, %(queue)s, %(payload)s, %(priority)s, %(cron)s,
+        %(every)s, %(timezone)s, %(missed)s, %(next_tick)s, %(last_tick)s, %(last_task_id)s,
+        %(paused)s, %(declared)s, %(updated)s, %(version)s)
+
+-- name: update_schedule
+UPDATE {prefix}queue_schedules
+   SET task_name = %(task_name)s, queue = %(queue)s, payload = %(payload)s,
+       priority = %(priority)s, cron = %(cron)s, every = %(every)s, timezone = %(timezone)s,
+       missed = %(missed)s, next_tick = %(next_tick)s, last_tick = %(last_tick)s,
+       last_task_id = %(last_task_id)s, paused = %(paused)s, declared = %(declared)s,
+       updated = %(updated)s, version = %(version)s
+ WHERE name = %(name)s AND version = %(expected)s
+
+-- name: set_last_task
+-- fire_schedule: the id of the last task the tick enqueued (same transaction)
+UPDATE {prefix}queue_schedules SET last_task_id = %(id)s WHERE name = %(name)s
+
+-- name: delete_schedule
+DELETE FROM {prefix}queue_schedules WHERE name = %(name)s

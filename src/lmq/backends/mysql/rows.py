@@ -1,6 +1,6 @@
-"""Rows of the MySQL tables as lmq's models: the shared conversions (``..rows``), with
-``created`` read from a DATETIME column, plus the columns of schema 2 (a task's batch, the
-dead letters' review fields)."""
+"""Rows of the MySQL tables as lmq's models: the shared conversions (``..rows``, which read
+schema 3's breaker and rate_key too), with ``created`` read from a DATETIME column, plus
+the columns of schema 2 (a task's batch, the dead letters' review fields)."""
 
 from __future__ import annotations
 

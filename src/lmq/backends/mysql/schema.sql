@@ -33,6 +33,17 @@
 -- MySQL 8.0.12+ and MariaDB 10.3+ add them instantly: the status `cancelled`, a task's
 -- `batch` (NULL unless enqueued with batch=NAME), the dead letters' review fields,
 -- {prefix}queue_queues (paused queues) and {prefix}queue_batches.
+--
+-- Schema 3 (migrations/0003_gates.sql) added a task's circuit `breaker` and `rate_key`
+-- (NULL for a task without them; kept by its dead letter), {prefix}queue_breakers,
+-- {prefix}queue_rate_limits and {prefix}queue_schedules.  `rate_key` leads the two ready
+-- indexes: plain claims read their NULL part (`rate_key IS NULL AND ready_priority IS NOT
+-- NULL`), so they never see a rate-limited backlog, and a rate claim reads its key's part in
+-- the same order.  No generated column was added (each costs every claim and acknowledgement
+-- its evaluation) and the indexes were rebuilt in place, not the table.  Tasks behind a
+-- breaker whose stored state is not closed are passed over by a subquery on the breaker's
+-- primary key, run only for rows whose breaker is not NULL; `breaker` ends both ready
+-- indexes, so the fallback claim's pick and the readiness checks stay index-only reads.
 CREATE TABLE IF NOT EXISTS {prefix}queue_tasks (
     id             BIGINT       NOT NULL AUTO_INCREMENT,
     queue          VARCHAR(191) NOT NULL DEFAULT 'default',
@@ -57,9 +68,11 @@ CREATE TABLE IF NOT EXISTS {prefix}queue_tasks (
     live_key       VARCHAR(191)
         AS (CASE WHEN status IN ('pending', 'processing') THEN unique_key END) STORED,
     batch          VARCHAR(191) NULL,
+    breaker        VARCHAR(191) NULL,
+    rate_key       VARCHAR(191) NULL,
     PRIMARY KEY (id),
-    KEY {prefix}queue_tasks_ready (ready_priority, ready_at, id),
-    KEY {prefix}queue_tasks_queue_ready (queue, ready_priority, ready_at, id),
+    KEY {prefix}queue_tasks_ready (rate_key, ready_priority, ready_at, id, breaker),
+    KEY {prefix}queue_tasks_queue_ready (queue, rate_key, ready_priority, ready_at, id, breaker),
     KEY {prefix}queue_tasks_due (status, next_run),
     UNIQUE KEY {prefix}queue_tasks_unique (live_key),
     KEY {prefix}queue_tasks_batch (batch, status)
@@ -89,6 +102,8 @@ CREATE TABLE IF NOT EXISTS {prefix}queue_dead_letters (
     reviewed_at  DOUBLE       NULL,
     review_note  TEXT         NULL,
     requeue_at   DOUBLE       NULL,
+    breaker      VARCHAR(191) NULL,
+    rate_key     VARCHAR(191) NULL,
     PRIMARY KEY (id),
     KEY {prefix}queue_dead_letters_status (status, died_at),
     KEY {prefix}queue_dead_letters_task (task_id),
@@ -139,4 +154,60 @@ CREATE TABLE IF NOT EXISTS {prefix}queue_batches (
     PRIMARY KEY (name),
     KEY {prefix}queue_batches_completed (completed),
     KEY {prefix}queue_batches_created (created)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- circuit breakers by name (lmq.breaker decides; the backend swaps rows by compare-and-set
+-- on version: 0 = no row, each stored change adds one)
+CREATE TABLE IF NOT EXISTS {prefix}queue_breakers (
+    name            VARCHAR(191) NOT NULL,
+    state           VARCHAR(16)  NOT NULL DEFAULT 'closed',
+    failures        INT          NOT NULL DEFAULT 0,
+    window_start    DOUBLE       NOT NULL DEFAULT 0,
+    window_calls    INT          NOT NULL DEFAULT 0,
+    window_failures INT          NOT NULL DEFAULT 0,
+    cooldown        DOUBLE       NOT NULL DEFAULT 0,
+    opened_at       DOUBLE       NULL,
+    retry_at        DOUBLE       NULL,
+    probe_by        VARCHAR(191) NULL,
+    probe_until     DOUBLE       NULL,
+    trips           INT          NOT NULL DEFAULT 0,
+    forced          TINYINT(1)   NOT NULL DEFAULT 0,
+    last_error      TEXT         NULL,
+    updated         DOUBLE       NOT NULL DEFAULT 0,
+    version         INT          NOT NULL DEFAULT 1,
+    PRIMARY KEY (name)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- rate limits by name: calls per `per` seconds, tat the next free slot (GCRA)
+CREATE TABLE IF NOT EXISTS {prefix}queue_rate_limits (
+    name    VARCHAR(191) NOT NULL,
+    calls   INT          NOT NULL,
+    per     DOUBLE       NOT NULL,
+    burst   INT          NOT NULL DEFAULT 1,
+    tat     DOUBLE       NOT NULL DEFAULT 0,
+    updated DOUBLE       NOT NULL DEFAULT 0,
+    version INT          NOT NULL DEFAULT 1,
+    PRIMARY KEY (name)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- recurring tasks (queue.schedule), synced from code by every worker; next_tick is fired
+-- by compare-and-set on version, in the transaction that enqueues the tick's task
+CREATE TABLE IF NOT EXISTS {prefix}queue_schedules (
+    name         VARCHAR(191) NOT NULL,
+    task_name    VARCHAR(255) NOT NULL,
+    queue        VARCHAR(191) NOT NULL DEFAULT 'default',
+    payload      LONGTEXT     NOT NULL,
+    priority     INT          NOT NULL DEFAULT 0,
+    cron         VARCHAR(255) NULL,
+    every        DOUBLE       NULL,
+    timezone     VARCHAR(64)  NOT NULL DEFAULT 'UTC',
+    missed       VARCHAR(16)  NOT NULL DEFAULT 'once',
+    next_tick    DOUBLE       NULL,
+    last_tick    DOUBLE       NULL,
+    last_task_id BIGINT       NULL,
+    paused       TINYINT(1)   NOT NULL DEFAULT 0,
+    declared     DOUBLE       NOT NULL DEFAULT 0,
+    updated      DOUBLE       NOT NULL DEFAULT 0,
+    version      INT          NOT NULL DEFAULT 1,
+    PRIMARY KEY (name)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;

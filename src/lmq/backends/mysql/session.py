@@ -29,8 +29,17 @@ from ..sqlfile import check_prefix, load_queries
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 NOW_SQL = "(UNIX_TIMESTAMP() + MICROSECOND(NOW(6)) / 1e6)"
+# {breaker_ok} in queries.sql: the task row is not behind a breaker whose stored state is
+# not closed.  A scalar subquery on the breaker's primary key, evaluated only for a row with
+# a breaker: MariaDB runs it as one eq_ref probe per such row (a NOT EXISTS it would turn
+# into a materialized scan of every breaker, and costs each claim more to plan)
+BREAKER_OK_SQL = (
+    "({prefix}queue_tasks.breaker IS NULL OR COALESCE((SELECT b.state FROM"
+    " {prefix}queue_breakers b WHERE b.name = {prefix}queue_tasks.breaker), 'closed')"
+    " = 'closed')"
+)
 _OPTIONS = {
     "prefix",
     "claim",
@@ -47,7 +56,14 @@ _OPTIONS = {
 }
 _CLAIM_MODES = ("auto", "skip_locked", "update")
 _TABLES_V1 = ("queue_tasks", "queue_dead_letters", "queue_workers", "queue_meta")
-_TABLES = (*_TABLES_V1, "queue_queues", "queue_batches")  # schema 2 added the last two
+_TABLES_V2 = (*_TABLES_V1, "queue_queues", "queue_batches")  # schema 2 added the last two
+_TABLES = (*_TABLES_V2, "queue_breakers", "queue_rate_limits", "queue_schedules")  # schema 3
+
+
+def tables_of(version: int) -> tuple[str, ...]:
+    """The tables a database of schema ``version`` has."""
+    return _TABLES_V1 if version < 2 else _TABLES_V2 if version < 3 else _TABLES
+
 
 # errors worth re-running the whole transaction for
 _DEADLOCK = 1213
@@ -174,8 +190,10 @@ class MySQLSession:
         ssl = {k[4:]: url.options[k] for k in ("ssl_ca", "ssl_cert", "ssl_key") if k in url.options}
         if ssl:
             self._params["ssl"] = ssl
+        breaker_ok = BREAKER_OK_SQL.replace("{prefix}", self.prefix)
+        self._breaker_ok = breaker_ok
         self.q = {
-            name: sql.replace("{now}", NOW_SQL)
+            name: sql.replace("{now}", NOW_SQL).replace("{breaker_ok}", breaker_ok)
             for name, sql in load_queries("lmq.backends.mysql", "queries.sql", self.prefix).items()
         }
         self._local = threading.local()
@@ -187,12 +205,13 @@ class MySQLSession:
         self._claim_mode: str | None = (
             None if self.claim_mode_option == "auto" else self.claim_mode_option
         )
-        # (queues, excluded queues) -> the claim statement and its queue parameters
-        self._claim_sql: dict[
-            tuple[tuple[str, ...] | None, tuple[str, ...]], tuple[str, dict[str, str]] | None
-        ] = {}
-        # the ready queues but the paused ones -> their per-queue claim (see _claim_plan)
-        self._per_queue_sql: dict[tuple[str, ...], tuple[str, dict[str, str]]] = {}
+        # (queues, excluded queues, checked) -> the claim statement and its queue parameters
+        self._claim_sql: dict[tuple[Any, ...], tuple[str, dict[str, str]] | None] = {}
+        # (the ready queues but the paused ones, checked) -> their per-queue claim
+        self._per_queue_sql: dict[tuple[Any, ...], tuple[str, dict[str, str]]] = {}
+        self._check_until = 0.0  # plain claims carry the breaker check until then
+        # (probe or rate, queues, excluded queues) -> a rate or probe claim's statement
+        self._gated_sql: dict[tuple[Any, ...], str] = {}
         self.lock_retries = 0  # transactions re-run after a deadlock or lock wait timeout
 
     # --- connections ---------------------------------------------------------------------
