@@ -1068,8 +1068,9 @@ def test_rate_and_probe_claims_read_their_key_in_index_order(mode: str) -> None:
     """A rate claim reads its key's part of the ready index from the first entry (no sort of
     the key's whole backlog, which under FOR UPDATE would lock it all); a plain claim reads
     the `rate_key IS NULL` part, never a rate-keyed row, and passes over tasks behind an
-    open breaker only by their own entries; a probe reads the due index up to the
-    breaker's earliest due task."""
+    open breaker only by their own entries; a probe reads the ready index's plain part (then
+    the keyed parts) up to the breaker's first task, passing over the others' in the index
+    alone (`breaker` ends it)."""
     with prefixed(claim=mode) as url, lmq.Queue(url) as q:
         backend = q.backend
         assert isinstance(backend, MySQLBackend)
@@ -1089,7 +1090,7 @@ def test_rate_and_probe_claims_read_their_key_in_index_order(mode: str) -> None:
         assert rate_sql and probe_sql and plain_sql
         for (sql, params), index, most in (
             (rate_sql, f"{p}queue_tasks_ready", 20),
-            (probe_sql, f"{p}queue_tasks_due", 3000 + 20),  # past the rate-keyed tasks
+            (probe_sql, f"{p}queue_tasks_ready", 20),  # the others' entries: index only
             (plain_sql, f"{p}queue_tasks_ready", 20),
         ):
             plan, *_breakers = _explain(url, sql, {**token, **params})
@@ -1239,3 +1240,25 @@ def test_plain_claims_leave_the_breaker_check_out_until_they_meet_a_breaker(mode
         backend._check_until = 0.0
         (got,) = backend.claim(ClaimRequest("w", 5, 30.0)).tasks
         assert (got.id, got.breaker) == (blocked, "crm")
+
+
+def test_a_probe_finds_a_rate_keyed_task_past_the_keys_done_rows(mode_queue: lmq.Queue) -> None:
+    """No task of the breaker without a rate key: the probe reads each key's pending part
+    (the keys from a loose scan), so a long history of done rows costs it nothing."""
+    backend = mode_queue.backend
+    assert isinstance(backend, MySQLBackend)
+    done = backend.enqueue([NewTask("r", "{}", rate_key="api") for _ in range(500)])
+    with connect() as conn, conn.cursor() as cur:
+        cur.execute(
+            f"UPDATE {backend.prefix}queue_tasks SET status = 'done' WHERE id IN "
+            f"({','.join(map(str, done))})"
+        )
+    backend.enqueue([NewTask("t", "{}", breaker="other"), NewTask("r", "{}", rate_key="zz")])
+    (wanted,) = backend.enqueue([NewTask("r", "{}", rate_key="api", breaker="crm")])
+    assert backend.put_breaker(lmq.models.BreakerState("crm", state="open", version=1), 0)
+    assert [(c.task_name, c.breaker) for c in claim(backend)] == [("t", "other")]
+    (got,) = backend.claim(ClaimRequest("p", 3, 30.0, breaker="crm")).tasks
+    assert (got.id, got.breaker, got.rate_key) == (wanted, "crm", "api")
+    assert backend.claim(ClaimRequest("p", 3, 30.0, breaker="crm")).tasks == []
+    task = backend.get(wanted)
+    assert task is not None and (task.status, task.locked_by) == ("processing", "p")

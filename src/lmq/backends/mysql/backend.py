@@ -75,6 +75,7 @@ Semantics are SQLite's (see :mod:`lmq.backends.base`); the differences are the s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import time
 from collections.abc import Sequence
@@ -531,7 +532,54 @@ class MySQLBackend(MySQLSession):
             out["rate_key"] = request.rate_key
         return sql, out
 
+    def _probe_in(self, cur: Cursor, request: ClaimRequest) -> ClaimResult:
+        """A probe claim: the breaker's tasks without a rate key (the ready index's plain
+        part), then, if too few, those with one (each key's pending part: the keys come
+        from a loose scan, so no done row is read).  Probes are rare (one a cool-down)."""
+        rescued = self._rescue(cur)
+        plan = self._gated_statement(request)
+        scope = _scope(request.queues, request.exclude)
+        if plan is None or scope is None:  # all its queues are paused
+            return ClaimResult([], rescued)
+        sql, params = plan
+        update = self.claim_mode() == "update"
+
+        def take(statement: str, values: dict[str, Any], limit: int) -> list[Claimed]:
+            if update:
+                more = dataclasses.replace(request, limit=limit)
+                return self._claim_by_update(cur, more, statement, values)
+            cur.execute(statement, {**values, "limit": limit})
+            return list(map(Claimed._make, cur.fetchall()))
+
+        # with a rate key given too, the plain part has none of its tasks
+        got = take(sql, params, request.limit) if request.rate_key is None else []
+        if len(got) < request.limit:
+            if request.rate_key is not None:
+                keys = [request.rate_key]
+            else:
+                cur.execute(self.q["rate_keys"])
+                keys = [r[0] for r in cur.fetchall()]
+            qf, _ = self._queue_params(*scope)
+            gate = "AND rate_key = %(rate_key)s COLLATE utf8mb4_bin" if request.rate_key else ""
+            keyed = (
+                self.q["claim_probe_keyed_pick" if update else "claim_probe_keyed_select"]
+                .replace("{queue_filter}", qf)
+                .replace("{gate}", gate)
+            )
+            for chunk in _chunks(keys):
+                names = ", ".join(f"%(k{i})s" for i in range(len(chunk)))
+                values = {**params, **{f"k{i}": k for i, k in enumerate(chunk)}}
+                got += take(keyed.replace("{keys}", names), values, request.limit - len(got))
+                if len(got) >= request.limit:
+                    break
+        if got and not update:  # the SKIP LOCKED rows, leased (update: taken already)
+            mark = self.q["claim_mark"].replace("{ids}", _ids_sql([c.id for c in got]))
+            cur.execute(mark, {"worker": request.worker_id, "lease": request.lease})
+        return ClaimResult(got, rescued)
+
     def claim(self, request: ClaimRequest) -> ClaimResult:
+        if request.breaker is not None:
+            return self._run(lambda cur: self._probe_in(cur, request))
         if self.claim_mode() == "skip_locked":
             result = self._run(
                 lambda cur: self._batched(cur, CompleteBatch(""), request), begin=False
@@ -541,6 +589,8 @@ class MySQLBackend(MySQLSession):
         return self._run(lambda cur: self._claim_in(cur, request))
 
     def _claim_in(self, cur: Cursor, request: ClaimRequest) -> ClaimResult:
+        if request.breaker is not None:
+            return self._probe_in(cur, request)
         rescued = self._rescue(cur)
         plain = request.breaker is None and request.rate_key is None
         checked = not plain or self._checking()
@@ -592,7 +642,8 @@ class MySQLBackend(MySQLSession):
             cur.execute(sql, {**token, "limit": want, **qparams})
             rows = list(cur.fetchall())
             if rows and len(rows[0]) == 4:  # claim_pick_sorted: one read per queue, merged
-                rows = sorted(rows, key=lambda r: (r[2], r[3], r[0]))[:want]
+                rows = sorted(rows, key=lambda r: (r[2], r[3], r[0]))
+            rows = rows[:want]  # (a probe reads two parts of `want` each)
             if plain and self._checked_rows(rows, 1) and not checked:
                 statement = self._claim_plan(cur, request, True)
                 assert statement is not None
@@ -744,7 +795,8 @@ class MySQLBackend(MySQLSession):
     ) -> ClaimResult | None:
         if not len(batch):
             return self.claim(claim) if claim is not None else None
-        if not batch.burials and (claim is None or self.claim_mode() == "skip_locked"):
+        batched = claim is None or (self.claim_mode() == "skip_locked" and claim.breaker is None)
+        if not batch.burials and batched:
             return self._run(lambda cur: self._batched(cur, batch, claim), begin=False)
         return self._run(lambda cur: self._complete_in(cur, batch, claim))
 
@@ -803,7 +855,8 @@ class MySQLBackend(MySQLSession):
         ``commit``, the UPDATE and the COMMIT go in one round trip."""
         if rows and len(rows[0]) == 10:  # claim_select_sorted: one read per queue, merged
             rows.sort(key=lambda r: (r[8], r[9], r[0]))
-            rows = [r[:8] for r in rows[: request.limit]]
+            rows = [r[:8] for r in rows]
+        rows = rows[: request.limit]  # a probe reads two parts of `limit` each
         if not rows:
             return ClaimResult([], rescued)
         sql = self.q["claim_mark"].replace("{ids}", _ids_sql([r[0] for r in rows]))

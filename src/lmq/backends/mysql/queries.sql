@@ -153,23 +153,39 @@ SELECT id FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_ready)
  LIMIT %(limit)s
 
 -- name: claim_probe_select
--- a probe claim (one every cool-down): that breaker's due tasks, whatever its state and
--- rate key (and that rate key, when one is given too), the earliest due first: a
--- read of the due index that passes over the due tasks of other breakers (no index of
--- its own: one would cost every claim of a task without keys its upkeep)
+-- a probe claim (one every cool-down): that breaker's due tasks, whatever its state, those
+-- without a rate key first: the plain part of the ready index in claim order (`breaker`
+-- ends the index, so the other tasks are passed over in the index alone; gate: AND rate_key
+-- = the one given, with a rate key given too)
 SELECT id, queue, task_name, payload, attempts + 1, max_attempts, breaker, rate_key
-  FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_due)
- WHERE status = 'pending' AND next_run <= {now} AND breaker = %(key)s COLLATE utf8mb4_bin
-   {queue_filter} {gate}
- ORDER BY next_run
+  FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_ready)
+ WHERE rate_key IS NULL AND ready_priority IS NOT NULL AND ready_at <= {now}
+   AND breaker = %(key)s COLLATE utf8mb4_bin {queue_filter} {gate}
+ ORDER BY ready_priority, ready_at, id
+ LIMIT %(limit)s
+   FOR UPDATE SKIP LOCKED
+
+-- name: claim_probe_keyed_select
+-- then, if that found too few, those with a rate key: the pending part of each key's part
+-- of the index (the keys listed; never their done rows)
+SELECT id, queue, task_name, payload, attempts + 1, max_attempts, breaker, rate_key
+  FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_ready)
+ WHERE rate_key IN ({keys}) AND ready_priority IS NOT NULL AND ready_at <= {now}
+   AND breaker = %(key)s COLLATE utf8mb4_bin {queue_filter} {gate}
  LIMIT %(limit)s
    FOR UPDATE SKIP LOCKED
 
 -- name: claim_probe_pick
-SELECT id FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_due)
- WHERE status = 'pending' AND next_run <= %(now)s AND breaker = %(key)s COLLATE utf8mb4_bin
-   {queue_filter} {gate}
- ORDER BY next_run
+SELECT id FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_ready)
+ WHERE rate_key IS NULL AND ready_priority IS NOT NULL AND ready_at <= %(now)s
+   AND breaker = %(key)s COLLATE utf8mb4_bin {queue_filter} {gate}
+ ORDER BY ready_priority, ready_at, id
+ LIMIT %(limit)s
+
+-- name: claim_probe_keyed_pick
+SELECT id FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_ready)
+ WHERE rate_key IN ({keys}) AND ready_priority IS NOT NULL AND ready_at <= %(now)s
+   AND breaker = %(key)s COLLATE utf8mb4_bin {queue_filter} {gate}
  LIMIT %(limit)s
 
 -- name: queue_names
