@@ -40,6 +40,7 @@ log = logging.getLogger("lmq.worker")
 
 REFRESH = 0.5  # seconds between reads of the stored breakers
 _CAS_TRIES = 20
+_TRIP_HOLD = 2.0  # seconds a trip seen here holds tasks back before its write shows
 
 
 @dataclass(slots=True)
@@ -69,6 +70,9 @@ class Gates:
         self.breaker_event = asyncio.Event()
         self.rate_event = asyncio.Event()
         self._unknown_keys: set[str] = set()
+        # breakers this worker saw trip: (the stored trips count then, hold until)
+        self.trips: dict[str, tuple[int, float]] = {}
+        self.failing: dict[str, int] = {}  # this worker's consecutive counted failures
 
     # --- components -----------------------------------------------------------------------
 
@@ -117,7 +121,7 @@ class Gates:
             # closed when the claim ran: this worker's own failures may not be written
             # yet), or a row without its key.  Back it goes, unstarted.
             state = self.view.get(breaker)
-            if state is not None and state.state != bm.CLOSED:
+            if (state is not None and state.state != bm.CLOSED) or self._tripped(breaker):
                 return DeferOutcome(c.id, 0.0, breaker if computed else None, None)
         if self.uses_breakers:  # (else nobody would write the outcomes)
             rt.breaker = breaker
@@ -151,14 +155,34 @@ class Gates:
         error = None if exc is None else f"{type(exc).__name__}: {exc}"[:500]
         self.outcomes.append(_Outcome(key, failed, rt.probe, error, tf))
         if not rt.probe:
-            # At once in this worker's own view, before the write lands: the refill
-            # claim of this very acknowledgement must not start more calls behind a
-            # breaker this worker has just seen trip (admit defers them).
-            view = self.view.get(key) or BreakerState(key)
+            # At once here, before the write lands: the refill claim of this very
+            # acknowledgement must not start more calls behind a breaker this worker has
+            # just seen trip on its own consecutive failures (admit defers them).  Kept
+            # apart from the view, which a read or write under way on the gates thread
+            # may replace with the stored row before these outcomes are in it.
+            run = self.failing[key] = self.failing.get(key, 0) + 1 if failed else 0
             policy = self.queue.breaker_policy(key, tf)
-            new = bm.record(view, policy, [failed], time.time(), error if failed else None)
-            if new is not None:
-                self.view[key] = dataclasses.replace(new, version=view.version)
+            if failed and policy.ratio is None and run >= policy.failures:
+                stored = self.view.get(key)
+                if stored is None or stored.state == bm.CLOSED:
+                    trips = stored.trips if stored is not None else 0
+                    self.trips[key] = (trips, time.monotonic() + _TRIP_HOLD)
+                self.failing[key] = 0
+
+    def _tripped(self, key: str) -> bool:
+        """Has this worker seen ``key`` trip, with the stored row not caught up yet?"""
+        trip = self.trips.get(key)
+        if trip is None:
+            return False
+        trips, until = trip
+        stored = self.view.get(key)
+        caught_up = stored is not None and (stored.state != bm.CLOSED or stored.trips > trips)
+        if caught_up or time.monotonic() > until:
+            # the stored row has opened (or opened and closed again), or the outcomes
+            # written did not open it after all: the stored row decides from now on
+            del self.trips[key]
+            return False
+        return True
 
     # --- breakers ---------------------------------------------------------------------------
 
