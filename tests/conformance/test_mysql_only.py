@@ -1068,9 +1068,8 @@ def test_rate_and_probe_claims_read_their_key_in_index_order(mode: str) -> None:
     """A rate claim reads its key's part of the ready index from the first entry (no sort of
     the key's whole backlog, which under FOR UPDATE would lock it all); a plain claim reads
     the `rate_key IS NULL` part, never a rate-keyed row, and passes over tasks behind an
-    open breaker only by their own entries; a probe reads the ready index's plain part (then
-    the keyed parts) up to the breaker's first task, passing over the others' in the index
-    alone (`breaker` ends it)."""
+    open breaker only by their own entries; a probe picks from the ready index's plain part
+    (then the keyed parts) up to the breaker's first task, without locking the others."""
     with prefixed(claim=mode) as url, lmq.Queue(url) as q:
         backend = q.backend
         assert isinstance(backend, MySQLBackend)
@@ -1090,7 +1089,7 @@ def test_rate_and_probe_claims_read_their_key_in_index_order(mode: str) -> None:
         assert rate_sql and probe_sql and plain_sql
         for (sql, params), index, most in (
             (rate_sql, f"{p}queue_tasks_ready", 20),
-            (probe_sql, f"{p}queue_tasks_ready", 20),  # the others' entries: index only
+            (probe_sql, f"{p}queue_tasks_ready", 20),  # (its tasks come first here)
             (plain_sql, f"{p}queue_tasks_ready", 20),
         ):
             plan, *_breakers = _explain(url, sql, {**token, **params})

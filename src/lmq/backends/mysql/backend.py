@@ -520,12 +520,12 @@ class MySQLBackend(MySQLSession):
         qf, params = self._queue_params(queues, exclude)
         sql = self._gated_sql.get(key)
         if sql is None:
-            kind = "probe" if probe else "rate"
-            step = "pick" if self.claim_mode() == "update" else "select"
+            # a probe is always picked, then taken (see _probe_in)
+            name = "claim_probe_pick" if probe else "claim_rate_select"
+            if not probe and self.claim_mode() == "update":
+                name = "claim_rate_pick"
             gate = "AND rate_key = %(rate_key)s COLLATE utf8mb4_bin" if both else ""
-            sql = (
-                self.q[f"claim_{kind}_{step}"].replace("{queue_filter}", qf).replace("{gate}", gate)
-            )
+            sql = self.q[name].replace("{queue_filter}", qf).replace("{gate}", gate)
             self._gated_sql[key] = sql
         out: dict[str, Any] = {**params, "key": request.breaker if probe else request.rate_key}
         if both:
@@ -533,23 +533,21 @@ class MySQLBackend(MySQLSession):
         return sql, out
 
     def _probe_in(self, cur: Cursor, request: ClaimRequest) -> ClaimResult:
-        """A probe claim: the breaker's tasks without a rate key (the ready index's plain
-        part), then, if too few, those with one (each key's pending part: the keys come
-        from a loose scan, so no done row is read).  Probes are rare (one a cool-down)."""
+        """A probe claim, picked and taken as the fallback claim does in either mode (the
+        tasks of other breakers it passes over are read, never locked): the breaker's tasks
+        without a rate key (the ready index's plain part), then, if too few, those with one
+        (each key's pending part: the keys come from a loose scan, so no done row is read).
+        Probes are rare: one a cool-down."""
         rescued = self._rescue(cur)
         plan = self._gated_statement(request)
         scope = _scope(request.queues, request.exclude)
         if plan is None or scope is None:  # all its queues are paused
             return ClaimResult([], rescued)
         sql, params = plan
-        update = self.claim_mode() == "update"
 
         def take(statement: str, values: dict[str, Any], limit: int) -> list[Claimed]:
-            if update:
-                more = dataclasses.replace(request, limit=limit)
-                return self._claim_by_update(cur, more, statement, values)
-            cur.execute(statement, {**values, "limit": limit})
-            return list(map(Claimed._make, cur.fetchall()))
+            more = dataclasses.replace(request, limit=limit)
+            return self._claim_by_update(cur, more, statement, values)
 
         # with a rate key given too, the plain part has none of its tasks
         got = take(sql, params, request.limit) if request.rate_key is None else []
@@ -562,7 +560,7 @@ class MySQLBackend(MySQLSession):
             qf, _ = self._queue_params(*scope)
             gate = "AND rate_key = %(rate_key)s COLLATE utf8mb4_bin" if request.rate_key else ""
             keyed = (
-                self.q["claim_probe_keyed_pick" if update else "claim_probe_keyed_select"]
+                self.q["claim_probe_keyed_pick"]
                 .replace("{queue_filter}", qf)
                 .replace("{gate}", gate)
             )
@@ -572,9 +570,6 @@ class MySQLBackend(MySQLSession):
                 got += take(keyed.replace("{keys}", names), values, request.limit - len(got))
                 if len(got) >= request.limit:
                     break
-        if got and not update:  # the SKIP LOCKED rows, leased (update: taken already)
-            mark = self.q["claim_mark"].replace("{ids}", _ids_sql([c.id for c in got]))
-            cur.execute(mark, {"worker": request.worker_id, "lease": request.lease})
         return ClaimResult(got, rescued)
 
     def claim(self, request: ClaimRequest) -> ClaimResult:
@@ -630,8 +625,9 @@ class MySQLBackend(MySQLSession):
         """The fallback claim: pick the best ready ids, then take them with one UPDATE that
         re-checks each under its row lock (rows another claim took first drop out; a few
         passes fill the gap they leave), then read back the rows carrying this claim's
-        token.  A pick without the breaker check that finds a task with a breaker is
-        picked again with it."""
+        token.  After a pick without the breaker check (an index-only read) the UPDATE takes
+        only tasks without a breaker; when it left some out and one has a breaker, the
+        claim picks again with the check (and keeps it on for a while)."""
         cur.execute(self.q["now"])
         now = float(cur.fetchone()[0])
         token = {"worker": request.worker_id, "until": now + request.lease, "now": now}
@@ -641,27 +637,37 @@ class MySQLBackend(MySQLSession):
             want = request.limit - taken
             cur.execute(sql, {**token, "limit": want, **qparams})
             rows = list(cur.fetchall())
-            if rows and len(rows[0]) == 4:  # claim_pick_sorted: one read per queue, merged
-                rows = sorted(rows, key=lambda r: (r[2], r[3], r[0]))
-            rows = rows[:want]  # (a probe reads two parts of `want` each)
-            if plain and self._checked_rows(rows, 1) and not checked:
-                statement = self._claim_plan(cur, request, True)
-                assert statement is not None
-                sql, qparams = statement
-                checked = True
-                continue  # pick again, with the breaker check
-            picked = [r[0] for r in rows]
+            if rows and len(rows[0]) == 3:  # claim_pick_sorted: one read per queue, merged
+                rows = sorted(rows, key=lambda r: (r[1], r[2], r[0]))
+            picked = [r[0] for r in rows[:want]]
             if not picked:
                 break
-            take = self.q["claim_take"].replace("{ids}", _ids_sql(picked))
+            fast = plain and not checked
+            take = (
+                self.q["claim_take"]
+                .replace("{ids}", _ids_sql(picked))
+                .replace("{take_check}", "AND breaker IS NULL" if fast else "")
+            )
             got = int(cur.execute(take, token))
             taken += got
+            if fast and got < len(picked):
+                cur.execute(self.q["any_breaker"].replace("{ids}", _ids_sql(picked)))
+                if cur.fetchone() is not None:
+                    self._check_until = time.monotonic() + _CHECK_FOR
+                    statement = self._claim_plan(cur, request, True)
+                    assert statement is not None  # the same queues as the pick just run
+                    sql, qparams = statement
+                    checked = True
+                    continue  # pick again, with the breaker check
             if got == len(picked) or len(picked) < want:
                 break  # all taken, or no more ready than these
         if not taken:
             return []
         cur.execute(self.q["claim_read_back"], token)
-        return list(map(Claimed._make, cur.fetchall()))
+        claimed = list(map(Claimed._make, cur.fetchall()))
+        if plain:
+            self._checked_rows(claimed, 6)  # a task with a breaker: keep the check on
+        return claimed
 
     def _rescue(self, cur: Cursor) -> int:
         """Expired leases go back to pending with the lapse recorded as an error.
@@ -855,8 +861,7 @@ class MySQLBackend(MySQLSession):
         ``commit``, the UPDATE and the COMMIT go in one round trip."""
         if rows and len(rows[0]) == 10:  # claim_select_sorted: one read per queue, merged
             rows.sort(key=lambda r: (r[8], r[9], r[0]))
-            rows = [r[:8] for r in rows]
-        rows = rows[: request.limit]  # a probe reads two parts of `limit` each
+            rows = [r[:8] for r in rows[: request.limit]]
         if not rows:
             return ClaimResult([], rescued)
         sql = self.q["claim_mark"].replace("{ids}", _ids_sql([r[0] for r in rows]))

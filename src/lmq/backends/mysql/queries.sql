@@ -114,8 +114,8 @@ UPDATE {prefix}queue_tasks
 -- name: claim_pick
 -- the fallback for servers without SKIP LOCKED, step 1: the best ready ids, a plain read
 -- (an UPDATE ... ORDER BY ... LIMIT would sort every ready row: it changes the columns of
--- the index it would read in order); the breaker too (an index-only read)
-SELECT id, breaker FROM {prefix}queue_tasks FORCE INDEX ({index})
+-- the index it would read in order); an index-only read without the breaker check
+SELECT id FROM {prefix}queue_tasks FORCE INDEX ({index})
  WHERE rate_key IS NULL AND ready_priority IS NOT NULL AND ready_at <= %(now)s {queue_filter}
    AND {claim_check}
  ORDER BY ready_priority, ready_at, id
@@ -124,7 +124,7 @@ SELECT id, breaker FROM {prefix}queue_tasks FORCE INDEX ({index})
 -- name: claim_pick_sorted
 -- step 1 for one queue of several (UNION ALL of these, merged by the backend): a worker of
 -- every queue but the paused ones never walks past the paused queues' ready rows
-SELECT id, breaker, ready_priority, ready_at
+SELECT id, ready_priority, ready_at
   FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_queue_ready)
  WHERE queue = %(q{i})s AND rate_key IS NULL AND ready_priority IS NOT NULL
    AND ready_at <= %(now)s AND {claim_check}
@@ -152,30 +152,11 @@ SELECT id FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_ready)
  ORDER BY ready_priority, ready_at, id
  LIMIT %(limit)s
 
--- name: claim_probe_select
--- a probe claim (one every cool-down): that breaker's due tasks, whatever its state, those
--- without a rate key first: the plain part of the ready index in claim order (`breaker`
--- ends the index, so the other tasks are passed over in the index alone; gate: AND rate_key
--- = the one given, with a rate key given too)
-SELECT id, queue, task_name, payload, attempts + 1, max_attempts, breaker, rate_key
-  FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_ready)
- WHERE rate_key IS NULL AND ready_priority IS NOT NULL AND ready_at <= {now}
-   AND breaker = %(key)s COLLATE utf8mb4_bin {queue_filter} {gate}
- ORDER BY ready_priority, ready_at, id
- LIMIT %(limit)s
-   FOR UPDATE SKIP LOCKED
-
--- name: claim_probe_keyed_select
--- then, if that found too few, those with a rate key: the pending part of each key's part
--- of the index (the keys listed; never their done rows)
-SELECT id, queue, task_name, payload, attempts + 1, max_attempts, breaker, rate_key
-  FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_ready)
- WHERE rate_key IN ({keys}) AND ready_priority IS NOT NULL AND ready_at <= {now}
-   AND breaker = %(key)s COLLATE utf8mb4_bin {queue_filter} {gate}
- LIMIT %(limit)s
-   FOR UPDATE SKIP LOCKED
-
 -- name: claim_probe_pick
+-- a probe claim (one every cool-down), step 1 of the pick-and-take claim (in both claim
+-- modes: the tasks passed over are read, not locked): that breaker's due tasks, whatever
+-- its state, those without a rate key first (the plain part of the ready index, in claim
+-- order; gate: AND rate_key = the one given, with a rate key given too)
 SELECT id FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_ready)
  WHERE rate_key IS NULL AND ready_priority IS NOT NULL AND ready_at <= %(now)s
    AND breaker = %(key)s COLLATE utf8mb4_bin {queue_filter} {gate}
@@ -183,6 +164,8 @@ SELECT id FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_ready)
  LIMIT %(limit)s
 
 -- name: claim_probe_keyed_pick
+-- then, if that found too few, those with a rate key: the pending part of each key's part
+-- of the index (the keys listed; never their done rows)
 SELECT id FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_ready)
  WHERE rate_key IN ({keys}) AND ready_priority IS NOT NULL AND ready_at <= %(now)s
    AND breaker = %(key)s COLLATE utf8mb4_bin {queue_filter} {gate}
@@ -195,11 +178,16 @@ SELECT DISTINCT queue FROM {prefix}queue_tasks FORCE INDEX ({prefix}queue_tasks_
 -- name: claim_take
 -- step 2, the atomic part: each row is re-checked under its row lock, so a row another
 -- claim took first is passed over (never claimed twice); (locked_by, next_run, updated) =
--- (worker, until, now) is this claim's token
+-- (worker, until, now) is this claim's token.  take_check: AND breaker IS NULL after a
+-- pick without the breaker check (a task with a breaker is left for a checked pick)
 UPDATE {prefix}queue_tasks
    SET status = 'processing', attempts = attempts + 1, locked_by = %(worker)s,
        locked_until = %(until)s, next_run = %(until)s, updated = %(now)s
- WHERE id IN ({ids}) AND status = 'pending' AND next_run <= %(now)s
+ WHERE id IN ({ids}) AND status = 'pending' AND next_run <= %(now)s {take_check}
+
+-- name: any_breaker
+-- picked ids not taken: is one of them a task with a breaker?
+SELECT 1 FROM {prefix}queue_tasks WHERE id IN ({ids}) AND breaker IS NOT NULL LIMIT 1
 
 -- name: claim_read_back
 SELECT id, queue, task_name, payload, attempts, max_attempts, breaker, rate_key

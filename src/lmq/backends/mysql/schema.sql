@@ -42,8 +42,8 @@
 -- the same order.  No generated column was added (each costs every claim and acknowledgement
 -- its evaluation) and the indexes were rebuilt in place, not the table.  Tasks behind a
 -- breaker whose stored state is not closed are passed over by a subquery on the breaker's
--- primary key, run only for rows whose breaker is not NULL; `breaker` ends both ready
--- indexes, so the fallback claim's pick and the readiness checks stay index-only reads.
+-- primary key, run only for rows whose breaker is not NULL (and left out of a plain claim
+-- until it meets such a row).
 CREATE TABLE IF NOT EXISTS {prefix}queue_tasks (
     id             BIGINT       NOT NULL AUTO_INCREMENT,
     queue          VARCHAR(191) NOT NULL DEFAULT 'default',
@@ -71,8 +71,8 @@ CREATE TABLE IF NOT EXISTS {prefix}queue_tasks (
     breaker        VARCHAR(191) NULL,
     rate_key       VARCHAR(191) NULL,
     PRIMARY KEY (id),
-    KEY {prefix}queue_tasks_ready (rate_key, ready_priority, ready_at, id, breaker),
-    KEY {prefix}queue_tasks_queue_ready (queue, rate_key, ready_priority, ready_at, id, breaker),
+    KEY {prefix}queue_tasks_ready (rate_key, ready_priority, ready_at, id),
+    KEY {prefix}queue_tasks_queue_ready (queue, rate_key, ready_priority, ready_at, id),
     KEY {prefix}queue_tasks_due (status, next_run),
     UNIQUE KEY {prefix}queue_tasks_unique (live_key),
     KEY {prefix}queue_tasks_batch (batch, status)

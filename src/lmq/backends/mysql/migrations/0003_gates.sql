@@ -13,9 +13,9 @@ ALTER TABLE {prefix}queue_tasks ADD COLUMN rate_key VARCHAR(191) NULL;
 
 ALTER TABLE {prefix}queue_tasks
     DROP KEY {prefix}queue_tasks_ready,
-    ADD KEY {prefix}queue_tasks_ready (rate_key, ready_priority, ready_at, id, breaker),
+    ADD KEY {prefix}queue_tasks_ready (rate_key, ready_priority, ready_at, id),
     DROP KEY {prefix}queue_tasks_queue_ready,
-    ADD KEY {prefix}queue_tasks_queue_ready (queue, rate_key, ready_priority, ready_at, id, breaker);
+    ADD KEY {prefix}queue_tasks_queue_ready (queue, rate_key, ready_priority, ready_at, id);
 
 ALTER TABLE {prefix}queue_dead_letters ADD COLUMN breaker VARCHAR(191) NULL;
 
