@@ -4,8 +4,8 @@
 ``flaky-api`` (5 consecutive failures open it, cool-down 1 s doubling to at most 2 s) to
 the local flaky server (tests/integration/flaky_server.py): healthy for the first 400
 requests, then 503 for 3 s, then healthy.  One in ten tasks is enqueued without the
-breaker key (as a PHP producer or a bare INSERT would): the worker writes the key in when
-it meets one while the breaker is not closed, and runs it when it is closed.
+breaker key (as a PHP producer or a bare INSERT would): the worker sends each back with the
+key written in, unstarted, so a claim that checks the stored breaker is what runs it.
 
 What the workers' JSON logs and the server's request record must show:
 

@@ -3,7 +3,6 @@ W, whoever reserves), giving slots back, and the declarations."""
 
 from __future__ import annotations
 
-import itertools
 import random
 import threading
 import time
@@ -172,9 +171,11 @@ def test_burst_worker_runs_rate_limited_tasks_at_the_rate(url: str) -> None:
     timed = sorted(s for s in starts if s)
     assert len(timed) == 15
     assert took >= 14 * 0.05 - 0.01
-    assert _max_in_window(timed, 0.5) <= 0.5 / 0.05 + 1
-    gaps = [b - a for a, b in itertools.pairwise(timed)]
-    assert min(gaps) > 0.04, gaps
+    # what the limit promises: no window holds more than its share plus the burst (a slot
+    # the loop reached late, within one spacing, may start close to the next one: the
+    # gaps themselves are not promised)
+    for window in (0.1, 0.25, 0.5):
+        assert _max_in_window(timed, window) <= round(window / 0.05) + 1, (window, timed)
     (stored,) = queue.rate_limits()
     assert (stored.name, stored.calls, stored.per) == ("api", 20, 1.0)
 

@@ -807,9 +807,19 @@ class Worker:
             free += sum(1 for rt in freed if rt.finished)
             limit = min(free, self._batch)
         request = self._claim(limit=limit) if limit > 0 else None
+        gates = self._gates
         self._reserved += limit
         self._flushing = True
         try:
+            if gates is not None and gates.outcomes:
+                # The breakers first: the refill claim below (and every claim after these
+                # slots are freed) must see the failures of the calls that held them, or
+                # it would start more calls behind a breaker these very outcomes open.
+                pending = gates.take_outcomes()
+                await self._retrying(
+                    "record breaker outcomes",
+                    functools.partial(self._db, gates.record, pending),
+                )
             result = await self._retrying(
                 "acknowledge", functools.partial(self._db, self.backend.complete, batch, request)
             )
@@ -817,9 +827,6 @@ class Worker:
             self._reserved -= limit
             self._flushing = False
         self._free_slots(freed)
-        gates = self._gates
-        if gates is not None and gates.outcomes:
-            gates.breaker_event.set()  # write the breaker outcomes just acknowledged
         if result is not None:
             self._claimed(result, limit)
 

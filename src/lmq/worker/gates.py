@@ -1,8 +1,10 @@
 """The worker's circuit breakers and rate limits.
 
 * **breakers** (only when the app declares one): a view of every stored breaker,
-  refreshed about every 0.5 s; the outcomes of tasks behind a breaker, written after each
-  acknowledgement by compare-and-set (nothing written when nothing changes); probes: an
+  refreshed about every 0.5 s; the outcomes of tasks behind a breaker, written by
+  compare-and-set in the completer's flush BEFORE the acknowledgement that frees their
+  slots and claims their refill (nothing written when nothing changes), so no slot a
+  failed call held is refilled before the stored row counts that failure; probes: an
   open breaker whose cool-down is over is moved to half_open by CAS (one worker wins),
   then one task is claimed with a probe claim (back to open if there is none);
 * **rate limits** (only when the app declares one): for each rate key with ready tasks
@@ -40,7 +42,6 @@ log = logging.getLogger("lmq.worker")
 
 REFRESH = 0.5  # seconds between reads of the stored breakers
 _CAS_TRIES = 20
-_TRIP_HOLD = 2.0  # seconds a trip seen here holds tasks back before its write shows
 
 
 @dataclass(slots=True)
@@ -67,12 +68,8 @@ class Gates:
         self.outcomes: list[_Outcome] = []
         self.probing: set[TaskId] = set()  # probe tasks claimed, not yet started
         self.waiting: dict[TaskId, tuple[Claimed, asyncio.TimerHandle]] = {}  # rate slots
-        self.breaker_event = asyncio.Event()
         self.rate_event = asyncio.Event()
         self._unknown_keys: set[str] = set()
-        # breakers this worker saw trip: (the stored trips count then, hold until)
-        self.trips: dict[str, tuple[int, float]] = {}
-        self.failing: dict[str, int] = {}  # this worker's consecutive counted failures
 
     # --- components -----------------------------------------------------------------------
 
@@ -116,13 +113,18 @@ class Gates:
             if rate_key is not None:
                 # claimed by a plain claim (its row lacks the key): wait for its turn
                 return DeferOutcome(c.id, 0.0, breaker, rate_key)
+        if computed:
+            # Claimed by a plain claim that could not see its breaker (its row lacks the
+            # key): back it goes, unstarted, with the key written, so the claim that runs
+            # it is one that checked the stored breaker row.  This worker's view of the
+            # breaker (read every 0.5 s) is not enough: it may not show an open yet.
+            return DeferOutcome(c.id, 0.0, breaker, None)
         if breaker is not None:
-            # Not closed in this worker's view: a stale claim (the stored row was still
-            # closed when the claim ran: this worker's own failures may not be written
-            # yet), or a row without its key.  Back it goes, unstarted.
+            # Not closed in this worker's view: a claim that read the stored row just
+            # before another worker's write opened it.  Back it goes, unstarted.
             state = self.view.get(breaker)
-            if (state is not None and state.state != bm.CLOSED) or self._tripped(breaker):
-                return DeferOutcome(c.id, 0.0, breaker if computed else None, None)
+            if state is not None and state.state != bm.CLOSED:
+                return DeferOutcome(c.id, 0.0, None, None)
         if self.uses_breakers:  # (else nobody would write the outcomes)
             rt.breaker = breaker
         return None
@@ -154,35 +156,15 @@ class Gates:
                 failed = True
         error = None if exc is None else f"{type(exc).__name__}: {exc}"[:500]
         self.outcomes.append(_Outcome(key, failed, rt.probe, error, tf))
-        if not rt.probe:
-            # At once here, before the write lands: the refill claim of this very
-            # acknowledgement must not start more calls behind a breaker this worker has
-            # just seen trip on its own consecutive failures (admit defers them).  Kept
-            # apart from the view, which a read or write under way on the gates thread
-            # may replace with the stored row before these outcomes are in it.
-            run = self.failing[key] = self.failing.get(key, 0) + 1 if failed else 0
-            policy = self.queue.breaker_policy(key, tf)
-            if failed and policy.ratio is None and run >= policy.failures:
-                stored = self.view.get(key)
-                if stored is None or stored.state == bm.CLOSED:
-                    trips = stored.trips if stored is not None else 0
-                    self.trips[key] = (trips, time.monotonic() + _TRIP_HOLD)
-                self.failing[key] = 0
 
-    def _tripped(self, key: str) -> bool:
-        """Has this worker seen ``key`` trip, with the stored row not caught up yet?"""
-        trip = self.trips.get(key)
-        if trip is None:
-            return False
-        trips, until = trip
-        stored = self.view.get(key)
-        caught_up = stored is not None and (stored.state != bm.CLOSED or stored.trips > trips)
-        if caught_up or time.monotonic() > until:
-            # the stored row has opened (or opened and closed again), or the outcomes
-            # written did not open it after all: the stored row decides from now on
-            del self.trips[key]
-            return False
-        return True
+    def take_outcomes(self) -> dict[str, list[_Outcome]]:
+        """The outcomes settled since the last flush, per breaker key in order (for
+        :meth:`record`, which the completer runs before it acknowledges them)."""
+        by_key: dict[str, list[_Outcome]] = collections.defaultdict(list)
+        for o in self.outcomes:
+            by_key[o.key].append(o)
+        self.outcomes = []
+        return by_key
 
     # --- breakers ---------------------------------------------------------------------------
 
@@ -190,29 +172,16 @@ class Gates:
         w = self.w
         next_read = 0.0
         while True:
-            timeout = max(0.0, next_read - time.monotonic())
-            if not self.outcomes:
-                try:
-                    async with asyncio.timeout(timeout):
-                        await self.breaker_event.wait()
-                except TimeoutError:
-                    pass
-            self.breaker_event.clear()
-            if self.outcomes:
-                outcomes, self.outcomes = self.outcomes, []
-                await w._retrying(
-                    "record breaker outcomes", functools.partial(self._db, self._record, outcomes)
-                )
-            if time.monotonic() >= next_read:
-                rows = await w._retrying(
-                    "read breakers", functools.partial(self._db, self.backend.breakers)
-                )
-                self._set_view(rows)
-                started = await self._probe()
-                # read again in REFRESH seconds, or when a cool-down ends if sooner (soon
-                # when a probe waits for a slot)
-                wait = min([REFRESH, *(t - time.time() for t in self._probe_times())])
-                next_read = time.monotonic() + (max(0.01, wait) if started else 0.02)
+            await asyncio.sleep(max(0.0, next_read - time.monotonic()))
+            rows = await w._retrying(
+                "read breakers", functools.partial(self._db, self.backend.breakers)
+            )
+            self._set_view(rows)
+            started = await self._probe()
+            # read again in REFRESH seconds, or when a cool-down ends if sooner (soon
+            # when a probe waits for a slot)
+            wait = min([REFRESH, *(t - time.time() for t in self._probe_times())])
+            next_read = time.monotonic() + (max(0.01, wait) if started else 0.02)
 
     def _probe_times(self) -> list[float]:
         """When each breaker in the view may be probed next."""
@@ -233,14 +202,13 @@ class Gates:
         if freed:
             self.w._wake.set()  # tasks behind a breaker that closed are claimable again
 
-    def _record(self, outcomes: list[_Outcome]) -> None:
-        """Write the outcomes, per breaker key in order (on the gates thread)."""
-        by_key: dict[str, list[_Outcome]] = collections.defaultdict(list)
-        for o in outcomes:
-            by_key[o.key].append(o)
-        stored = {b.name: b for b in self.backend.breakers(list(by_key))}
+    def record(self, pending: dict[str, list[_Outcome]]) -> None:
+        """Write the outcomes of :meth:`take_outcomes` by CAS, each key's in order (on the
+        worker's storage thread).  A key is dropped from ``pending`` once written, so a
+        retry after a lost connection writes only the rest (never one twice)."""
+        stored = {b.name: b for b in self.backend.breakers(list(pending))}
         now = time.time()
-        for key, items in by_key.items():
+        for key, items in list(pending.items()):
             state = stored.get(key) or BreakerState(key)
             policy = self.queue.breaker_policy(key, items[-1].handler)
             for _ in range(_CAS_TRIES):
@@ -253,6 +221,7 @@ class Gates:
                     break
                 rows = self.backend.breakers([key])
                 state = rows[0] if rows else BreakerState(key)
+            del pending[key]
 
     @staticmethod
     def _apply(
