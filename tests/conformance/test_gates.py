@@ -821,14 +821,13 @@ def test_fire_schedule_sets_the_row_and_enqueues_the_tick(backend: Backend) -> N
     )
     assert task.unique_key == "lmq:schedule:cleanup:1700000100"
     (stored,) = backend.schedules()
-    assert (stored.version, stored.next_tick, stored.last_tick) == (
+    # the task's id is stored with the row, in the same step (no version of its own)
+    assert (stored.version, stored.next_tick, stored.last_tick, stored.last_task_id) == (
         2,
         1_700_000_400.0,
         1_700_000_100.0,
+        got[0],
     )
-    # the id can be recorded in the row by the next put
-    assert backend.put_schedule(replace(stored, last_task_id=got[0], version=3), 2)
-    assert backend.schedules()[0].last_task_id == got[0]
 
 
 def test_a_lost_fire_enqueues_nothing(backend: Backend) -> None:
@@ -853,6 +852,7 @@ def test_fire_schedule_of_several_ticks_and_of_none(backend: Backend) -> None:
         replace(v1, next_tick=1_700_001_000.0, version=2), 1, [_tick_task(t) for t in ticks]
     )
     assert got is not None and len(set(got)) == 3
+    assert backend.schedules()[0].last_task_id == got[-1]  # the last tick's task
     # a fire that only moves next_tick on (missed="skip" with a tick too old)
     assert backend.fire_schedule(replace(v1, next_tick=1.8e9, version=3), 2, []) == []
     assert backend.schedules()[0].next_tick == 1.8e9

@@ -273,9 +273,11 @@ class Backend(Protocol):
     def fire_schedule(
         self, state: ScheduleState, expected_version: int, tasks: Sequence[NewTask]
     ) -> list[TaskId] | None:
-        """In one transaction: compare-and-set the schedule row to ``state`` and enqueue
-        ``tasks`` (one per tick fired).  None, with nothing enqueued, when the stored
-        version is not ``expected_version`` (another worker fired the tick)."""
+        """In one transaction: compare-and-set the schedule row to ``state``, enqueue
+        ``tasks`` (one per tick fired) and store the last one's id as the row's
+        ``last_task_id`` (no further version step: the row's version is
+        ``expected_version + 1``).  None, with nothing enqueued, when the stored version is
+        not ``expected_version`` (another worker fired the tick)."""
         ...
 
     def parse_id(self, text: str) -> TaskId:

@@ -946,6 +946,9 @@ class MemoryBackend:
             if not self._cas(self.store.schedules, state.name, state, expected_version):
                 return None
             ids = self._insert(tasks, time.time())
+            if ids:
+                stored = self.store.schedules[state.name]
+                self.store.schedules[state.name] = replace(stored, last_task_id=ids[-1])
         if ids:
             self._notify()
         return ids

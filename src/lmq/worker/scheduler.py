@@ -184,11 +184,8 @@ class Scheduler:
                 sm.tick_iso(new.next_tick) if new.next_tick is not None else "never",
                 extra={"event": "schedule_skipped", "schedule": new.name},
             )
-        if ids:
-            # remember the last task (lmq schedules list); a lost race here is harmless
-            noted = dataclasses.replace(new, last_task_id=ids[-1], version=new.version + 1)
-            if self.backend.put_schedule(noted, new.version):
-                return noted
+        if ids:  # fire_schedule stored it with the row (lmq schedules list shows it)
+            return dataclasses.replace(new, last_task_id=ids[-1])
         return new
 
 

@@ -1648,7 +1648,11 @@ class MySQLBackend(MySQLSession):
         def work(cur: Cursor) -> list[TaskId] | None:
             if not self._put(cur, "schedule", values, expected_version):
                 return None
-            return self._insert(cur, tasks, own=True) if tasks else []
+            if not tasks:
+                return []
+            ids = self._insert(cur, tasks, own=True)
+            cur.execute(self.q["set_last_task"], {"id": ids[-1], "name": state.name})
+            return ids
 
         return self._run(work)
 

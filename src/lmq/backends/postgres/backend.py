@@ -1438,7 +1438,11 @@ class PostgresBackend:
         with self._conn() as conn, conn.transaction():
             if not self._put(conn, "schedule", row, expected_version):
                 return None
-            return self._insert(conn.cursor(), tasks) if tasks else []
+            if not tasks:
+                return []
+            ids = self._insert(conn.cursor(), tasks)
+            conn.execute(self.q["set_last_task"], {"id": ids[-1], "name": state.name})
+            return ids
 
     def parse_id(self, text: str) -> TaskId:
         try:

@@ -948,5 +948,9 @@ UPDATE {prefix}queue_schedules
        declared = %(declared)s, updated = %(updated)s, version = %(version)s
  WHERE name = %(name)s AND version = %(expected)s
 
+-- name: set_last_task
+-- fire_schedule: the id of the last task the tick enqueued (same transaction)
+UPDATE {prefix}queue_schedules SET last_task_id = %(id)s WHERE name = %(name)s
+
 -- name: delete_schedule
 DELETE FROM {prefix}queue_schedules WHERE name = %(name)s

@@ -1569,6 +1569,8 @@ local tasks = cjson.decode(ARGV[6])
 if #tasks == 0 then return '' end
 local now = server_now()
 local out, ready = enqueue_tasks(now, fmt(now), ARGV[4], tasks)
+-- the last task the tick enqueued, in the same script (no version step)
+redis.call('HSET', row_key('schedule', name), 'last_task_id', out[#out])
 if ready then redis.call('PUBLISH', CHANNEL, '1') end
 return table.concat(out, ',')
 

@@ -1281,7 +1281,10 @@ class SQLiteBackend:
         with self._tx() as conn:
             if not self._cas(conn, "schedule", schedule_values(state), expected_version):
                 return None
-            return self._insert(conn, tasks)
+            ids = self._insert(conn, tasks)
+            if ids:
+                conn.execute(self.q["schedule_set_last_task"], {"id": ids[-1], "name": state.name})
+            return ids
 
     def parse_id(self, text: str) -> TaskId:
         try:

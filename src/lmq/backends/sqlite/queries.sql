@@ -550,5 +550,9 @@ UPDATE {prefix}queue_schedules
        paused = :paused, declared = :declared, updated = :updated, version = :version
  WHERE name = :name AND version = :expected
 
+-- name: schedule_set_last_task
+-- fire_schedule: the id of the last task the tick enqueued (same transaction)
+UPDATE {prefix}queue_schedules SET last_task_id = :id WHERE name = :name
+
 -- name: schedule_delete
 DELETE FROM {prefix}queue_schedules WHERE name = :name
