@@ -826,7 +826,7 @@ def test_the_claim_is_unchanged_without_paused_queues_and_skips_a_paused_backlog
     backend = pq.backend
     assert isinstance(backend, PostgresBackend)
     for queues in (None, ("a",), ("a", "b")):
-        for name in ("claim", "has_ready", "due" if queues else "due_excluding"):
+        for name in ("claim", "has_ready", "due"):
             plain = backend._queries(name, queues)
             assert backend._queries(name, queues, False) == plain
             assert "queue <> ALL" not in plain  # no paused queue: leases of every queue
@@ -840,7 +840,7 @@ def test_the_claim_is_unchanged_without_paused_queues_and_skips_a_paused_backlog
     params = {"worker": "w", "lease": 30.0, "limit": 10, "queues": [], "exclude": ["paused"]}
     with _raw() as conn:
         conn.execute(f"ANALYZE {backend.prefix}queue_tasks")
-        for name in ("claim", "has_ready", "due_excluding"):
+        for name in ("claim", "has_ready", "due"):
             sql = backend._queries(name, None, True)
             assert "<> ALL" in sql
             with conn.transaction(force_rollback=True):
@@ -885,8 +885,8 @@ def test_an_open_breakers_backlog_and_rate_keyed_rows_are_never_walked(pq: lmq.Q
         ("has_ready", ("default",), False, "plain", {f"{p}queue_tasks_queue_ready"}),
         ("has_ready", None, True, "plain", {f"{p}queue_tasks_queue_ready"}),
         ("due", ("default",), False, "plain", {f"{p}queue_tasks_queue_ready"}),
-        ("due_excluding", None, False, "plain", {f"{p}queue_tasks_queue_ready"}),
-        ("due_excluding", None, True, "plain", {f"{p}queue_tasks_queue_ready"}),
+        ("due", None, False, "plain", {f"{p}queue_tasks_queue_ready"}),
+        ("due", None, True, "plain", {f"{p}queue_tasks_queue_ready"}),
         ("claim", None, False, "lean", {f"{p}queue_tasks_queue_ready"}),
         ("claim", ("default",), False, "lean", {f"{p}queue_tasks_queue_ready"}),
         ("claim", None, True, "lean", {f"{p}queue_tasks_queue_ready"}),
@@ -920,7 +920,7 @@ def test_an_open_breakers_backlog_and_rate_keyed_rows_are_never_walked(pq: lmq.Q
     got = backend.claim(ClaimRequest("w", 100, 30.0)).tasks
     assert sorted(ids(got)) == sorted(plain_ids + behind_up)
     # nothing left for a plain claim: an idle worker's reads walk nothing either
-    check([c for c in cases if c[0] in ("claim", "has_ready", "due", "due_excluding")])
+    check([c for c in cases if c[0] in ("claim", "has_ready", "due", "due")])
     assert not backend.has_ready(None)
     due = backend.next_due(None)  # only the leases just taken, not the blocked backlog
     assert due is not None and 25 < due <= 30

@@ -642,7 +642,9 @@ class PostgresBackend:
                 "rate": self.q["ready_rate"],
             }[kind]
             text = self.q[name]
+            named = "SELECT unnest(%(queues)s::text[]) AS name"
             for placeholder, fragment in (
+                ("{due_queues}", named if queues and not excluding else self.q["pending_queues"]),
                 ("{ready}", ready),
                 ("{plain}", plain),
                 ("{first_plain}", first),
@@ -745,8 +747,7 @@ class PostgresBackend:
     ) -> tuple[float | None, float | None, float | None, float]:
         """The earliest plain pending next_run, the same behind closed breakers, the
         earliest lease expiry (tasks a plain claim may take), and the server's now."""
-        name = "due" if queues and not exclude else "due_excluding"
-        sql = self._queries(name, queues, bool(exclude))
+        sql = self._queries("due", queues, bool(exclude))
         params = {"queues": list(queues or ()), "exclude": list(exclude)}
         with self._conn(worker=True) as conn:
             if self.session_settings:

@@ -368,40 +368,6 @@ SELECT 1
                  ORDER BY queue, priority DESC, next_run, id
                  LIMIT 1) r
 
--- name: due
--- for a worker of some queues: the earliest next_run among their pending plain tasks, a
--- loose index scan over priorities queue by queue (the per-queue ready index leads with
--- the queue: one walk over several queues at once would read and sort all their ready
--- rows, 100 ms at 200,000), the same among those behind each closed breaker, the
--- earliest lease expiry a plain claim could rescue (the lease index in order: a min()
--- would not use it next to the breaker lookup), and the server's now
-SELECT (SELECT min(d.due)
-          FROM unnest(%(queues)s::text[]) AS q(name),
-               LATERAL (WITH RECURSIVE p(priority) AS (
-                            (SELECT priority FROM {prefix}queue_tasks
-                              WHERE status = 'pending' AND rate_key IS NULL
-                                AND breaker IS NULL AND queue = q.name
-                              ORDER BY priority DESC LIMIT 1)
-                          UNION ALL
-                            SELECT (SELECT priority FROM {prefix}queue_tasks
-                                     WHERE status = 'pending' AND rate_key IS NULL
-                                       AND breaker IS NULL AND queue = q.name
-                                       AND priority < p.priority
-                                     ORDER BY priority DESC LIMIT 1)
-                              FROM p WHERE p.priority IS NOT NULL
-                        )
-                        SELECT min((SELECT next_run FROM {prefix}queue_tasks
-                                     WHERE status = 'pending' AND rate_key IS NULL
-                                       AND breaker IS NULL AND queue = q.name
-                                       AND priority = p.priority
-                                     ORDER BY priority DESC, next_run LIMIT 1)) AS due
-                          FROM p WHERE p.priority IS NOT NULL) d),
-       ({breakers_due}),
-       (SELECT locked_until FROM {prefix}queue_tasks x
-         WHERE status = 'processing' AND locked_until IS NOT NULL {gate} {queue_filter}
-         ORDER BY locked_until LIMIT 1),
-       {prefix}queue_now()
-
 -- name: breakers_due
 -- the earliest next_run among pending tasks behind closed breakers (no rate key): per
 -- breaker, the loose scan over priorities of "due"
@@ -425,12 +391,16 @@ SELECT min(d.due)
                              ORDER BY priority DESC, next_run LIMIT 1)) AS due
                   FROM p WHERE p.priority IS NOT NULL) d
 
--- name: due_excluding
--- "due" for a worker of every queue: the same loose index scan over priorities, queue by
--- queue for the queues with pending plain tasks that are not paused (so a paused backlog
--- is never walked); lapsed leases of paused queues do not count
+-- name: due
+-- the earliest next_run among the worker's pending plain tasks, a loose index scan over
+-- priorities queue by queue (the worker's queues, or for a worker of every
+-- queue those with pending plain tasks that are not paused, so a paused backlog is never
+-- walked; one walk over several queues at once would read and sort all their ready rows,
+-- 100 ms at 200,000), the same among those behind each closed breaker, the earliest
+-- lease expiry a plain claim could rescue (the lease index in order; lapsed leases of
+-- paused queues do not count), and the server's now
 SELECT (SELECT min(d.due)
-          FROM ({pending_queues}) q,
+          FROM ({due_queues}) q,
                LATERAL (WITH RECURSIVE p(priority) AS (
                             (SELECT priority FROM {prefix}queue_tasks
                               WHERE status = 'pending' AND rate_key IS NULL
